@@ -1,0 +1,123 @@
+//! `serve`: opens the store, then runs the public and admin listeners, the
+//! workers and the background purge until `shutdown` is cancelled. The
+//! caller binds the listeners, so tests can start the real thing on port 0.
+//!
+//! Shutdown order: stop accepting and let in-flight requests finish (their
+//! `200`s are durable), stop the workers (unfinished events stay queued),
+//! then close the store (the committer drains, the index is checkpointed).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::crypto::{DataKey, KeySource, Keys};
+use crate::http::{admin_router, public_router, AppState};
+use crate::metrics::Metrics;
+use crate::store::Store;
+use crate::worker::{self, WorkerCtx};
+
+pub struct Listeners {
+    pub public: TcpListener,
+    pub admin: TcpListener,
+}
+
+/// Loads (or creates) the data key and opens the store: the start of every
+/// command that works on the data dir.
+pub fn open_store(settings: &Settings) -> anyhow::Result<Store> {
+    let (key, source) = DataKey::load_or_create(settings.data_key.as_ref(), &settings.data_dir)?;
+    if source == KeySource::GeneratedFile {
+        tracing::warn!(
+            path = %settings.data_dir.join(crate::crypto::KEY_FILE).display(),
+            "No INTERCOM_WEBHOOKS_DATA_KEY given: generated a data key file. Back it up: without it the stored data cannot be read."
+        );
+    }
+    let (store, recovery) = Store::open(&settings.data_dir, Keys::derive(&key), &settings.store)?;
+    if recovery.reapplied > 0 || recovery.torn_bytes > 0 {
+        tracing::warn!(
+            reapplied = recovery.reapplied,
+            torn_bytes = recovery.torn_bytes,
+            "Recovered the index from the intake log after an unclean stop."
+        );
+    }
+    tracing::info!(segments = recovery.segments, pending = recovery.pending, "Store open.");
+    Ok(store)
+}
+
+pub async fn run(settings: Settings, listeners: Listeners, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let settings = Arc::new(settings);
+    let store = {
+        let s = settings.clone();
+        tokio::task::spawn_blocking(move || open_store(&s)).await??
+    };
+    let metrics = Arc::new(Metrics::new());
+    let state = AppState::new(store.clone(), settings.clone(), metrics.clone(), shutdown.clone());
+
+    let workers_stop = CancellationToken::new();
+    let worker_threads = worker::spawn(
+        WorkerCtx {
+            store: store.clone(),
+            codec: state.codec.clone(),
+            metrics: metrics.clone(),
+            settings: settings.worker.clone(),
+            runtime: tokio::runtime::Handle::current(),
+        },
+        workers_stop.clone(),
+    )
+    .context("starting worker threads")?;
+    worker::mark_running(&state.workers_running, true);
+
+    let purger = tokio::spawn(crate::purge::run_loop(store.clone(), settings.clone(), metrics.clone(), shutdown.clone()));
+    let limiter_gc = {
+        let (limiter, shutdown) = (state.bad_signatures.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(60)) => limiter.retain_recent(),
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        })
+    };
+
+    let public_addr = listeners.public.local_addr()?;
+    let admin_addr = listeners.admin.local_addr()?;
+    tracing::info!(listen = %public_addr, admin_listen = %admin_addr, "Receiving Intercom webhooks on POST /webhooks/intercom.");
+    let http = &settings.http;
+    let public = tokio::spawn(crate::server::serve(
+        listeners.public,
+        public_router(state.clone()),
+        shutdown.clone(),
+        http.header_timeout,
+        http.shutdown_grace,
+    ));
+    let admin = tokio::spawn(crate::server::serve(
+        listeners.admin,
+        admin_router(state.clone()),
+        shutdown.clone(),
+        http.header_timeout,
+        http.shutdown_grace,
+    ));
+
+    shutdown.cancelled().await;
+    tracing::info!("Shutting down: finishing in-flight requests.");
+    let _ = public.await;
+    let _ = admin.await;
+    let _ = purger.await;
+    let _ = limiter_gc.await;
+    workers_stop.cancel();
+    worker::mark_running(&state.workers_running, false);
+    tokio::task::spawn_blocking(move || {
+        for t in worker_threads {
+            let _ = t.join();
+        }
+    })
+    .await?;
+    drop(state);
+    tokio::task::spawn_blocking(move || store.close()).await??;
+    tracing::info!("Stopped cleanly.");
+    Ok(())
+}

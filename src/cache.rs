@@ -1,0 +1,242 @@
+//! CACHE: the data-minimised records handlers keep, and the rules that keep
+//! them right under duplicates, replays and out-of-order delivery.
+//!
+//! - A record carries a `stamp` (the item's `updated_at`, else the
+//!   envelope's `created_at`, in unix seconds). An event older than the
+//!   record does not overwrite it; an equal one rewrites the same values, so
+//!   replays are idempotent.
+//! - Membership lists (tags, companies, contacts of a conversation) are
+//!   last-writer-wins sets: each id remembers whether it is in or out and
+//!   when that was decided, so an old "tag removed" cannot undo a newer
+//!   "tag added".
+//! - Personal data never enters a record: the email is kept only as a keyed
+//!   hash, allow-listed custom attributes are encrypted.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::crypto::{self, Keys};
+
+const RECORD_VERSION: u8 = 1;
+
+/// A last-writer-wins set of ids.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LwwSet(BTreeMap<String, (bool, i64)>);
+
+impl LwwSet {
+    pub fn set(&mut self, id: &str, present: bool, stamp: i64) {
+        match self.0.get(id) {
+            Some(&(_, at)) if at > stamp => {}
+            _ => {
+                self.0.insert(id.to_string(), (present, stamp));
+            }
+        }
+    }
+
+    /// Makes the set hold exactly `ids` as of `stamp` (for a complete list).
+    pub fn replace(&mut self, ids: &[String], stamp: i64) {
+        let current: Vec<String> = self.present();
+        for id in ids {
+            self.set(id, true, stamp);
+        }
+        for id in current.iter().filter(|id| !ids.contains(id)) {
+            self.set(id, false, stamp);
+        }
+    }
+
+    pub fn present(&self) -> Vec<String> {
+        self.0.iter().filter(|(_, (p, _))| *p).map(|(k, _)| k.clone()).collect()
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ContactRecord {
+    pub id: String,
+    pub external_id: Option<String>,
+    pub role: Option<String>,
+    pub app_id: Option<String>,
+    pub created_at: Option<i64>,
+    pub updated_at: Option<i64>,
+    pub signed_up_at: Option<i64>,
+    pub last_seen_at: Option<i64>,
+    pub companies: LwwSet,
+    pub tags: LwwSet,
+    pub unsubscribed_from_emails: Option<bool>,
+    pub unsubscribed_from_sms: Option<bool>,
+    pub archived: bool,
+    /// HMAC-SHA256 of the trimmed, lower-cased email (see `crypto::Keys`).
+    pub email_hash: Option<String>,
+    /// Allow-listed custom attributes, encrypted (base64 of nonce+ciphertext).
+    pub custom_attributes: Option<String>,
+    pub stamp: i64,
+    pub written_ms: i64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConversationRecord {
+    pub id: String,
+    pub app_id: Option<String>,
+    pub state: Option<String>,
+    pub open: Option<bool>,
+    pub read: Option<bool>,
+    pub priority: Option<String>,
+    pub created_at: Option<i64>,
+    pub updated_at: Option<i64>,
+    pub waiting_since: Option<i64>,
+    pub snoozed_until: Option<i64>,
+    pub admin_assignee_id: Option<String>,
+    pub team_assignee_id: Option<String>,
+    pub contacts: LwwSet,
+    pub tags: LwwSet,
+    pub part_count: Option<u64>,
+    pub last_part_at: Option<i64>,
+    pub rating: Option<i64>,
+    pub source_type: Option<String>,
+    pub delivered_as: Option<String>,
+    pub stamp: i64,
+    pub written_ms: i64,
+}
+
+pub fn encode<T: Serialize>(record: &T) -> Vec<u8> {
+    let mut out = vec![RECORD_VERSION];
+    serde_json::to_writer(&mut out, record).expect("serialising plain data cannot fail");
+    out
+}
+
+pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Option<T> {
+    match bytes.split_first() {
+        Some((&RECORD_VERSION, rest)) => serde_json::from_slice(rest).ok(),
+        _ => None,
+    }
+}
+
+/// Turns payload values into cache fields: hashes emails, filters and
+/// encrypts custom attributes, and renders records for people to read.
+pub struct CacheCodec {
+    keys: Keys,
+    allowed_attributes: Vec<String>,
+}
+
+impl CacheCodec {
+    pub fn new(keys: Keys, allowed_attributes: Vec<String>) -> Self {
+        CacheCodec { keys, allowed_attributes }
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    pub fn email_hash(&self, email: &str) -> Option<String> {
+        let e = email.trim();
+        (!e.is_empty()).then(|| self.keys.email_hash(e))
+    }
+
+    /// The allow-listed custom attributes of a contact item, encrypted; `None`
+    /// when nothing is allow-listed or present.
+    pub fn seal_attributes(&self, contact_id: &str, attrs: Option<&Value>) -> Option<String> {
+        let obj = attrs?.as_object()?;
+        let kept: serde_json::Map<String, Value> = obj
+            .iter()
+            .filter(|(k, _)| self.allowed_attributes.iter().any(|a| a == *k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if kept.is_empty() {
+            return None;
+        }
+        let plain = serde_json::to_vec(&kept).expect("serialising plain data cannot fail");
+        let sealed = crypto::seal(&self.keys.cache, format!("contact:{contact_id}").as_bytes(), &plain);
+        Some(base64::engine::general_purpose::STANDARD.encode(sealed))
+    }
+
+    pub fn open_attributes(&self, contact_id: &str, sealed: &str) -> Option<Value> {
+        let bytes = base64::engine::general_purpose::STANDARD.decode(sealed).ok()?;
+        let plain = crypto::open(&self.keys.cache, format!("contact:{contact_id}").as_bytes(), &bytes).ok()?;
+        serde_json::from_slice(&plain).ok()
+    }
+
+    /// The contact as operators see it (`cache show`, the admin API).
+    pub fn contact_view(&self, r: &ContactRecord) -> Value {
+        serde_json::json!({
+            "id": r.id,
+            "external_id": r.external_id,
+            "role": r.role,
+            "app_id": r.app_id,
+            "created_at": r.created_at,
+            "updated_at": r.updated_at,
+            "signed_up_at": r.signed_up_at,
+            "last_seen_at": r.last_seen_at,
+            "company_ids": r.companies.present(),
+            "tag_ids": r.tags.present(),
+            "unsubscribed_from_emails": r.unsubscribed_from_emails,
+            "unsubscribed_from_sms": r.unsubscribed_from_sms,
+            "archived": r.archived,
+            "email_hash": r.email_hash,
+            "custom_attributes": r.custom_attributes.as_deref().and_then(|s| self.open_attributes(&r.id, s)),
+            "source_updated_at": r.stamp,
+            "cached_at_ms": r.written_ms,
+        })
+    }
+
+    pub fn conversation_view(&self, r: &ConversationRecord) -> Value {
+        serde_json::json!({
+            "id": r.id,
+            "app_id": r.app_id,
+            "state": r.state,
+            "open": r.open,
+            "read": r.read,
+            "priority": r.priority,
+            "created_at": r.created_at,
+            "updated_at": r.updated_at,
+            "waiting_since": r.waiting_since,
+            "snoozed_until": r.snoozed_until,
+            "admin_assignee_id": r.admin_assignee_id,
+            "team_assignee_id": r.team_assignee_id,
+            "contact_ids": r.contacts.present(),
+            "tag_ids": r.tags.present(),
+            "part_count": r.part_count,
+            "last_part_at": r.last_part_at,
+            "rating": r.rating,
+            "source_type": r.source_type,
+            "delivered_as": r.delivered_as,
+            "source_updated_at": r.stamp,
+            "cached_at_ms": r.written_ms,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::DataKey;
+
+    #[test]
+    fn lww_set_ignores_older_decisions() {
+        let mut s = LwwSet::default();
+        s.set("t1", true, 10);
+        s.set("t1", false, 5); // an older removal arrives late
+        assert_eq!(s.present(), vec!["t1"]);
+        s.set("t1", false, 11);
+        assert!(s.present().is_empty());
+        s.replace(&["a".into(), "b".into()], 20);
+        s.replace(&["b".into()], 19); // stale full list changes nothing
+        assert_eq!(s.present(), vec!["a", "b"]);
+        s.replace(&["b".into()], 21);
+        assert_eq!(s.present(), vec!["b"]);
+    }
+
+    #[test]
+    fn attributes_are_allow_listed_and_encrypted() {
+        let keys = Keys::derive(&DataKey::from_bytes([9; 32]));
+        let codec = CacheCodec::new(keys, vec!["plan".into()]);
+        let attrs = serde_json::json!({"plan": "pro", "birthday_at": 631152000});
+        let sealed = codec.seal_attributes("c1", Some(&attrs)).unwrap();
+        assert!(!sealed.contains("pro"));
+        assert_eq!(codec.open_attributes("c1", &sealed).unwrap(), serde_json::json!({"plan": "pro"}));
+        assert!(codec.open_attributes("c2", &sealed).is_none(), "bound to its contact");
+        let none = CacheCodec::new(Keys::derive(&DataKey::from_bytes([9; 32])), vec![]);
+        assert!(none.seal_attributes("c1", Some(&attrs)).is_none());
+    }
+}

@@ -1,0 +1,209 @@
+//! The command line: raw flags as clap parses them. `config` turns them, the
+//! environment and the TOML file into validated [`crate::config::Settings`].
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "intercom-webhooks",
+    version,
+    about = "Privacy-first, durable receiver and processor for Intercom webhooks"
+)]
+pub struct Cli {
+    /// TOML configuration file; flags and environment override it.
+    #[arg(long, global = true, env = "INTERCOM_WEBHOOKS_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Directory of the store and key files [default: ./data].
+    #[arg(long, global = true, env = "INTERCOM_WEBHOOKS_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Format of the log lines on stderr [default: text].
+    #[arg(long, global = true, env = "INTERCOM_WEBHOOKS_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+
+    /// Machine-readable output: one JSON document on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// Admin API of a running server, used when it holds the store
+    /// [default: http://127.0.0.1:9090].
+    #[arg(long, global = true, env = "INTERCOM_WEBHOOKS_ADMIN_URL", value_name = "URL")]
+    pub admin_url: Option<String>,
+
+    /// Intercom region for REST calls [default: us].
+    #[arg(long, global = true, env = "INTERCOM_REGION", value_enum)]
+    pub region: Option<Region>,
+
+    /// Overrides the region's REST base URL (a proxy, or a local stand-in).
+    #[arg(long, global = true, env = "INTERCOM_API_BASE_URL", value_name = "URL")]
+    pub api_base_url: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Region {
+    Us,
+    Eu,
+    Au,
+}
+
+impl Region {
+    pub fn base_url(self) -> &'static str {
+        match self {
+            Region::Us => "https://api.intercom.io",
+            Region::Eu => "https://api.eu.intercom.io",
+            Region::Au => "https://api.au.intercom.io",
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the webhook receiver, the workers, the purger and the admin API.
+    Serve(ServeArgs),
+    /// List or inspect stored notifications.
+    #[command(subcommand)]
+    Events(EventsCommand),
+    /// Run the handlers again for stored notifications.
+    Replay(ReplayArgs),
+    /// Counts by status and topic, queue depth, store size, delivery health.
+    Stats,
+    /// Apply the retention periods now.
+    Purge(PurgeArgs),
+    /// Inspect or clear the data-minimised cache.
+    #[command(subcommand)]
+    Cache(CacheCommand),
+    /// The audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Sign a realistic sample notification and post it to a receiver.
+    Simulate(SimulateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Public listener for Intercom [default: 127.0.0.1:8080].
+    #[arg(long, env = "INTERCOM_WEBHOOKS_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Admin listener [default: 127.0.0.1:9090].
+    #[arg(long, env = "INTERCOM_WEBHOOKS_ADMIN_LISTEN", value_name = "ADDR")]
+    pub admin_listen: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// List stored notifications, newest first.
+    List(EventFilterArgs),
+    /// One notification: metadata, history and its payload with personal data masked.
+    Show { id: String },
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct EventFilterArgs {
+    /// pending, processed, skipped, retrying, failed or invalid.
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Topic glob, e.g. 'conversation.*'.
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// RFC 3339 time or a duration ago (2h).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// RFC 3339 time or a duration ago (2h).
+    #[arg(long)]
+    pub until: Option<String>,
+    /// At most this many [default: 50].
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Continue after this cursor (from the previous page).
+    #[arg(long)]
+    pub after: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// Replay these notification ids.
+    #[arg(long = "id", value_name = "ID")]
+    pub ids: Vec<String>,
+    #[arg(long)]
+    pub status: Option<String>,
+    #[arg(long)]
+    pub topic: Option<String>,
+    #[arg(long)]
+    pub since: Option<String>,
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Every stored notification.
+    #[arg(long)]
+    pub all: bool,
+    /// Count and list what would be replayed; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PurgeArgs {
+    /// Count what would be removed; remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// Show a cached, minimised record.
+    Show { kind: CacheKind, id: String },
+    /// Remove every cached record (tombstones stay). Needs --yes.
+    Clear {
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CacheKind {
+    Contact,
+    Conversation,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// The audit entries, oldest first.
+    List,
+    /// Check the hash chain; names the first bad entry.
+    Verify,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the effective settings, secrets hidden.
+    Check,
+}
+
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// Topic of the sample notification.
+    #[arg(long, required_unless_present = "list")]
+    pub topic: Option<String>,
+    /// Receiver URL [default: http://<listen>/webhooks/intercom].
+    #[arg(long)]
+    pub url: Option<String>,
+    /// List the topics with a sample.
+    #[arg(long)]
+    pub list: bool,
+}

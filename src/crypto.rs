@@ -1,0 +1,272 @@
+//! Keys and encryption at rest. The data key (32 bytes, from
+//! `INTERCOM_WEBHOOKS_DATA_KEY` or a key file made on first start) never
+//! encrypts data directly: purpose keys are derived from it (HMAC-SHA256 over
+//! a label), so the email hash key, the cache key and the key that wraps the
+//! intake log's per-segment keys are independent of each other.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::Path;
+
+use base64::Engine;
+use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
+use chacha20poly1305::{ChaCha20Poly1305, XChaCha20Poly1305, XNonce};
+use hmac::{Hmac, Mac};
+use rand::RngCore;
+use sha2::Sha256;
+
+use crate::secret::Secret;
+
+pub const KEY_FILE: &str = "data.key";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CryptoError {
+    #[error("INTERCOM_WEBHOOKS_DATA_KEY must be 32 bytes given as 64 hex characters or base64")]
+    BadKey,
+    #[error("the key file {0} is not a 32-byte key in hex")]
+    BadKeyFile(String),
+    #[error("cannot read or create the key file {path}: {source}")]
+    KeyFileIo {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("decryption failed: wrong data key, or the data was altered")]
+    Decrypt,
+}
+
+/// The 32-byte root key. `Debug` never prints it.
+#[derive(Clone)]
+pub struct DataKey([u8; 32]);
+
+impl std::fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DataKey([redacted])")
+    }
+}
+
+/// Where the data key came from, so the caller can warn about a new file.
+#[derive(Debug, PartialEq, Eq)]
+pub enum KeySource {
+    Configured,
+    ExistingFile,
+    GeneratedFile,
+}
+
+impl DataKey {
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        DataKey(bytes)
+    }
+
+    /// Parses 64 hex characters or base64 (standard or URL-safe) of 32 bytes.
+    pub fn parse(text: &str) -> Result<Self, CryptoError> {
+        let text = text.trim();
+        let bytes = if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            hex::decode(text).map_err(|_| CryptoError::BadKey)?
+        } else {
+            base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .or_else(|_| base64::engine::general_purpose::URL_SAFE.decode(text))
+                .map_err(|_| CryptoError::BadKey)?
+        };
+        let arr: [u8; 32] = bytes.try_into().map_err(|_| CryptoError::BadKey)?;
+        Ok(DataKey(arr))
+    }
+
+    /// The configured key, else the key file in `data_dir`, else a new key
+    /// file (mode 0600).
+    pub fn load_or_create(configured: Option<&Secret>, data_dir: &Path) -> Result<(Self, KeySource), CryptoError> {
+        if let Some(s) = configured {
+            return Ok((Self::parse(s.expose())?, KeySource::Configured));
+        }
+        let path = data_dir.join(KEY_FILE);
+        let io = |source| CryptoError::KeyFileIo { path: path.display().to_string(), source };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let key = Self::parse(&text).map_err(|_| CryptoError::BadKeyFile(path.display().to_string()))?;
+                Ok((key, KeySource::ExistingFile))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(data_dir).map_err(io)?;
+                let mut bytes = [0u8; 32];
+                OsRng.fill_bytes(&mut bytes);
+                let mut opts = OpenOptions::new();
+                opts.write(true).create_new(true);
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::OpenOptionsExt;
+                    opts.mode(0o600);
+                }
+                let mut f = opts.open(&path).map_err(io)?;
+                f.write_all(hex::encode(bytes).as_bytes()).map_err(io)?;
+                f.sync_all().map_err(io)?;
+                Ok((DataKey(bytes), KeySource::GeneratedFile))
+            }
+            Err(e) => Err(io(e)),
+        }
+    }
+
+    /// A purpose key: HMAC-SHA256(data key, label).
+    pub fn derive(&self, label: &str) -> [u8; 32] {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes any key length");
+        mac.update(b"intercom-webhooks/");
+        mac.update(label.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+}
+
+/// The keys the running program uses, derived once from the data key.
+#[derive(Clone)]
+pub struct Keys {
+    /// Wraps the per-segment keys of the intake log (see `store::keyring`).
+    pub wrap: [u8; 32],
+    /// Encrypts sensitive values in the cache (allow-listed custom attributes).
+    pub cache: [u8; 32],
+    /// Keys the email hash (HMAC-SHA256), so it cannot be reversed by
+    /// hashing guessed addresses without the data key.
+    pub email_hash: [u8; 32],
+    /// Keys the audit log's hashes of identifiers.
+    pub audit_hash: [u8; 32],
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Keys([redacted])")
+    }
+}
+
+impl Keys {
+    pub fn derive(key: &DataKey) -> Self {
+        Keys {
+            wrap: key.derive("segment-key-wrap/v1"),
+            cache: key.derive("cache/v1"),
+            email_hash: key.derive("email-hash/v1"),
+            audit_hash: key.derive("audit-hash/v1"),
+        }
+    }
+
+    /// Keyed hash of an email: trimmed and lower-cased first, hex output.
+    pub fn email_hash(&self, email: &str) -> String {
+        keyed_hash(&self.email_hash, email.trim().to_lowercase().as_bytes())
+    }
+
+    /// Keyed hash of an identifier for the audit log.
+    pub fn audit_hash(&self, value: &str) -> String {
+        keyed_hash(&self.audit_hash, value.as_bytes())
+    }
+}
+
+pub fn keyed_hash(key: &[u8; 32], data: &[u8]) -> String {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(data);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// A fresh random 32-byte key.
+pub fn random_key() -> [u8; 32] {
+    let mut k = [0u8; 32];
+    OsRng.fill_bytes(&mut k);
+    k
+}
+
+/// XChaCha20-Poly1305 with a random nonce: `nonce(24) || ciphertext+tag`.
+/// For small values (wrapped keys, cache fields) where a stored nonce is cheap.
+pub fn seal(key: &[u8; 32], aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
+    let cipher = XChaCha20Poly1305::new(key.into());
+    let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
+    let mut out = nonce.to_vec();
+    let ct = cipher
+        .encrypt(&nonce, Payload { msg: plaintext, aad })
+        .expect("encryption of an in-memory buffer cannot fail");
+    out.extend_from_slice(&ct);
+    out
+}
+
+pub fn open(key: &[u8; 32], aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    if sealed.len() < 24 + 16 {
+        return Err(CryptoError::Decrypt);
+    }
+    let (nonce, ct) = sealed.split_at(24);
+    XChaCha20Poly1305::new(key.into())
+        .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad })
+        .map_err(|_| CryptoError::Decrypt)
+}
+
+/// ChaCha20-Poly1305 under a key used for one intake log segment only, with
+/// the record's offset in the segment as the nonce: offsets never repeat
+/// within a segment (a segment is never appended to after a restart), so no
+/// nonce needs storing.
+pub struct SegmentCipher(ChaCha20Poly1305);
+
+impl SegmentCipher {
+    pub fn new(key: &[u8; 32]) -> Self {
+        SegmentCipher(ChaCha20Poly1305::new(key.into()))
+    }
+
+    fn nonce(offset: u64) -> chacha20poly1305::Nonce {
+        let mut n = [0u8; 12];
+        n[..8].copy_from_slice(&offset.to_le_bytes());
+        n.into()
+    }
+
+    pub fn encrypt(&self, offset: u64, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
+        self.0
+            .encrypt(&Self::nonce(offset), Payload { msg: plaintext, aad })
+            .expect("encryption of an in-memory buffer cannot fail")
+    }
+
+    pub fn decrypt(&self, offset: u64, aad: &[u8], ciphertext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        self.0
+            .decrypt(&Self::nonce(offset), Payload { msg: ciphertext, aad })
+            .map_err(|_| CryptoError::Decrypt)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_hex_and_base64_keys() {
+        let hex_key = "00".repeat(32);
+        assert!(DataKey::parse(&hex_key).is_ok());
+        let b64 = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+        assert!(DataKey::parse(&b64).is_ok());
+        assert!(DataKey::parse("short").is_err());
+        assert!(DataKey::parse(&"00".repeat(31)).is_err());
+    }
+
+    #[test]
+    fn key_file_is_created_once_with_mode_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let (k1, src) = DataKey::load_or_create(None, dir.path()).unwrap();
+        assert_eq!(src, KeySource::GeneratedFile);
+        let (k2, src) = DataKey::load_or_create(None, dir.path()).unwrap();
+        assert_eq!(src, KeySource::ExistingFile);
+        assert_eq!(k1.0, k2.0);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join(KEY_FILE)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn email_hash_normalises() {
+        let keys = Keys::derive(&DataKey::from_bytes([1; 32]));
+        assert_eq!(keys.email_hash(" Zoe@Example.org "), keys.email_hash("zoe@example.org"));
+        assert_ne!(keys.email_hash("a@example.org"), keys.email_hash("b@example.org"));
+    }
+
+    #[test]
+    fn seal_open_round_trip_and_tamper() {
+        let key = random_key();
+        let sealed = seal(&key, b"aad", b"secret");
+        assert_eq!(open(&key, b"aad", &sealed).unwrap(), b"secret");
+        assert!(open(&key, b"other", &sealed).is_err());
+        let c = SegmentCipher::new(&key);
+        let ct = c.encrypt(42, b"s", b"payload");
+        assert_eq!(c.decrypt(42, b"s", &ct).unwrap(), b"payload");
+        assert!(c.decrypt(43, b"s", &ct).is_err());
+    }
+}

@@ -1,0 +1,197 @@
+//! PARSE: the few envelope fields the store indexes, read from a verified
+//! body without copying the rest (facts.md §1.1). Every field but `topic` and
+//! `data` may be missing or null; unknown fields are ignored because Intercom
+//! adds fields without notice.
+
+use serde::Deserialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::timefmt::parse_timestamp;
+
+/// The indexed fields of a notification.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    pub id: Option<String>,
+    pub topic: String,
+    pub app_id: Option<String>,
+    /// Intercom's `created_at`, unix seconds.
+    pub created_at: Option<i64>,
+    pub item_type: Option<String>,
+    pub item_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawEnvelope {
+    id: Option<Value>,
+    topic: Option<Value>,
+    app_id: Option<Value>,
+    created_at: Option<Value>,
+    data: Option<RawData>,
+}
+
+#[derive(Deserialize)]
+struct RawData {
+    item: Option<RawItem>,
+}
+
+#[derive(Deserialize)]
+struct RawItem {
+    #[serde(rename = "type")]
+    kind: Option<Value>,
+    id: Option<Value>,
+    conversation_id: Option<Value>,
+    contact: Option<RawRef>,
+    ticket: Option<RawRef>,
+}
+
+#[derive(Deserialize)]
+struct RawRef {
+    id: Option<Value>,
+}
+
+/// Why a verified body is not a notification (kept with status `invalid`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Invalid {
+    NotJson,
+    NoTopic,
+    NoItem,
+}
+
+impl Invalid {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Invalid::NotJson => "body is not a JSON object",
+            Invalid::NoTopic => "no topic",
+            Invalid::NoItem => "no data.item object",
+        }
+    }
+}
+
+/// A JSON scalar as an identifier string (ids come as strings or numbers).
+pub fn id_string(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+pub fn parse(body: &[u8]) -> Result<Envelope, Invalid> {
+    let raw: RawEnvelope = serde_json::from_slice(body).map_err(|_| Invalid::NotJson)?;
+    let topic = match raw.topic {
+        Some(Value::String(t)) if !t.trim().is_empty() => t.trim().to_string(),
+        _ => return Err(Invalid::NoTopic),
+    };
+    let item = raw.data.and_then(|d| d.item).ok_or(Invalid::NoItem)?;
+    let item_id = item
+        .id
+        .as_ref()
+        .and_then(id_string)
+        .or_else(|| item.conversation_id.as_ref().and_then(id_string))
+        .or_else(|| item.ticket.as_ref().and_then(|t| t.id.as_ref()).and_then(id_string))
+        .or_else(|| item.contact.as_ref().and_then(|c| c.id.as_ref()).and_then(id_string));
+    Ok(Envelope {
+        id: raw.id.as_ref().and_then(id_string),
+        topic,
+        app_id: raw.app_id.as_ref().and_then(id_string),
+        created_at: raw.created_at.as_ref().and_then(parse_timestamp),
+        item_type: item.kind.as_ref().and_then(|v| v.as_str().map(str::to_string)),
+        item_id,
+    })
+}
+
+/// What the receiver does with a verified body.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Classified {
+    /// `ping` with a null id: answered `200`, stored nowhere (facts.md §1.5).
+    Ping,
+    Notification { key: String, envelope: Envelope },
+    Invalid { key: String, why: Invalid },
+}
+
+pub fn classify(body: &[u8]) -> Classified {
+    match parse(body) {
+        Ok(env) if env.id.is_none() && env.topic == "ping" => Classified::Ping,
+        Ok(env) => Classified::Notification { key: event_key(&env), envelope: env },
+        Err(why) => Classified::Invalid { key: format!("inv_{}", short_hash(&[body])), why },
+    }
+}
+
+/// The dedup key. Intercom's notification id (`notif_<uuid>`, unique across
+/// workspaces) when there is a usable one; for the rare null id the fallback
+/// is a hash of (topic, item type, item id, created_at): a redelivery of the
+/// same notification carries the same four values.
+pub fn event_key(env: &Envelope) -> String {
+    match &env.id {
+        Some(id) if is_plain_key(id) => id.clone(),
+        Some(id) => format!("h_{}", short_hash(&[id.as_bytes()])),
+        None => {
+            let created = env.created_at.map(|c| c.to_string()).unwrap_or_default();
+            format!(
+                "fb_{}",
+                short_hash(&[
+                    env.topic.as_bytes(),
+                    env.item_type.as_deref().unwrap_or("").as_bytes(),
+                    env.item_id.as_deref().unwrap_or("").as_bytes(),
+                    created.as_bytes(),
+                ])
+            )
+        }
+    }
+}
+
+fn is_plain_key(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+}
+
+fn short_hash(parts: &[&[u8]]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    hex::encode(&h.finalize()[..16])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_envelope() {
+        let body = br#"{"type":"notification_event","app_id":"abc","data":{"item":{"type":"contact","id":"c1"}},"id":"notif_1","topic":"contact.user.created","created_at":1767225600}"#;
+        let env = parse(body).unwrap();
+        assert_eq!(env.id.as_deref(), Some("notif_1"));
+        assert_eq!(env.item_type.as_deref(), Some("contact"));
+        assert_eq!(env.item_id.as_deref(), Some("c1"));
+        assert_eq!(env.created_at, Some(1767225600));
+        assert_eq!(event_key(&env), "notif_1");
+    }
+
+    #[test]
+    fn ping_and_null_ids() {
+        let ping = br#"{"type":"notification_event","data":{"item":{"type":"ping"}},"id":null,"topic":"ping"}"#;
+        assert_eq!(classify(ping), Classified::Ping);
+        let read = br#"{"data":{"item":{"type":"conversation","id":"5"}},"id":null,"topic":"conversation.read","created_at":7}"#;
+        let Classified::Notification { key, .. } = classify(read) else { panic!() };
+        assert!(key.starts_with("fb_"));
+        let Classified::Notification { key: again, .. } = classify(read) else { panic!() };
+        assert_eq!(key, again, "the fallback key is stable");
+    }
+
+    #[test]
+    fn invalid_bodies() {
+        assert!(matches!(classify(b"not json"), Classified::Invalid { why: Invalid::NotJson, .. }));
+        assert!(matches!(classify(b"[1,2]"), Classified::Invalid { why: Invalid::NotJson, .. }));
+        assert!(matches!(classify(br#"{"data":{"item":{}}}"#), Classified::Invalid { why: Invalid::NoTopic, .. }));
+        assert!(matches!(classify(br#"{"topic":"x"}"#), Classified::Invalid { why: Invalid::NoItem, .. }));
+    }
+
+    #[test]
+    fn deleted_conversation_uses_conversation_id() {
+        let body = br#"{"data":{"item":{"type":"conversation","conversation_id":"215"}},"id":"n","topic":"conversation.deleted"}"#;
+        assert_eq!(parse(body).unwrap().item_id.as_deref(), Some("215"));
+    }
+}

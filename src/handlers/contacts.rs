@@ -1,0 +1,157 @@
+//! Contact topics → the contact cache. Decisions (README has the table):
+//! - `contact.archived` keeps the record, marked `archived` (Intercom
+//!   restores an archived contact when the person returns);
+//!   `contact.unarchived` brings a full contact back and clears the mark.
+//! - `contact.deleted` (and the legacy `user.deleted`) removes the record
+//!   and leaves a tombstone: no later event can recreate that id (Intercom
+//!   never reuses contact ids).
+//! - `contact.merged` updates the surviving contact; the merged-away id, when
+//!   the payload names it, is deleted and tombstoned like a deletion.
+
+use serde_json::Value;
+use sled::transaction::ConflictableTransactionError;
+
+use super::{bool_field, list_ids, list_is_partial, str_field, ts, Applied, Ctx};
+use crate::cache::{decode, encode, ContactRecord};
+use crate::store::{CacheKind, CacheTx, TxResult};
+
+const KIND: CacheKind = CacheKind::Contact;
+
+fn abort(msg: &str) -> ConflictableTransactionError<String> {
+    ConflictableTransactionError::Abort(msg.to_string())
+}
+
+fn load(tx: &CacheTx<'_>, id: &str) -> TxResult<Option<ContactRecord>> {
+    match tx.get(KIND, id)? {
+        Some(bytes) => decode(&bytes).map(Some).ok_or_else(|| abort("cached contact is unreadable")),
+        None => Ok(None),
+    }
+}
+
+fn save(tx: &CacheTx<'_>, ctx: &Ctx<'_>, r: &mut ContactRecord, prev: Option<&ContactRecord>) -> TxResult<()> {
+    let prev_hash = prev.and_then(|p| p.email_hash.clone());
+    if prev_hash != r.email_hash {
+        if let Some(h) = &prev_hash {
+            tx.unindex_email(h, &r.id)?;
+        }
+    }
+    if let Some(h) = &r.email_hash {
+        tx.index_email(h, &r.id)?;
+    }
+    r.written_ms = ctx.now_ms;
+    tx.put(KIND, &r.id, &encode(r), r.written_ms, prev.map(|p| p.written_ms))
+}
+
+pub fn upsert(tx: &CacheTx<'_>, ctx: &Ctx<'_>, contact: &Value, archived: Option<bool>) -> TxResult<Applied> {
+    let id = str_field(contact, "id").ok_or_else(|| abort("contact item has no id"))?;
+    if tx.tombstone(KIND, &id)?.is_some() {
+        return Ok(Applied::Tombstoned);
+    }
+    let stamp = ctx.stamp(contact);
+    let existing = load(tx, &id)?;
+    if existing.as_ref().is_some_and(|e| e.stamp > stamp) {
+        return Ok(Applied::Stale);
+    }
+    let mut r = existing.clone().unwrap_or_default();
+    r.id = id;
+    r.app_id = ctx.app_id.map(str::to_string).or(r.app_id);
+    r.external_id = str_field(contact, "external_id").or_else(|| str_field(contact, "user_id"));
+    r.role = str_field(contact, "role").or_else(|| match str_field(contact, "type").as_deref() {
+        Some("user") => Some("user".into()),
+        _ if bool_field(contact, "anonymous") == Some(true) => Some("lead".into()),
+        _ => r.role.clone(),
+    });
+    r.created_at = ts(contact, "created_at").or(r.created_at);
+    r.updated_at = ts(contact, "updated_at").or(r.updated_at);
+    r.signed_up_at = ts(contact, "signed_up_at").or(r.signed_up_at);
+    r.last_seen_at = ts(contact, "last_seen_at").or_else(|| ts(contact, "last_request_at")).or(r.last_seen_at);
+    for (key, legacy, set) in [("tags", "tags", &mut r.tags), ("companies", "companies", &mut r.companies)] {
+        if let Some(ids) = list_ids(contact, key, legacy) {
+            if list_is_partial(contact, key) {
+                ids.iter().for_each(|i| set.set(i, true, stamp));
+            } else {
+                set.replace(&ids, stamp);
+            }
+        }
+    }
+    if let Some(v) = bool_field(contact, "unsubscribed_from_emails") {
+        r.unsubscribed_from_emails = Some(v);
+    }
+    if let Some(v) = bool_field(contact, "unsubscribed_from_sms") {
+        r.unsubscribed_from_sms = Some(v);
+    }
+    if let Some(email) = contact.get("email") {
+        r.email_hash = email.as_str().and_then(|e| ctx.codec.email_hash(e));
+    }
+    if contact.get("custom_attributes").is_some() {
+        r.custom_attributes = ctx.codec.seal_attributes(&r.id, contact.get("custom_attributes"));
+    }
+    r.archived = archived.or_else(|| bool_field(contact, "archived")).unwrap_or(r.archived);
+    r.stamp = stamp;
+    save(tx, ctx, &mut r, existing.as_ref())?;
+    Ok(Applied::Updated)
+}
+
+pub fn archive(tx: &CacheTx<'_>, ctx: &Ctx<'_>, id: &str) -> TxResult<Applied> {
+    if tx.tombstone(KIND, id)?.is_some() {
+        return Ok(Applied::Tombstoned);
+    }
+    let stamp = ctx.event_stamp();
+    let existing = load(tx, id)?;
+    if existing.as_ref().is_some_and(|e| e.stamp > stamp) {
+        return Ok(Applied::Stale);
+    }
+    let mut r = existing.clone().unwrap_or_else(|| ContactRecord { id: id.to_string(), ..ContactRecord::default() });
+    r.app_id = ctx.app_id.map(str::to_string).or(r.app_id);
+    r.archived = true;
+    r.stamp = stamp;
+    save(tx, ctx, &mut r, existing.as_ref())?;
+    Ok(Applied::Updated)
+}
+
+pub fn delete(tx: &CacheTx<'_>, ctx: &Ctx<'_>, id: &str) -> TxResult<Applied> {
+    if let Some(existing) = load(tx, id)? {
+        if let Some(h) = &existing.email_hash {
+            tx.unindex_email(h, id)?;
+        }
+        tx.remove(KIND, id, Some(existing.written_ms))?;
+    }
+    let deleted_at = tx.tombstone(KIND, id)?.unwrap_or_else(|| ctx.event_stamp());
+    tx.put_tombstone(KIND, id, deleted_at, ctx.now_ms)?;
+    Ok(Applied::Deleted)
+}
+
+pub fn merge(tx: &CacheTx<'_>, ctx: &Ctx<'_>, contact: &Value, merged_from: Option<&str>) -> TxResult<Applied> {
+    let applied = upsert(tx, ctx, contact, None)?;
+    if let Some(from) = merged_from {
+        if Some(from) != str_field(contact, "id").as_deref() {
+            delete(tx, ctx, from)?;
+        }
+    }
+    Ok(applied)
+}
+
+pub enum Set {
+    Tags,
+    Companies,
+}
+
+/// A tag or company added to / removed from a contact. The membership
+/// change is ordered by the event's time, the contact's other fields by its
+/// own `updated_at`.
+pub fn membership(tx: &CacheTx<'_>, ctx: &Ctx<'_>, contact: &Value, set: Set, member: &str, add: bool) -> TxResult<Applied> {
+    let applied = upsert(tx, ctx, contact, None)?;
+    if applied == Applied::Tombstoned {
+        return Ok(applied);
+    }
+    let id = str_field(contact, "id").ok_or_else(|| abort("contact item has no id"))?;
+    let existing = load(tx, &id)?;
+    let mut r = existing.clone().ok_or_else(|| abort("contact vanished inside its transaction"))?;
+    let target = match set {
+        Set::Tags => &mut r.tags,
+        Set::Companies => &mut r.companies,
+    };
+    target.set(member, add, ctx.event_stamp());
+    save(tx, ctx, &mut r, existing.as_ref())?;
+    Ok(Applied::Updated)
+}

@@ -1,0 +1,214 @@
+//! The admin API (admin listener only). Every route but `/metrics` needs
+//! `Authorization: Bearer <admin token>`, compared in constant time; with no
+//! admin token configured every admin request is refused. A governor limit
+//! caps the request rate. Handlers call `ops`, the same code the CLI runs on
+//! a stopped store.
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::AppState;
+use crate::metrics::RouteCode;
+use crate::ops::{self, FilterQuery, OpsError, ReplayRequest};
+use crate::secret::constant_time_eq;
+use crate::store::CacheKind;
+
+pub fn router(state: AppState) -> Router {
+    let protected = Router::new()
+        .route("/admin/stats", get(stats))
+        .route("/admin/events", get(list_events))
+        .route("/admin/events/{id}", get(show_event))
+        .route("/admin/replay", post(replay))
+        .route("/admin/purge", post(purge))
+        .route("/admin/contacts/{id}", get(contact))
+        .route("/admin/conversations/{id}", get(conversation))
+        .route("/admin/cache/clear", post(cache_clear))
+        .route("/admin/audit", get(audit_list))
+        .route("/admin/audit/verify", get(audit_verify))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
+    Router::new()
+        .route("/metrics", get(metrics))
+        .merge(protected)
+        .layer(middleware::from_fn_with_state(state.clone(), count))
+        .with_state(state)
+}
+
+/// Counts admin requests by route template and status code.
+async fn count(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    let route = match req.extensions().get::<axum::extract::MatchedPath>().map(|p| p.as_str()) {
+        Some("/metrics") => "metrics",
+        Some(_) => "admin",
+        None => "unmatched",
+    };
+    let resp = next.run(req).await;
+    app.metrics
+        .requests
+        .get_or_create(&RouteCode { route, code: resp.status().as_u16() })
+        .inc();
+    resp
+}
+
+async fn authorize(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    if app.admin_limiter.check().is_err() {
+        return error(StatusCode::TOO_MANY_REQUESTS, "admin API rate limit exceeded");
+    }
+    let Some(token) = &app.settings.admin_token else {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "the admin API is disabled: set INTERCOM_WEBHOOKS_ADMIN_TOKEN to enable it",
+        );
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !constant_time_eq(given.as_bytes(), token.expose().as_bytes()) {
+        return error(StatusCode::UNAUTHORIZED, "missing or wrong admin token");
+    }
+    next.run(req).await
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({ "error": message }))).into_response()
+}
+
+pub struct AdminError(OpsError);
+
+impl From<OpsError> for AdminError {
+    fn from(e: OpsError) -> Self {
+        AdminError(e)
+    }
+}
+
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
+        match &self.0 {
+            OpsError::BadRequest(m) => error(StatusCode::BAD_REQUEST, m),
+            OpsError::NotFound(m) => error(StatusCode::NOT_FOUND, m),
+            OpsError::Store(e) => {
+                tracing::error!(error = %e, "Admin request failed.");
+                error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())
+            }
+        }
+    }
+}
+
+type AdminResult = Result<Json<Value>, AdminError>;
+
+/// Runs blocking store work off the async threads.
+async fn blocking<F>(f: F) -> AdminResult
+where
+    F: FnOnce() -> Result<Value, OpsError> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map(Json).map_err(AdminError),
+        Err(e) => Err(AdminError(OpsError::BadRequest(format!("request aborted: {e}")))),
+    }
+}
+
+async fn metrics(State(app): State<AppState>) -> Response {
+    let store = app.store.clone();
+    let (size, depth, failed) = tokio::task::spawn_blocking(move || {
+        let failed = store
+            .counts()
+            .map(|(s, _, _)| s.get(&crate::store::Status::Failed).copied().unwrap_or(0))
+            .unwrap_or(0);
+        (store.size_on_disk(), store.pending_depth(), failed)
+    })
+    .await
+    .unwrap_or((0, 0, 0));
+    app.metrics.store_size.set(size as i64);
+    app.metrics.pending_depth.set(depth as i64);
+    app.metrics.failed_events.set(failed as i64);
+    app.metrics.fsyncs.set(app.store.fsync_stats().0 as i64);
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        app.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn stats(State(app): State<AppState>) -> AdminResult {
+    blocking(move || ops::stats(&app.store, Some(&app.metrics))).await
+}
+
+async fn list_events(State(app): State<AppState>, Query(q): Query<FilterQuery>) -> AdminResult {
+    blocking(move || ops::list_events(&app.store, &q)).await
+}
+
+async fn show_event(State(app): State<AppState>, Path(id): Path<String>) -> AdminResult {
+    blocking(move || ops::show_event(&app.store, &id)).await
+}
+
+async fn replay(State(app): State<AppState>, Json(req): Json<ReplayRequest>) -> AdminResult {
+    blocking(move || {
+        let (keys, replayed) = ops::select_replay(&app.store, &req, |_| {})?;
+        if !req.dry_run {
+            for k in &keys {
+                app.store.enqueue(k.clone());
+            }
+            app.metrics.replays.inc_by(replayed);
+            tracing::info!(matched = keys.len(), replayed, "Replay queued.");
+        }
+        let mut doc = json!({ "matched": keys.len(), "replayed": replayed });
+        if req.dry_run {
+            doc["ids"] = json!(keys);
+        }
+        Ok(doc)
+    })
+    .await
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct DryRun {
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+async fn purge(State(app): State<AppState>, body: Option<Json<DryRun>>) -> AdminResult {
+    let dry_run = body.map(|b| b.0.dry_run).unwrap_or(false);
+    let report = crate::purge::run_once(&app.store, &app.settings, dry_run)
+        .await
+        .map_err(|e| AdminError(OpsError::Store(e)))?;
+    if !dry_run {
+        report.record_metrics(&app.metrics);
+    }
+    Ok(Json(report.to_json()))
+}
+
+async fn contact(State(app): State<AppState>, Path(id): Path<String>) -> AdminResult {
+    blocking(move || ops::cache_show(&app.store, &app.codec, CacheKind::Contact, &id)).await
+}
+
+async fn conversation(State(app): State<AppState>, Path(id): Path<String>) -> AdminResult {
+    blocking(move || ops::cache_show(&app.store, &app.codec, CacheKind::Conversation, &id)).await
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Confirm {
+    #[serde(default)]
+    pub yes: bool,
+}
+
+async fn cache_clear(State(app): State<AppState>, Json(c): Json<Confirm>) -> AdminResult {
+    if !c.yes {
+        return Err(AdminError(OpsError::BadRequest("cache clear removes every cached record: send {\"yes\":true}".into())));
+    }
+    blocking(move || ops::cache_clear(&app.store)).await
+}
+
+async fn audit_list(State(app): State<AppState>) -> AdminResult {
+    blocking(move || crate::audit::list(&app.store).map_err(OpsError::from)).await
+}
+
+async fn audit_verify(State(app): State<AppState>) -> AdminResult {
+    blocking(move || crate::audit::verify(&app.store).map_err(OpsError::from)).await
+}

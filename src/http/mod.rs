@@ -1,0 +1,68 @@
+//! RECEIVE: the two HTTP listeners. The public one has only the webhook
+//! route and health checks; the admin one (loopback by default) has the
+//! admin API and `/metrics`. [`AppState`] is a set of cheap clonable handles.
+
+pub mod admin;
+pub mod health;
+pub mod webhook;
+
+use std::net::IpAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use axum::routing::{get, post};
+use axum::Router;
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::CacheCodec;
+use crate::config::Settings;
+use crate::metrics::Metrics;
+use crate::store::Store;
+use crate::verify::Verifier;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub verifier: Arc<Verifier>,
+    pub metrics: Arc<Metrics>,
+    pub settings: Arc<Settings>,
+    pub codec: Arc<CacheCodec>,
+    /// Failed signature checks per source address.
+    pub bad_signatures: Arc<DefaultKeyedRateLimiter<IpAddr>>,
+    pub admin_limiter: Arc<DefaultDirectRateLimiter>,
+    pub workers_running: Arc<AtomicBool>,
+    pub shutdown: CancellationToken,
+}
+
+impl AppState {
+    pub fn new(store: Store, settings: Arc<Settings>, metrics: Arc<Metrics>, shutdown: CancellationToken) -> Self {
+        let per_minute = std::num::NonZeroU32::new(settings.http.bad_signatures_per_minute).unwrap_or(std::num::NonZeroU32::MIN);
+        let admin_rps = std::num::NonZeroU32::new(settings.admin.requests_per_second).unwrap_or(std::num::NonZeroU32::MIN);
+        AppState {
+            verifier: Arc::new(Verifier::new(&settings.client_secrets)),
+            codec: Arc::new(CacheCodec::new(store.keys().clone(), settings.cache.contact_custom_attributes.clone())),
+            bad_signatures: Arc::new(RateLimiter::keyed(Quota::per_minute(per_minute))),
+            admin_limiter: Arc::new(RateLimiter::direct(Quota::per_second(admin_rps))),
+            workers_running: Arc::new(AtomicBool::new(false)),
+            store,
+            settings,
+            metrics,
+            shutdown,
+        }
+    }
+}
+
+/// The public listener's routes.
+pub fn public_router(state: AppState) -> Router {
+    Router::new()
+        .route("/webhooks/intercom", post(webhook::receive).get(webhook::probe))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .with_state(state)
+}
+
+/// The admin listener's routes.
+pub fn admin_router(state: AppState) -> Router {
+    admin::router(state)
+}

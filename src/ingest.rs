@@ -1,0 +1,95 @@
+//! DEDUP/STORE: turns a verified webhook into a stored event. Pings with a
+//! null id are answered and dropped (facts.md §1.5); a signed body that is
+//! not a notification is kept as `invalid` for inspection.
+
+use crate::envelope::{classify, Classified};
+use crate::store::{Appended, EventMeta, Status, Store, StoreError};
+use crate::verify::VerifiedWebhook;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// New notification, durably stored.
+    Stored,
+    /// Seen before (or stored concurrently and now durable).
+    Duplicate,
+    /// A `ping` with a null id: nothing stored.
+    Ping,
+    /// Signed, but not a notification: stored as `invalid`.
+    Invalid,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Stored => "stored",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Ping => "ping",
+            Outcome::Invalid => "invalid",
+        }
+    }
+}
+
+/// The event key and topic, for logging the outcome.
+#[derive(Debug, Clone, Default)]
+pub struct Identity {
+    pub key: String,
+    pub topic: String,
+}
+
+pub async fn ingest(store: &Store, webhook: VerifiedWebhook, now_ms: i64) -> (Result<Outcome, StoreError>, Identity) {
+    let body = webhook.body().clone();
+    let (meta, invalid) = match classify(&body) {
+        Classified::Ping => return (Ok(Outcome::Ping), Identity { key: String::new(), topic: "ping".into() }),
+        Classified::Notification { key, envelope } => (
+            EventMeta {
+                key,
+                notification_id: envelope.id,
+                topic: envelope.topic,
+                app_id: envelope.app_id,
+                item_type: envelope.item_type,
+                item_id: envelope.item_id,
+                created_at: envelope.created_at,
+                received_ms: now_ms,
+                last_delivery_ms: now_ms,
+                delivery_count: 1,
+                status: Status::Pending,
+                attempts: 0,
+                retry_at_ms: None,
+                last_error: None,
+                history: Vec::new(),
+                body_len: body.len() as u32,
+                loc: None,
+            },
+            false,
+        ),
+        Classified::Invalid { key, why } => (
+            EventMeta {
+                key,
+                notification_id: None,
+                topic: String::new(),
+                app_id: None,
+                item_type: None,
+                item_id: None,
+                created_at: None,
+                received_ms: now_ms,
+                last_delivery_ms: now_ms,
+                delivery_count: 1,
+                status: Status::Invalid,
+                attempts: 0,
+                retry_at_ms: None,
+                last_error: Some(why.reason().to_string()),
+                history: Vec::new(),
+                body_len: body.len() as u32,
+                loc: None,
+            },
+            true,
+        ),
+    };
+    let identity = Identity { key: meta.key.clone(), topic: meta.topic.clone() };
+    let res = store.append_if_absent(meta, body).await.map(|a| match (a, invalid) {
+        (_, true) => Outcome::Invalid,
+        (Appended::Stored, false) => Outcome::Stored,
+        (Appended::Duplicate, false) => Outcome::Duplicate,
+    });
+    (res, identity)
+}

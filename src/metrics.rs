@@ -1,0 +1,178 @@
+//! Prometheus metrics (served on the admin listener). Labels are fixed,
+//! small sets (route, status code, reason, outcome, data class): never an id,
+//! a topic from the wire beyond the known families, or anything personal.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::timefmt::now_ms;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteCode {
+    pub route: &'static str,
+    pub code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reason {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClassLabel {
+    pub class: &'static str,
+}
+
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    pub requests: Family<RouteCode, Counter>,
+    pub signature_failures: Family<Reason, Counter>,
+    pub duplicates: Counter,
+    pub intake: Family<OutcomeLabel, Counter>,
+    pub intake_latency: Histogram,
+    pub processing_latency: Histogram,
+    pub processed: Family<OutcomeLabel, Counter>,
+    pub pending_depth: Gauge,
+    pub failed_events: Gauge,
+    pub replays: Counter,
+    pub purged: Family<ClassLabel, Counter>,
+    pub purge_runs: Counter,
+    pub purge_last_run: Gauge,
+    pub purge_duration_ms: Gauge,
+    pub store_size: Gauge,
+    pub fsyncs: Gauge,
+    pub webhook_consecutive_errors: Gauge,
+    pub webhook_seconds_since_2xx: Gauge,
+    pub intercom_calls: Family<IntercomCall, Counter>,
+    /// Webhook delivery health, as Intercom sees it (facts.md §1.6): it
+    /// pauses after 1,000 consecutive errors in 15 minutes.
+    pub health: WebhookHealth,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IntercomCall {
+    pub endpoint: &'static str,
+    pub status: u16,
+}
+
+#[derive(Default)]
+pub struct WebhookHealth {
+    consecutive_errors: AtomicU64,
+    last_2xx_ms: AtomicI64,
+    started_ms: AtomicI64,
+}
+
+impl WebhookHealth {
+    pub fn record(&self, code: u16) {
+        if (200..300).contains(&code) {
+            self.consecutive_errors.store(0, Ordering::Relaxed);
+            self.last_2xx_ms.store(now_ms(), Ordering::Relaxed);
+        } else {
+            self.consecutive_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn consecutive_errors(&self) -> u64 {
+        self.consecutive_errors.load(Ordering::Relaxed)
+    }
+
+    /// Unix ms of the last 2xx we answered on the webhook route (0: none).
+    pub fn last_2xx_ms(&self) -> i64 {
+        self.last_2xx_ms.load(Ordering::Relaxed)
+    }
+
+    /// Seconds since the last 2xx, or since start when there was none.
+    pub fn seconds_since_2xx(&self) -> i64 {
+        let since = match self.last_2xx_ms() {
+            0 => self.started_ms.load(Ordering::Relaxed),
+            t => t,
+        };
+        (now_ms() - since).max(0) / 1000
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0].into_iter()
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let m = Metrics {
+            registry: Mutex::new(Registry::with_prefix("intercom_webhooks")),
+            requests: Family::default(),
+            signature_failures: Family::default(),
+            duplicates: Counter::default(),
+            intake: Family::default(),
+            intake_latency: Histogram::new(latency_buckets()),
+            processing_latency: Histogram::new(latency_buckets()),
+            processed: Family::default(),
+            pending_depth: Gauge::default(),
+            failed_events: Gauge::default(),
+            replays: Counter::default(),
+            purged: Family::default(),
+            purge_runs: Counter::default(),
+            purge_last_run: Gauge::default(),
+            purge_duration_ms: Gauge::default(),
+            store_size: Gauge::default(),
+            fsyncs: Gauge::default(),
+            webhook_consecutive_errors: Gauge::default(),
+            webhook_seconds_since_2xx: Gauge::default(),
+            intercom_calls: Family::default(),
+            health: WebhookHealth::default(),
+        };
+        m.health.started_ms.store(now_ms(), Ordering::Relaxed);
+        {
+            let mut r = m.registry.lock().unwrap_or_else(|p| p.into_inner());
+            r.register("http_requests", "HTTP requests by route and status code", m.requests.clone());
+            r.register("signature_failures", "Webhook requests that failed signature verification", m.signature_failures.clone());
+            r.register("duplicates", "Webhook deliveries of an id already stored", m.duplicates.clone());
+            r.register("intake", "Verified webhook deliveries by outcome", m.intake.clone());
+            r.register("intake_latency_seconds", "Time from request start to answer on the webhook route", m.intake_latency.clone());
+            r.register("processing_latency_seconds", "Time from receipt to a final handler outcome", m.processing_latency.clone());
+            r.register("processed", "Handler runs by outcome", m.processed.clone());
+            r.register("pending_depth", "Events waiting for a worker", m.pending_depth.clone());
+            r.register("failed_events", "Events that gave up after the retry limit", m.failed_events.clone());
+            r.register("replays", "Events replayed", m.replays.clone());
+            r.register("purged", "Items removed by retention, by data class", m.purged.clone());
+            r.register("purge_runs", "Purge runs", m.purge_runs.clone());
+            r.register("purge_last_run_timestamp_seconds", "When the last purge ran", m.purge_last_run.clone());
+            r.register("purge_last_duration_milliseconds", "How long the last purge took", m.purge_duration_ms.clone());
+            r.register("store_size_bytes", "Bytes on disk under the data dir", m.store_size.clone());
+            r.register("intake_log_fsyncs", "fdatasync calls on the intake log (group commits)", m.fsyncs.clone());
+            r.register("webhook_consecutive_errors", "Non-2xx answers in a row on the webhook route (Intercom pauses at 1000 in 15 min)", m.webhook_consecutive_errors.clone());
+            r.register("webhook_seconds_since_last_2xx", "Seconds since the webhook route last answered 2xx", m.webhook_seconds_since_2xx.clone());
+            r.register("intercom_api_calls", "Calls to Intercom's REST API by endpoint and status", m.intercom_calls.clone());
+        }
+        m
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        self.webhook_consecutive_errors.set(self.health.consecutive_errors() as i64);
+        self.webhook_seconds_since_2xx.set(self.health.seconds_since_2xx());
+        let mut out = String::new();
+        let r = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        if prometheus_client::encoding::text::encode(&mut out, &r).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

@@ -1,0 +1,57 @@
+//! Topic globs for filters: `*` matches any run of characters (dots
+//! included), `?` one character; everything else literally.
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Glob(String);
+
+impl Glob {
+    pub fn new(pattern: &str) -> Self {
+        Glob(pattern.to_string())
+    }
+
+    pub fn matches(&self, text: &str) -> bool {
+        matches(self.0.as_bytes(), text.as_bytes())
+    }
+}
+
+fn matches(p: &[u8], t: &[u8]) -> bool {
+    // Iterative wildcard match with backtracking to the last `*`.
+    let (mut pi, mut ti) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == b'?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == b'*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == b'*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(Glob::new("conversation.*").matches("conversation.user.replied"));
+        assert!(!Glob::new("conversation.*").matches("contact.user.created"));
+        assert!(Glob::new("*.deleted").matches("contact.deleted"));
+        assert!(Glob::new("contact.?ser.*").matches("contact.user.updated"));
+        assert!(Glob::new("ping").matches("ping"));
+        assert!(!Glob::new("ping").matches("pings"));
+        assert!(Glob::new("*").matches(""));
+    }
+}

@@ -1,0 +1,245 @@
+//! PURGE: every class of data leaves after its retention, on its own.
+//!
+//! | class | retention key | from | how |
+//! |---|---|---|---|
+//! | payloads (stored notifications) | `events` | receipt | the event's index entry is replaced by a dedup marker; the log segment is deleted and its key destroyed once everything in it has expired |
+//! | dedup markers | `markers` | receipt | removed |
+//! | cached contacts / conversations | `contacts` / `conversations` | last write | removed (email index entries with them) |
+//! | tombstones | `tombstones` | deletion | removed |
+//! | audit entries | `audit` | entry time | removed from the front of the chain (the anchor keeps it verifiable) |
+//!
+//! Each pass walks time-ordered keys from the oldest, so its cost follows
+//! what expires, not what is kept, and it works in batches of
+//! `[purge] batch_size` so intake never waits long behind it.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::decode;
+use crate::config::Settings;
+use crate::metrics::{ClassLabel, Metrics};
+use crate::store::{CacheKind, Store, StoreError};
+use crate::timefmt::{format_ms, now_ms};
+
+#[derive(Debug, Clone, Default)]
+pub struct PurgeReport {
+    pub dry_run: bool,
+    pub counts: BTreeMap<&'static str, u64>,
+    pub cutoffs: BTreeMap<&'static str, i64>,
+    pub duration_ms: u64,
+}
+
+impl PurgeReport {
+    pub fn total(&self) -> u64 {
+        self.counts.values().sum()
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({
+            "dry_run": self.dry_run,
+            "removed": self.counts,
+            "cutoffs": self.cutoffs.iter().map(|(k, v)| (k.to_string(), json!(format_ms(*v)))).collect::<serde_json::Map<_, _>>(),
+            "duration_ms": self.duration_ms,
+        })
+    }
+
+    pub fn record_metrics(&self, m: &Metrics) {
+        for (class, n) in &self.counts {
+            m.purged.get_or_create(&ClassLabel { class }).inc_by(*n);
+        }
+        m.purge_runs.inc();
+        m.purge_last_run.set(now_ms() / 1000);
+        m.purge_duration_ms.set(self.duration_ms as i64);
+    }
+}
+
+fn cutoff(now: i64, d: std::time::Duration) -> i64 {
+    now.saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// One purge pass (or, with `dry_run`, the exact counts it would remove).
+pub async fn run_once(store: &Store, settings: &Settings, dry_run: bool) -> Result<PurgeReport, StoreError> {
+    let now = now_ms();
+    let r = &settings.retention;
+    let events_cut = cutoff(now, r.events);
+    if !dry_run {
+        // The open segment only expires once closed: close it when all it
+        // holds is past retention.
+        let open = store.next_segment().saturating_sub(1);
+        if let Some((_, info)) = store.segments()?.into_iter().find(|(s, i)| *s == open && !i.closed) {
+            if info.last_ms < events_cut {
+                store.roll_segment().await?;
+            }
+        }
+    }
+    let (store, settings) = (store.clone(), settings.clone());
+    tokio::task::spawn_blocking(move || run_blocking(&store, &settings, dry_run, now))
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?
+}
+
+fn run_blocking(store: &Store, settings: &Settings, dry_run: bool, now: i64) -> Result<PurgeReport, StoreError> {
+    let started = Instant::now();
+    let r = &settings.retention;
+    let batch = settings.purge.batch_size;
+    let mut report = PurgeReport { dry_run, ..PurgeReport::default() };
+    let cuts = [
+        ("events", cutoff(now, r.events)),
+        ("markers", cutoff(now, r.markers)),
+        ("contacts", cutoff(now, r.contacts)),
+        ("conversations", cutoff(now, r.conversations)),
+        ("tombstones", cutoff(now, r.tombstones)),
+        ("audit", cutoff(now, r.audit)),
+    ];
+    for (k, v) in cuts {
+        report.cutoffs.insert(k, v);
+    }
+    let cut = |k| report.cutoffs[k];
+    let (ev, mk, co, cv, tb, au) = (cut("events"), cut("markers"), cut("contacts"), cut("conversations"), cut("tombstones"), cut("audit"));
+
+    let expired_segments: Vec<u64> = store
+        .segments()?
+        .into_iter()
+        .filter(|(_, i)| i.closed && i.last_ms < ev)
+        .map(|(s, _)| s)
+        .collect();
+
+    if dry_run {
+        report.counts.insert("events", store.count_expired_events(ev)?);
+        report.counts.insert("log_segments", expired_segments.len() as u64);
+        report.counts.insert("markers", store.count_expired_markers(mk)?);
+        report.counts.insert("contacts", store.count_cache_expired(CacheKind::Contact.tag(), co)?);
+        report.counts.insert("conversations", store.count_cache_expired(CacheKind::Conversation.tag(), cv)?);
+        report.counts.insert(
+            "tombstones",
+            store.count_cache_expired(CacheKind::Contact.tomb_tag(), tb)? + store.count_cache_expired(CacheKind::Conversation.tomb_tag(), tb)?,
+        );
+        report.counts.insert("audit", crate::audit::count_expired(store, au)?);
+        report.duration_ms = started.elapsed().as_millis() as u64;
+        return Ok(report);
+    }
+
+    // Payloads: index entries become markers, batch by batch...
+    let mut events = 0;
+    loop {
+        let keys = store.expired_events(ev, batch)?;
+        if keys.is_empty() {
+            break;
+        }
+        for k in &keys {
+            if store.purge_event(k)? {
+                events += 1;
+            }
+        }
+        std::thread::yield_now();
+    }
+    report.counts.insert("events", events);
+    // ...then whole segments go, keys first.
+    for seq in &expired_segments {
+        store.drop_segment(*seq)?;
+    }
+    report.counts.insert("log_segments", expired_segments.len() as u64);
+
+    let mut markers = 0;
+    loop {
+        let n = store.remove_expired_markers(mk, batch)?;
+        markers += n;
+        if n == 0 {
+            break;
+        }
+    }
+    report.counts.insert("markers", markers);
+
+    report.counts.insert("contacts", purge_cache(store, CacheKind::Contact, co, batch)?);
+    report.counts.insert("conversations", purge_cache(store, CacheKind::Conversation, cv, batch)?);
+    report.counts.insert(
+        "tombstones",
+        purge_tombstones(store, CacheKind::Contact, tb, batch)? + purge_tombstones(store, CacheKind::Conversation, tb, batch)?,
+    );
+    let mut audit = 0;
+    loop {
+        let n = crate::audit::expire(store, au, batch)?;
+        audit += n;
+        if n == 0 {
+            break;
+        }
+    }
+    report.counts.insert("audit", audit);
+    report.duration_ms = started.elapsed().as_millis() as u64;
+    if report.total() > 0 {
+        let cutoffs: serde_json::Map<String, Value> = report.cutoffs.iter().map(|(k, v)| (k.to_string(), json!(format_ms(*v)))).collect();
+        crate::audit::append(store, "purge", json!({ "removed": report.counts, "cutoffs": cutoffs }))?;
+        tracing::info!(removed = report.total(), duration_ms = report.duration_ms, "Purge removed expired data.");
+    }
+    Ok(report)
+}
+
+/// The fields purge needs from either kind of cached record.
+#[derive(serde::Deserialize)]
+struct Written {
+    written_ms: i64,
+    #[serde(default)]
+    email_hash: Option<String>,
+}
+
+fn purge_cache(store: &Store, kind: CacheKind, before: i64, batch: usize) -> Result<u64, StoreError> {
+    let mut n = 0;
+    loop {
+        let expired = store.cache_expired(kind.tag(), before, batch)?;
+        if expired.is_empty() {
+            return Ok(n);
+        }
+        for (ms, id) in &expired {
+            let removed = store.cache_txn(|tx| {
+                tx.remove_time_index(kind.tag(), *ms, id)?;
+                let Some(bytes) = tx.get(kind, id)? else { return Ok(false) };
+                match decode::<Written>(&bytes) {
+                    // Rewritten since this index entry was made: it stays.
+                    Some(w) if w.written_ms != *ms => Ok(false),
+                    w => {
+                        if let Some(h) = w.and_then(|w| w.email_hash) {
+                            tx.unindex_email(&h, id)?;
+                        }
+                        tx.remove(kind, id, None)?;
+                        Ok(true)
+                    }
+                }
+            })?;
+            n += u64::from(removed);
+        }
+    }
+}
+
+fn purge_tombstones(store: &Store, kind: CacheKind, before: i64, batch: usize) -> Result<u64, StoreError> {
+    let mut n = 0;
+    loop {
+        let expired = store.cache_expired(kind.tomb_tag(), before, batch)?;
+        if expired.is_empty() {
+            return Ok(n);
+        }
+        for (ms, id) in &expired {
+            store.cache_txn(|tx| {
+                tx.remove_time_index(kind.tomb_tag(), *ms, id)?;
+                tx.remove_tombstone(kind, id)
+            })?;
+            n += 1;
+        }
+    }
+}
+
+/// The background purge: runs every `[purge] interval` until shutdown.
+pub async fn run_loop(store: Store, settings: std::sync::Arc<Settings>, metrics: std::sync::Arc<Metrics>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(settings.purge.interval) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        match run_once(&store, &settings, false).await {
+            Ok(report) => report.record_metrics(&metrics),
+            Err(e) => tracing::error!(error = %e, "Purge failed; will try again next interval."),
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! The committer thread: the only writer of the intake log. It takes every
+//! append request that is waiting, encrypts and frames them into one buffer,
+//! writes it with one `write` and one `fdatasync` (group commit), indexes the
+//! batch in sled, and only then answers each request. Many concurrent
+//! webhooks therefore share one disk flush.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender};
+use tokio::sync::oneshot;
+
+use crate::crypto::SegmentCipher;
+use crate::timefmt::now_ms;
+
+use super::event::{EventMeta, Location};
+use super::log::{create_segment, frame_record, record_plaintext, HEADER_LEN};
+use super::{Shared, StoreError, Trees};
+
+pub(super) struct AppendReq {
+    pub meta: EventMeta,
+    pub body: Bytes,
+    pub reply: oneshot::Sender<Result<(), StoreError>>,
+}
+
+pub(super) enum Cmd {
+    Append(AppendReq),
+    /// Close the open segment (the next append opens a new one).
+    Roll(oneshot::Sender<()>),
+    /// Finish what is queued, then exit.
+    Stop(crossbeam_channel::Sender<()>),
+}
+
+struct OpenSegment {
+    seq: u64,
+    file: File,
+    len: u64,
+    opened: Instant,
+    cipher: Arc<SegmentCipher>,
+    first_ms: i64,
+    last_ms: i64,
+    records: u64,
+}
+
+/// Most records written in one batch (bounds the buffer and the latency of
+/// the first request in it).
+const MAX_BATCH: usize = 1024;
+const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
+
+pub(super) struct Committer {
+    pub log_dir: PathBuf,
+    pub trees: Trees,
+    pub shared: Arc<Shared>,
+    pub rx: Receiver<Cmd>,
+    pub work_tx: Sender<String>,
+    pub max_bytes: u64,
+    pub max_age: Duration,
+}
+
+impl Committer {
+    pub fn run(self) {
+        let mut seg: Option<OpenSegment> = None;
+        let mut batch: Vec<AppendReq> = Vec::with_capacity(MAX_BATCH);
+        let mut buf: Vec<u8> = Vec::with_capacity(1024 * 1024);
+        while let Ok(first) = self.rx.recv() {
+            let mut stop = None;
+            let mut rolls = Vec::new();
+            let mut bytes = 0usize;
+            let mut next = Some(first);
+            while let Some(cmd) = next.take() {
+                match cmd {
+                    Cmd::Append(req) => {
+                        bytes += req.body.len();
+                        batch.push(req);
+                    }
+                    Cmd::Roll(reply) => rolls.push(reply),
+                    Cmd::Stop(reply) => stop = Some(reply),
+                }
+                if stop.is_some() || batch.len() >= MAX_BATCH || bytes >= MAX_BATCH_BYTES {
+                    break;
+                }
+                next = self.rx.try_recv().ok();
+            }
+            if !batch.is_empty() {
+                self.commit(&mut seg, &mut batch, &mut buf);
+            }
+            if !rolls.is_empty() {
+                // Appends taken with the roll went to the old segment first.
+                self.close(&mut seg);
+                for reply in rolls {
+                    let _ = reply.send(());
+                }
+            }
+            if let Some(reply) = stop {
+                self.close(&mut seg);
+                let _ = reply.send(());
+                break;
+            }
+        }
+    }
+
+    fn close(&self, seg: &mut Option<OpenSegment>) {
+        if let Some(s) = seg.take() {
+            self.record_segment(&s, true);
+        }
+    }
+
+    fn record_segment(&self, s: &OpenSegment, closed: bool) {
+        let info = super::SegmentInfo {
+            first_ms: s.first_ms,
+            last_ms: s.last_ms,
+            records: s.records,
+            bytes: s.len,
+            closed,
+        };
+        if let Err(e) = self.trees.segments.insert(s.seq.to_be_bytes(), info.encode()) {
+            tracing::error!(segment = s.seq, error = %e, "Could not record intake segment info.");
+        }
+    }
+
+    fn open_segment(&self) -> Result<OpenSegment, StoreError> {
+        let seq = self.shared.next_seq.fetch_add(1, Ordering::SeqCst);
+        self.trees
+            .state
+            .insert(super::NEXT_SEQ, &(seq + 1).to_be_bytes())
+            .map_err(StoreError::from)?;
+        let cipher = Arc::new(self.shared.keyring.create(seq)?);
+        let file = create_segment(&self.log_dir, seq, now_ms())?;
+        self.shared.readers.register(seq, &self.log_dir, cipher.clone())?;
+        let now = now_ms();
+        tracing::debug!(segment = seq, "Opened intake log segment.");
+        Ok(OpenSegment {
+            seq,
+            file,
+            len: HEADER_LEN,
+            opened: Instant::now(),
+            cipher,
+            first_ms: now,
+            last_ms: now,
+            records: 0,
+        })
+    }
+
+    fn commit(&self, seg: &mut Option<OpenSegment>, batch: &mut Vec<AppendReq>, buf: &mut Vec<u8>) {
+        let needs_new = match seg {
+            None => true,
+            Some(s) => s.len >= self.max_bytes || s.opened.elapsed() >= self.max_age,
+        };
+        if needs_new {
+            self.close(seg);
+            match self.open_segment() {
+                Ok(s) => *seg = Some(s),
+                Err(e) => {
+                    self.fail_batch(batch, &e);
+                    return;
+                }
+            }
+        }
+        let s = seg.as_mut().expect("a segment is open");
+        buf.clear();
+        let mut locs = Vec::with_capacity(batch.len());
+        for req in batch.iter() {
+            let off = s.len + buf.len() as u64;
+            let plain = record_plaintext(&req.meta, &req.body);
+            let len = frame_record(&s.cipher, s.seq, off, &plain, buf);
+            locs.push(Location { seg: s.seq, off, len });
+        }
+        let started = Instant::now();
+        let written = s.file.write_all(buf).and_then(|_| s.file.sync_data());
+        self.shared.metrics_fsync(started.elapsed());
+        if let Err(e) = written {
+            // The file's state after a failed write or fsync is unknown:
+            // cut it back and never append to it again.
+            tracing::error!(segment = s.seq, error = %e, "Intake log write failed; answering 503 and opening a new segment.");
+            let _ = s.file.set_len(s.len);
+            self.shared.write_failed.store(true, Ordering::Relaxed);
+            self.close(seg);
+            self.fail_batch(batch, &StoreError::Io(e));
+            return;
+        }
+        self.shared.write_failed.store(false, Ordering::Relaxed);
+        s.len += buf.len() as u64;
+        s.records += batch.len() as u64;
+        for (req, loc) in batch.iter_mut().zip(&locs) {
+            req.meta.loc = Some(*loc);
+            s.last_ms = s.last_ms.max(req.meta.received_ms);
+        }
+        self.record_segment(s, false);
+        for req in batch.drain(..) {
+            let applied = super::apply_new(&self.trees, &req.meta);
+            if let Ok(true) = applied {
+                if req.meta.status.is_queued() {
+                    let _ = self.work_tx.send(req.meta.key.clone());
+                }
+            }
+            let _ = req.reply.send(applied.map(|_| ()));
+        }
+        *self.shared.applied.lock().unwrap_or_else(|p| p.into_inner()) = (s.seq, s.len);
+    }
+
+    fn fail_batch(&self, batch: &mut Vec<AppendReq>, e: &StoreError) {
+        for req in batch.drain(..) {
+            let _ = req.reply.send(Err(StoreError::Unavailable(e.to_string())));
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! The intake log's file format. A segment is `log/<seq:016x>.seg`:
+//!
+//! ```text
+//! header (32 bytes): "IWLOG\0\0\x01" | seq u64 LE | created unix ms u64 LE | 0u64
+//! record:            len u32 LE | crc32 u32 LE | ciphertext (len bytes)
+//! ```
+//!
+//! The ciphertext is ChaCha20-Poly1305 under the segment's own key (see
+//! `keyring`), the record's offset as nonce and the segment number as
+//! associated data. Its plaintext is `meta_len u32 LE | EventMeta JSON |
+//! raw body`, so the sled index can be rebuilt from the log alone. The CRC
+//! tells a torn tail (crash mid-write) from a record that does not decrypt
+//! (wrong key, tampering) without needing the key.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::crypto::SegmentCipher;
+
+use super::event::EventMeta;
+
+pub const HEADER_LEN: u64 = 32;
+const MAGIC: &[u8; 8] = b"IWLOG\0\0\x01";
+const FRAME_LEN: u64 = 8;
+/// No record is larger (a body limit far above Intercom's payloads).
+pub const MAX_RECORD: u32 = 64 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("intake log i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("intake log record at segment {seg} offset {off} is damaged")]
+    Corrupt { seg: u64, off: u64 },
+    #[error("intake log record at segment {seg} offset {off} does not decrypt")]
+    Decrypt { seg: u64, off: u64 },
+}
+
+pub fn segment_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("{seq:016x}.seg"))
+}
+
+/// Segment numbers present in `dir`, ascending.
+pub fn list_segments(dir: &Path) -> std::io::Result<Vec<u64>> {
+    let mut seqs = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let name = name.to_string_lossy();
+        if let Some(stem) = name.strip_suffix(".seg") {
+            if let Ok(seq) = u64::from_str_radix(stem, 16) {
+                seqs.push(seq);
+            }
+        }
+    }
+    seqs.sort_unstable();
+    Ok(seqs)
+}
+
+/// Creates segment `seq` with its header, durably (file and directory).
+pub fn create_segment(dir: &Path, seq: u64, now_ms: i64) -> std::io::Result<File> {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create_new(true)
+        .open(segment_path(dir, seq))?;
+    let mut header = [0u8; HEADER_LEN as usize];
+    header[..8].copy_from_slice(MAGIC);
+    header[8..16].copy_from_slice(&seq.to_le_bytes());
+    header[16..24].copy_from_slice(&(now_ms.max(0) as u64).to_le_bytes());
+    file.write_all(&header)?;
+    file.sync_all()?;
+    sync_dir(dir)?;
+    Ok(file)
+}
+
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// The record's plaintext: metadata as at intake, then the raw body.
+pub fn record_plaintext(meta: &EventMeta, body: &[u8]) -> Vec<u8> {
+    let meta_json = serde_json::to_vec(meta).expect("serialising plain data cannot fail");
+    let mut out = Vec::with_capacity(4 + meta_json.len() + body.len());
+    out.extend_from_slice(&(meta_json.len() as u32).to_le_bytes());
+    out.extend_from_slice(&meta_json);
+    out.extend_from_slice(body);
+    out
+}
+
+pub fn split_plaintext(plain: &[u8]) -> Option<(EventMeta, &[u8])> {
+    let len = u32::from_le_bytes(plain.get(..4)?.try_into().ok()?) as usize;
+    let meta: EventMeta = serde_json::from_slice(plain.get(4..4 + len)?).ok()?;
+    Some((meta, &plain[4 + len..]))
+}
+
+/// Appends one framed, encrypted record for offset `off` to `out`; returns
+/// the record's total length on disk.
+pub fn frame_record(cipher: &SegmentCipher, seq: u64, off: u64, plain: &[u8], out: &mut Vec<u8>) -> u32 {
+    let ct = cipher.encrypt(off, &seq.to_le_bytes(), plain);
+    out.extend_from_slice(&(ct.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&ct).to_le_bytes());
+    out.extend_from_slice(&ct);
+    (FRAME_LEN as usize + ct.len()) as u32
+}
+
+/// Reads and decrypts the record at `off` (whose framed length is `len`).
+pub fn read_record(file: &File, cipher: &SegmentCipher, seq: u64, off: u64, len: u32) -> Result<Vec<u8>, LogError> {
+    if u64::from(len) < FRAME_LEN {
+        return Err(LogError::Corrupt { seg: seq, off });
+    }
+    let mut buf = vec![0u8; len as usize];
+    file.read_exact_at(&mut buf, off)?;
+    let ct_len = u32::from_le_bytes(buf[..4].try_into().expect("4 bytes")) as u64;
+    let crc = u32::from_le_bytes(buf[4..8].try_into().expect("4 bytes"));
+    let ct = &buf[FRAME_LEN as usize..];
+    if ct_len != ct.len() as u64 || crc32fast::hash(ct) != crc {
+        return Err(LogError::Corrupt { seg: seq, off });
+    }
+    cipher
+        .decrypt(off, &seq.to_le_bytes(), ct)
+        .map_err(|_| LogError::Decrypt { seg: seq, off })
+}
+
+/// One record found by [`scan`].
+pub struct Scanned {
+    pub off: u64,
+    pub len: u32,
+    pub plain: Vec<u8>,
+}
+
+pub struct ScanResult {
+    pub records: Vec<Scanned>,
+    /// End of the last whole record: where a torn tail starts.
+    pub good_end: u64,
+    pub file_len: u64,
+}
+
+/// Reads every whole record of a segment from `from` on. Stops at the first
+/// record that is incomplete or fails its CRC (a torn tail); a record with a
+/// good CRC that does not decrypt is an error (wrong key or tampering).
+pub fn scan(path: &Path, cipher: &SegmentCipher, seq: u64, from: u64) -> Result<ScanResult, LogError> {
+    let mut file = File::open(path)?;
+    let file_len = file.metadata()?.len();
+    let mut data = Vec::new();
+    file.read_to_end(&mut data)?;
+    let mut off = from.max(HEADER_LEN);
+    let mut records = Vec::new();
+    if data.len() < HEADER_LEN as usize || &data[..8] != MAGIC {
+        return Ok(ScanResult { records, good_end: HEADER_LEN.min(file_len), file_len });
+    }
+    while off + FRAME_LEN <= file_len {
+        let o = off as usize;
+        let ct_len = u32::from_le_bytes(data[o..o + 4].try_into().expect("4 bytes"));
+        let crc = u32::from_le_bytes(data[o + 4..o + 8].try_into().expect("4 bytes"));
+        let end = off + FRAME_LEN + u64::from(ct_len);
+        if ct_len == 0 || ct_len > MAX_RECORD || end > file_len {
+            break;
+        }
+        let ct = &data[o + 8..end as usize];
+        if crc32fast::hash(ct) != crc {
+            break;
+        }
+        let plain = cipher
+            .decrypt(off, &seq.to_le_bytes(), ct)
+            .map_err(|_| LogError::Decrypt { seg: seq, off })?;
+        records.push(Scanned { off, len: (end - off) as u32, plain });
+        off = end;
+    }
+    Ok(ScanResult { records, good_end: off, file_len })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::random_key;
+
+    #[test]
+    fn write_scan_and_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let cipher = SegmentCipher::new(&random_key());
+        let mut f = create_segment(dir.path(), 7, 1000).unwrap();
+        let mut buf = Vec::new();
+        let mut off = HEADER_LEN;
+        let mut locs = vec![];
+        for i in 0..3u8 {
+            let len = frame_record(&cipher, 7, off, &[i; 100], &mut buf);
+            locs.push((off, len));
+            off += u64::from(len);
+        }
+        f.write_all(&buf).unwrap();
+        // a torn fourth record
+        f.write_all(&[50, 0, 0, 0, 1, 2]).unwrap();
+        let path = segment_path(dir.path(), 7);
+        let res = scan(&path, &cipher, 7, 0).unwrap();
+        assert_eq!(res.records.len(), 3);
+        assert_eq!(res.good_end, off);
+        assert!(res.file_len > off);
+        let (o, l) = locs[1];
+        assert_eq!(read_record(&f, &cipher, 7, o, l).unwrap(), vec![1u8; 100]);
+        assert_eq!(list_segments(dir.path()).unwrap(), vec![7]);
+        let other = SegmentCipher::new(&random_key());
+        assert!(matches!(scan(&path, &other, 7, 0), Err(LogError::Decrypt { .. })));
+    }
+}

@@ -1,0 +1,199 @@
+//! The store's side of retention and the audit log: ranges of expired
+//! keys, whole-segment deletion with key destruction, dedup markers, and the
+//! append-only audit tree.
+
+use std::sync::atomic::Ordering;
+
+use sled::Transactional;
+
+use super::event::{split_time_key, time_key};
+use super::{log, tx_result, EventMeta, SegmentInfo, Store, StoreError};
+
+const AUDIT_ANCHOR: &[u8] = b"audit_anchor";
+
+impl Store {
+    /// Events received before `before_ms`, oldest first, at most `limit`.
+    pub(crate) fn expired_events(&self, before_ms: i64, limit: usize) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.inner.trees.by_time.range(time_key(0, "")..time_key(before_ms, "")).take(limit) {
+            let (k, _) = kv?;
+            if let Some((_, key)) = split_time_key(&k) {
+                out.push(key.to_string());
+            }
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn count_range(tree: &sled::Tree, lower: Vec<u8>, upper: Vec<u8>) -> Result<u64, StoreError> {
+        let mut n = 0;
+        for kv in tree.range(lower..upper) {
+            kv?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    pub(crate) fn count_expired_events(&self, before_ms: i64) -> Result<u64, StoreError> {
+        Self::count_range(&self.inner.trees.by_time, time_key(0, ""), time_key(before_ms, ""))
+    }
+
+    pub(crate) fn count_expired_markers(&self, before_ms: i64) -> Result<u64, StoreError> {
+        Self::count_range(&self.inner.trees.markers_by_time, time_key(0, ""), time_key(before_ms, ""))
+    }
+
+    pub(crate) fn count_cache_expired(&self, tag: &str, before_ms: i64) -> Result<u64, StoreError> {
+        Self::count_range(
+            &self.inner.trees.cache_time,
+            super::cache_time_key(tag, 0, ""),
+            super::cache_time_key(tag, before_ms, ""),
+        )
+    }
+
+    /// Replaces an event by a dedup marker (its key and receipt time only).
+    /// Its payload stays in the log until the whole segment expires.
+    pub(crate) fn purge_event(&self, key: &str) -> Result<bool, StoreError> {
+        let t = &self.inner.trees;
+        let res = (&t.events, &t.by_time, &t.pending, &t.markers, &t.markers_by_time).transaction(
+            |(events, by_time, pending, markers, markers_by_time)| {
+                let Some(v) = events.remove(key.as_bytes())? else { return Ok(false) };
+                let ms = EventMeta::decode(&v).map(|m| m.received_ms).unwrap_or(0);
+                let tk = time_key(ms, key);
+                by_time.remove(tk.clone())?;
+                pending.remove(tk.clone())?;
+                markers.insert(key.as_bytes(), &ms.to_be_bytes())?;
+                markers_by_time.insert(tk, &[])?;
+                Ok(true)
+            },
+        );
+        tx_result(res)
+    }
+
+    /// Dedup markers of events received before `before_ms`, at most `limit`.
+    pub(crate) fn remove_expired_markers(&self, before_ms: i64, limit: usize) -> Result<u64, StoreError> {
+        let t = &self.inner.trees;
+        let mut n = 0;
+        let batch: Vec<sled::IVec> = t
+            .markers_by_time
+            .range(time_key(0, "")..time_key(before_ms, ""))
+            .take(limit)
+            .map(|kv| kv.map(|(k, _)| k))
+            .collect::<Result<_, _>>()?;
+        for k in batch {
+            if let Some((_, key)) = split_time_key(&k) {
+                t.markers.remove(key.as_bytes())?;
+            }
+            t.markers_by_time.remove(&k)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Every intake segment's info, oldest first.
+    pub(crate) fn segments(&self) -> Result<Vec<(u64, SegmentInfo)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.inner.trees.segments.iter() {
+            let (k, v) = kv?;
+            let seq = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| StoreError::Corrupt("segment key".into()))?);
+            if let Some(info) = SegmentInfo::decode(&v) {
+                out.push((seq, info));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Destroys a closed segment: first its key (so whatever of it lingers
+    /// on disk cannot be decrypted), then its file and info.
+    pub(crate) fn drop_segment(&self, seq: u64) -> Result<(), StoreError> {
+        self.inner.shared.keyring.destroy(seq)?;
+        self.inner.shared.readers.forget(seq);
+        match std::fs::remove_file(log::segment_path(&self.inner.log_dir, seq)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        log::sync_dir(&self.inner.log_dir)?;
+        self.inner.trees.segments.remove(seq.to_be_bytes())?;
+        Ok(())
+    }
+
+    /// The sequence number the committer will give the next segment (the
+    /// open segment, if any, is the one before it).
+    pub(crate) fn next_segment(&self) -> u64 {
+        self.inner.shared.next_seq.load(Ordering::SeqCst)
+    }
+
+    // ---- audit tree ----
+
+    /// Appends an audit entry built by `make` from the previous entry's
+    /// sequence number and bytes; entries are appended one at a time.
+    pub(crate) fn audit_append(&self, make: impl FnOnce(Option<(u64, Vec<u8>)>) -> Vec<u8>) -> Result<u64, StoreError> {
+        let _guard = self.inner.audit_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let t = &self.inner.trees;
+        let last = t.audit.last()?.map(|(k, v)| (u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8])), v.to_vec()));
+        let last = match last {
+            Some(l) => Some(l),
+            None => t.state.get(AUDIT_ANCHOR)?.map(|v| {
+                let seq = u64::from_be_bytes(v[..8].try_into().unwrap_or([0; 8]));
+                (seq, v[8..].to_vec())
+            }),
+        };
+        let seq = last.as_ref().map_or(1, |(s, _)| s + 1);
+        t.audit.insert(seq.to_be_bytes(), make(last))?;
+        Ok(seq)
+    }
+
+    /// Audit entries in order, with their sequence numbers.
+    pub(crate) fn audit_entries(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.inner.trees.audit.iter() {
+            let (k, v) = kv?;
+            out.push((u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8])), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// The last removed entry (its sequence and bytes): the chain's anchor
+    /// once old entries have expired.
+    pub(crate) fn audit_anchor(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        Ok(self.inner.trees.state.get(AUDIT_ANCHOR)?.map(|v| {
+            (u64::from_be_bytes(v[..8].try_into().unwrap_or([0; 8])), v[8..].to_vec())
+        }))
+    }
+
+    /// Removes the oldest audit entries for which `expired` holds, keeping
+    /// the last removed one as the anchor. Returns how many went.
+    pub(crate) fn audit_remove_expired(&self, expired: impl Fn(&[u8]) -> bool, limit: usize) -> Result<u64, StoreError> {
+        let _guard = self.inner.audit_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let t = &self.inner.trees;
+        let mut n = 0;
+        // The newest entry always stays, so the chain can be continued.
+        let total = t.audit.len();
+        for kv in t.audit.iter().take(limit.min(total.saturating_sub(1))) {
+            let (k, v) = kv?;
+            if !expired(&v) {
+                break;
+            }
+            let mut anchor = k.to_vec();
+            anchor.extend_from_slice(&v);
+            t.state.insert(AUDIT_ANCHOR, anchor)?;
+            t.audit.remove(&k)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Makes everything written to the index so far durable now (for audit
+    /// entries that must not be lost).
+    pub fn flush_index(&self) -> Result<(), StoreError> {
+        self.inner.trees.db.flush()?;
+        super::sync_sled_files(&self.inner.dir)?;
+        Ok(())
+    }
+
+    /// For tests and tools that must see raw audit bytes.
+    #[doc(hidden)]
+    pub fn audit_overwrite(&self, seq: u64, bytes: &[u8]) -> Result<(), StoreError> {
+        self.inner.trees.audit.insert(seq.to_be_bytes(), bytes)?;
+        Ok(())
+    }
+}

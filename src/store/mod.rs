@@ -1,0 +1,1010 @@
+//! STORE: the only code that knows sled or the intake log's files.
+//!
+//! - `log/*.seg`: the intake log. Every accepted notification is appended
+//!   here, encrypted under its segment's key, and `fdatasync`ed before the
+//!   `200` (group commit in [`committer`]). This is what makes a `200`
+//!   survive a power cut.
+//! - `index/` (sled): event metadata by key, a time index, the pending
+//!   queue, dedup markers, segment info, the cache and the audit log. sled is
+//!   made durable by a checkpointer (sled `flush` + our own `fsync` of its
+//!   file, since sled's flush is no fsync); after a crash, log records past
+//!   the last checkpoint are re-applied to sled on open.
+//! - `keyring.bin`: the per-segment keys (see [`keyring`]).
+//!
+//! Dedup: the first request for a key wins an in-memory claim; a concurrent
+//! duplicate waits until the winner's record is durable before it is
+//! answered, so no id is acknowledged twice before it is on disk.
+
+mod committer;
+pub mod event;
+pub mod keyring;
+pub mod log;
+mod maintenance;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender};
+use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use sled::Transactional;
+use tokio::sync::{oneshot, watch};
+
+use crate::config::StoreSettings;
+use crate::crypto::{Keys, SegmentCipher};
+
+pub use event::{time_key, Attempt, EventMeta, Location, Status};
+use committer::{AppendReq, Cmd, Committer};
+use keyring::{Keyring, KeyringError};
+
+const NEXT_SEQ: &[u8] = b"next_seq";
+const CHECKPOINT: &[u8] = b"checkpoint";
+const SCHEMA: &[u8] = b"schema";
+const SCHEMA_VERSION: u8 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the store at {0} is in use by another process (is `serve` running?)")]
+    Locked(String),
+    #[error("store i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("index: {0}")]
+    Sled(String),
+    #[error(transparent)]
+    Keyring(#[from] KeyringError),
+    #[error(transparent)]
+    Log(#[from] log::LogError),
+    #[error("the store cannot take writes: {0}")]
+    Unavailable(String),
+    #[error("the store is closed")]
+    Closed,
+    #[error("stored data is damaged: {0}")]
+    Corrupt(String),
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::Sled(e.to_string())
+    }
+}
+
+/// sled trees, one per kind of record.
+#[derive(Clone)]
+pub(crate) struct Trees {
+    pub db: sled::Db,
+    /// event key → [`EventMeta`]
+    pub events: sled::Tree,
+    /// time key (received) → () : arrival order, listing, expiry
+    pub by_time: sled::Tree,
+    /// time key (received) → () : events waiting for a worker
+    pub pending: sled::Tree,
+    /// event key → received ms (big-endian): dedup markers left after purge
+    pub markers: sled::Tree,
+    /// time key (received) → () : marker expiry
+    pub markers_by_time: sled::Tree,
+    /// segment number (big-endian) → [`SegmentInfo`]
+    pub segments: sled::Tree,
+    /// cache trees: id → encoded record; `cache_time`: time key → kind+id
+    pub contacts: sled::Tree,
+    pub conversations: sled::Tree,
+    pub tombstones: sled::Tree,
+    pub cache_time: sled::Tree,
+    /// email hash + contact id → () : find contacts by email without the email
+    pub email_index: sled::Tree,
+    /// sequence (big-endian) → audit entry
+    pub audit: sled::Tree,
+    pub state: sled::Tree,
+}
+
+impl Trees {
+    fn open(db: sled::Db) -> Result<Self, StoreError> {
+        Ok(Trees {
+            events: db.open_tree("events")?,
+            by_time: db.open_tree("by_time")?,
+            pending: db.open_tree("pending")?,
+            markers: db.open_tree("markers")?,
+            markers_by_time: db.open_tree("markers_by_time")?,
+            segments: db.open_tree("segments")?,
+            contacts: db.open_tree("contacts")?,
+            conversations: db.open_tree("conversations")?,
+            tombstones: db.open_tree("tombstones")?,
+            cache_time: db.open_tree("cache_time")?,
+            email_index: db.open_tree("email_index")?,
+            audit: db.open_tree("audit")?,
+            state: db.open_tree("state")?,
+            db,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SegmentInfo {
+    pub first_ms: i64,
+    pub last_ms: i64,
+    pub records: u64,
+    pub bytes: u64,
+    pub closed: bool,
+}
+
+impl SegmentInfo {
+    fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("serialising plain data cannot fail")
+    }
+    fn decode(b: &[u8]) -> Option<Self> {
+        serde_json::from_slice(b).ok()
+    }
+}
+
+/// Open segment files and their keys, for reading payloads back.
+pub(crate) struct Readers {
+    map: Mutex<HashMap<u64, Arc<(File, Arc<SegmentCipher>)>>>,
+}
+
+impl Readers {
+    fn register(&self, seq: u64, dir: &Path, cipher: Arc<SegmentCipher>) -> Result<(), StoreError> {
+        let file = File::open(log::segment_path(dir, seq))?;
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(seq, Arc::new((file, cipher)));
+        Ok(())
+    }
+
+    fn forget(&self, seq: u64) {
+        self.map.lock().unwrap_or_else(|p| p.into_inner()).remove(&seq);
+    }
+
+    fn get(&self, seq: u64) -> Option<Arc<(File, Arc<SegmentCipher>)>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner()).get(&seq).cloned()
+    }
+}
+
+/// State shared by the store handle, the committer and the checkpointer.
+pub(crate) struct Shared {
+    keyring: Keyring,
+    readers: Readers,
+    next_seq: AtomicU64,
+    /// (segment, end offset) the committer has indexed in sled.
+    applied: Mutex<(u64, u64)>,
+    /// The last intake write failed (readiness reports it).
+    write_failed: AtomicBool,
+    closed: AtomicBool,
+    pub fsyncs: AtomicU64,
+    pub fsync_us: AtomicU64,
+}
+
+impl Shared {
+    fn metrics_fsync(&self, d: Duration) {
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.fsync_us.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+}
+
+/// What became of an append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    Stored,
+    Duplicate,
+}
+
+/// What `open` found and repaired.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Recovery {
+    pub segments: usize,
+    pub reapplied: u64,
+    pub torn_bytes: u64,
+    pub pending: u64,
+}
+
+/// A cheap, clonable handle to the store.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    log_dir: PathBuf,
+    trees: Trees,
+    shared: Arc<Shared>,
+    keys: Keys,
+    cmd_tx: Sender<Cmd>,
+    work_tx: Sender<String>,
+    work_rx: Receiver<String>,
+    inflight: Mutex<HashMap<String, watch::Receiver<bool>>>,
+    audit_lock: Mutex<()>,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    stop_checkpoint: Sender<()>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if !self.shared.closed.load(Ordering::SeqCst) {
+            let _ = close_inner(self);
+        }
+    }
+}
+
+fn close_inner(inner: &Inner) -> Result<(), StoreError> {
+    if inner.shared.closed.swap(true, Ordering::SeqCst) {
+        return Ok(());
+    }
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    if inner.cmd_tx.send(Cmd::Stop(tx)).is_ok() {
+        let _ = rx.recv();
+    }
+    let _ = inner.stop_checkpoint.send(());
+    for t in inner.threads.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+        let _ = t.join();
+    }
+    checkpoint(&inner.trees, &inner.shared, &inner.dir)
+}
+
+/// Makes sled's state durable (flush, then fsync its file, which sled's
+/// flush does not do), then records how far the log is indexed.
+fn checkpoint(trees: &Trees, shared: &Shared, dir: &Path) -> Result<(), StoreError> {
+    let applied = *shared.applied.lock().unwrap_or_else(|p| p.into_inner());
+    trees.db.flush()?;
+    sync_sled_files(dir)?;
+    let mut v = [0u8; 16];
+    v[..8].copy_from_slice(&applied.0.to_be_bytes());
+    v[8..].copy_from_slice(&applied.1.to_be_bytes());
+    trees.state.insert(CHECKPOINT, &v)?;
+    trees.db.flush()?;
+    sync_sled_files(dir)?;
+    Ok(())
+}
+
+fn sync_sled_files(dir: &Path) -> std::io::Result<()> {
+    let index = dir.join("index");
+    File::open(index.join("db"))?.sync_data()?;
+    if let Ok(entries) = std::fs::read_dir(index.join("blobs")) {
+        for e in entries.flatten() {
+            File::open(e.path())?.sync_data()?;
+        }
+    }
+    Ok(())
+}
+
+/// Indexes a newly appended event unless its key is already known (a record
+/// re-applied on recovery, or a second copy after a cancelled first).
+/// Returns whether it was new.
+pub(crate) fn apply_new(trees: &Trees, meta: &EventMeta) -> Result<bool, StoreError> {
+    if trees.markers.contains_key(meta.key.as_bytes())? {
+        return Ok(false);
+    }
+    let fresh = trees
+        .events
+        .compare_and_swap(meta.key.as_bytes(), None as Option<&[u8]>, Some(meta.encode()))?
+        .is_ok();
+    if fresh {
+        let tk = time_key(meta.received_ms, &meta.key);
+        trees.by_time.insert(&tk, &[])?;
+        if meta.status.is_queued() {
+            trees.pending.insert(&tk, &[])?;
+        }
+    }
+    Ok(fresh)
+}
+
+/// Errors a cache transaction's closure can abort with.
+pub type TxResult<T> = Result<T, ConflictableTransactionError<String>>;
+
+/// The cache trees inside one sled transaction (see [`Store::complete`]).
+pub struct CacheTx<'a> {
+    contacts: &'a TransactionalTree,
+    conversations: &'a TransactionalTree,
+    tombstones: &'a TransactionalTree,
+    cache_time: &'a TransactionalTree,
+    email_index: &'a TransactionalTree,
+}
+
+/// Which cache tree a record lives in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheKind {
+    Contact,
+    Conversation,
+}
+
+impl CacheKind {
+    pub(crate) fn tag(self) -> &'static str {
+        match self {
+            CacheKind::Contact => "c",
+            CacheKind::Conversation => "v",
+        }
+    }
+
+    pub(crate) fn tomb_tag(self) -> &'static str {
+        match self {
+            CacheKind::Contact => "tc",
+            CacheKind::Conversation => "tv",
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheKind::Contact => "contact",
+            CacheKind::Conversation => "conversation",
+        }
+    }
+}
+
+/// `cache_time` keys: a class tag (`c`, `v` for records, `tc`, `tv` for
+/// tombstones), `/`, the big-endian write time, the id. Each class expires
+/// by one prefix range scan.
+pub(crate) fn cache_time_key(tag: &str, ms: i64, id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(tag.len() + 9 + id.len());
+    k.extend_from_slice(tag.as_bytes());
+    k.push(b'/');
+    k.extend_from_slice(&(ms.max(0) as u64).to_be_bytes());
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+pub(crate) fn split_cache_time_key<'a>(tag: &str, k: &'a [u8]) -> Option<(i64, &'a str)> {
+    let rest = k.strip_prefix(tag.as_bytes())?.strip_prefix(b"/")?;
+    event::split_time_key(rest)
+}
+
+fn tomb_key(kind: CacheKind, id: &str) -> Vec<u8> {
+    format!("{}:{id}", kind.tag()).into_bytes()
+}
+
+impl CacheTx<'_> {
+    fn tree(&self, kind: CacheKind) -> &TransactionalTree {
+        match kind {
+            CacheKind::Contact => self.contacts,
+            CacheKind::Conversation => self.conversations,
+        }
+    }
+
+    pub fn get(&self, kind: CacheKind, id: &str) -> TxResult<Option<Vec<u8>>> {
+        Ok(self.tree(kind).get(id.as_bytes())?.map(|v| v.to_vec()))
+    }
+
+    /// Writes a record; `written_ms`/`prev_written_ms` keep the expiry index
+    /// in step (the previous entry is removed).
+    pub fn put(&self, kind: CacheKind, id: &str, value: &[u8], written_ms: i64, prev_written_ms: Option<i64>) -> TxResult<()> {
+        if let Some(prev) = prev_written_ms {
+            self.cache_time.remove(cache_time_key(kind.tag(), prev, id))?;
+        }
+        self.tree(kind).insert(id.as_bytes(), value)?;
+        self.cache_time.insert(cache_time_key(kind.tag(), written_ms, id), &[])?;
+        Ok(())
+    }
+
+    pub(crate) fn remove_time_index(&self, tag: &str, ms: i64, id: &str) -> TxResult<()> {
+        self.cache_time.remove(cache_time_key(tag, ms, id))?;
+        Ok(())
+    }
+
+    pub fn remove_tombstone(&self, kind: CacheKind, id: &str) -> TxResult<()> {
+        if let Some(old) = self.tombstones.remove(tomb_key(kind, id))? {
+            if let Some(b) = old.get(8..16) {
+                let prev = i64::from_be_bytes(b.try_into().unwrap_or([0; 8]));
+                self.cache_time.remove(cache_time_key(kind.tomb_tag(), prev, id))?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn remove(&self, kind: CacheKind, id: &str, prev_written_ms: Option<i64>) -> TxResult<()> {
+        if let Some(prev) = prev_written_ms {
+            self.cache_time.remove(cache_time_key(kind.tag(), prev, id))?;
+        }
+        self.tree(kind).remove(id.as_bytes())?;
+        Ok(())
+    }
+
+    /// When the record was deleted (unix seconds, Intercom's clock), if it was.
+    pub fn tombstone(&self, kind: CacheKind, id: &str) -> TxResult<Option<i64>> {
+        Ok(self
+            .tombstones
+            .get(tomb_key(kind, id))?
+            .and_then(|v| v.get(..8).map(|b| i64::from_be_bytes(b.try_into().unwrap_or([0; 8])))))
+    }
+
+    pub fn put_tombstone(&self, kind: CacheKind, id: &str, deleted_at: i64, written_ms: i64) -> TxResult<()> {
+        let mut v = deleted_at.to_be_bytes().to_vec();
+        v.extend_from_slice(&written_ms.to_be_bytes());
+        if let Some(old) = self.tombstones.insert(tomb_key(kind, id), v)? {
+            if let Some(b) = old.get(8..16) {
+                let prev = i64::from_be_bytes(b.try_into().unwrap_or([0; 8]));
+                self.cache_time.remove(cache_time_key(kind.tomb_tag(), prev, id))?;
+            }
+        }
+        self.cache_time.insert(cache_time_key(kind.tomb_tag(), written_ms, id), &[])?;
+        Ok(())
+    }
+
+    pub fn index_email(&self, email_hash: &str, contact_id: &str) -> TxResult<()> {
+        self.email_index.insert(format!("{email_hash}:{contact_id}").as_bytes(), &[])?;
+        Ok(())
+    }
+
+    pub fn unindex_email(&self, email_hash: &str, contact_id: &str) -> TxResult<()> {
+        self.email_index.remove(format!("{email_hash}:{contact_id}").as_bytes())?;
+        Ok(())
+    }
+}
+
+/// The outcome a worker records for an event.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub status: Status,
+    pub attempt: Attempt,
+    pub retry_at_ms: Option<i64>,
+}
+
+/// Filter for listing events.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub status: Option<Status>,
+    pub topic: Option<crate::ops::Glob>,
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+}
+
+impl EventFilter {
+    pub fn matches(&self, m: &EventMeta) -> bool {
+        self.status.is_none_or(|s| s == m.status)
+            && self.topic.as_ref().is_none_or(|g| g.matches(&m.topic))
+            && self.since_ms.is_none_or(|t| m.received_ms >= t)
+            && self.until_ms.is_none_or(|t| m.received_ms <= t)
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`, recovers the index from the
+    /// intake log, and starts the committer and checkpointer threads.
+    pub fn open(dir: &Path, keys: Keys, settings: &StoreSettings) -> Result<(Store, Recovery), StoreError> {
+        let log_dir = dir.join("log");
+        std::fs::create_dir_all(&log_dir)?;
+        let db = sled::Config::new()
+            .path(dir.join("index"))
+            .flush_every_ms(Some(500))
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") => {
+                    StoreError::Locked(dir.display().to_string())
+                }
+                other => StoreError::from(other),
+            })?;
+        let trees = Trees::open(db)?;
+        match trees.state.get(SCHEMA)? {
+            None => {
+                trees.state.insert(SCHEMA, &[SCHEMA_VERSION])?;
+            }
+            Some(v) if v.as_ref() == [SCHEMA_VERSION] => {}
+            Some(v) => {
+                return Err(StoreError::Corrupt(format!(
+                    "index schema version {:?} is not {SCHEMA_VERSION}; this build cannot read it",
+                    v.as_ref()
+                )))
+            }
+        }
+        let keyring = Keyring::open(dir, keys.wrap)?;
+        let segs = log::list_segments(&log_dir)?;
+        let stored_next = trees
+            .state
+            .get(NEXT_SEQ)?
+            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(1);
+        let next_seq = stored_next.max(segs.last().map_or(1, |s| s + 1));
+        let shared = Arc::new(Shared {
+            keyring,
+            readers: Readers { map: Mutex::new(HashMap::new()) },
+            next_seq: AtomicU64::new(next_seq),
+            applied: Mutex::new((0, 0)),
+            write_failed: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            fsyncs: AtomicU64::new(0),
+            fsync_us: AtomicU64::new(0),
+        });
+        let recovery = recover(&trees, &shared, &log_dir, &segs)?;
+        *shared.applied.lock().unwrap_or_else(|p| p.into_inner()) = (next_seq, 0);
+        checkpoint(&trees, &shared, dir)?;
+
+        let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
+        let (work_tx, work_rx) = crossbeam_channel::unbounded();
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
+        let committer = Committer {
+            log_dir: log_dir.clone(),
+            trees: trees.clone(),
+            shared: shared.clone(),
+            rx: cmd_rx,
+            work_tx: work_tx.clone(),
+            max_bytes: settings.segment_max_bytes,
+            max_age: settings.segment_max_age,
+        };
+        let mut threads = vec![std::thread::Builder::new()
+            .name("intake-committer".into())
+            .spawn(move || committer.run())?];
+        {
+            let (trees, shared, dir) = (trees.clone(), shared.clone(), dir.to_path_buf());
+            threads.push(std::thread::Builder::new().name("index-checkpoint".into()).spawn(move || {
+                while let Err(crossbeam_channel::RecvTimeoutError::Timeout) = stop_rx.recv_timeout(Duration::from_secs(1)) {
+                    if let Err(e) = checkpoint(&trees, &shared, &dir) {
+                        tracing::error!(error = %e, "Index checkpoint failed.");
+                    }
+                }
+            })?);
+        }
+        let store = Store {
+            inner: Arc::new(Inner {
+                dir: dir.to_path_buf(),
+                log_dir,
+                trees,
+                shared,
+                keys,
+                cmd_tx,
+                work_tx,
+                work_rx,
+                inflight: Mutex::new(HashMap::new()),
+                audit_lock: Mutex::new(()),
+                threads: Mutex::new(threads),
+                stop_checkpoint: stop_tx,
+            }),
+        };
+        let mut pending = 0;
+        for key in store.queued_keys()? {
+            let _ = store.inner.work_tx.send(key);
+            pending += 1;
+        }
+        Ok((store, Recovery { pending, ..recovery }))
+    }
+
+    /// Stops the committer after what is queued, and checkpoints the index.
+    /// Blocking: call from a blocking context.
+    pub fn close(&self) -> Result<(), StoreError> {
+        close_inner(&self.inner)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.inner.keys
+    }
+
+    /// Whether the store takes writes (false after a failed intake write,
+    /// until one succeeds).
+    pub fn is_writable(&self) -> bool {
+        !self.inner.shared.closed.load(Ordering::Relaxed) && !self.inner.shared.write_failed.load(Ordering::Relaxed)
+    }
+
+    /// Durable fsyncs of the intake log, and their total time in µs.
+    pub fn fsync_stats(&self) -> (u64, u64) {
+        (
+            self.inner.shared.fsyncs.load(Ordering::Relaxed),
+            self.inner.shared.fsync_us.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The queue workers take event keys from.
+    pub fn work_queue(&self) -> Receiver<String> {
+        self.inner.work_rx.clone()
+    }
+
+    /// Puts an event key (back) on the work queue.
+    pub fn enqueue(&self, key: String) {
+        let _ = self.inner.work_tx.send(key);
+    }
+
+    /// Stores a new event durably unless its key is known; a duplicate only
+    /// has its delivery count raised. Resolves once the answer is safe to
+    /// give: for a new event, after its record is on stable media; for a
+    /// duplicate of an event still being written, after that write.
+    pub async fn append_if_absent(&self, meta: EventMeta, body: Bytes) -> Result<Appended, StoreError> {
+        enum Role {
+            Known,
+            Wait(watch::Receiver<bool>),
+            Win(watch::Sender<bool>),
+        }
+        let key = meta.key.clone();
+        loop {
+            let role = {
+                let mut inflight = self.inner.inflight.lock().unwrap_or_else(|p| p.into_inner());
+                if self.is_known(&key)? {
+                    Role::Known
+                } else if let Some(rx) = inflight.get(&key) {
+                    Role::Wait(rx.clone())
+                } else {
+                    let (tx, rx) = watch::channel(false);
+                    inflight.insert(key.clone(), rx);
+                    Role::Win(tx)
+                }
+            };
+            match role {
+                Role::Known => {
+                    self.note_duplicate(&key, meta.received_ms)?;
+                    return Ok(Appended::Duplicate);
+                }
+                // A concurrent copy is being written: answer only once it is
+                // durable (then it is Known), or take over if it failed.
+                Role::Wait(mut rx) => {
+                    let _ = rx.wait_for(|done| *done).await;
+                }
+                Role::Win(tx) => {
+                    // The write runs in its own task, so a client that hangs
+                    // up cannot strand the claim.
+                    let store = self.clone();
+                    let task = tokio::spawn(async move {
+                        let res = store.submit(meta, body).await;
+                        store
+                            .inner
+                            .inflight
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&key);
+                        let _ = tx.send(true);
+                        res
+                    });
+                    return match task.await {
+                        Ok(res) => res.map(|_| Appended::Stored),
+                        Err(e) => Err(StoreError::Unavailable(e.to_string())),
+                    };
+                }
+            }
+        }
+    }
+
+    async fn submit(&self, meta: EventMeta, body: Bytes) -> Result<(), StoreError> {
+        if self.inner.shared.closed.load(Ordering::SeqCst) {
+            return Err(StoreError::Closed);
+        }
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .cmd_tx
+            .send(Cmd::Append(AppendReq { meta, body, reply }))
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Known as an event or as a dedup marker of a purged one.
+    pub fn is_known(&self, key: &str) -> Result<bool, StoreError> {
+        Ok(self.inner.trees.events.contains_key(key.as_bytes())? || self.inner.trees.markers.contains_key(key.as_bytes())?)
+    }
+
+    fn note_duplicate(&self, key: &str, now: i64) -> Result<(), StoreError> {
+        self.update(key, |m| {
+            m.delivery_count = m.delivery_count.saturating_add(1);
+            m.last_delivery_ms = m.last_delivery_ms.max(now);
+        })?;
+        Ok(())
+    }
+
+    pub fn get(&self, key: &str) -> Result<Option<EventMeta>, StoreError> {
+        match self.inner.trees.events.get(key.as_bytes())? {
+            Some(v) => EventMeta::decode(&v)
+                .map(Some)
+                .ok_or_else(|| StoreError::Corrupt(format!("event {key} has an unreadable record"))),
+            None => Ok(None),
+        }
+    }
+
+    /// Changes an event's metadata atomically; `None` if there is no such event.
+    pub fn update(&self, key: &str, f: impl Fn(&mut EventMeta)) -> Result<Option<EventMeta>, StoreError> {
+        let trees = &self.inner.trees;
+        let res = (&trees.events, &trees.pending).transaction(|(events, pending)| {
+            let Some(v) = events.get(key.as_bytes())? else { return Ok(None) };
+            let mut m = EventMeta::decode(&v).ok_or_else(|| ConflictableTransactionError::Abort(format!("event {key} has an unreadable record")))?;
+            let was_queued = m.status.is_queued();
+            f(&mut m);
+            events.insert(key.as_bytes(), m.encode())?;
+            sync_pending(pending, &m, was_queued)?;
+            Ok(Some(m))
+        });
+        tx_result(res)
+    }
+
+    /// The raw body of an event, decrypted; `None` once purged.
+    pub fn read_body(&self, meta: &EventMeta) -> Result<Option<Bytes>, StoreError> {
+        let Some(loc) = meta.loc else { return Ok(None) };
+        let reader = match self.inner.shared.readers.get(loc.seg) {
+            Some(r) => r,
+            None => {
+                let Some(cipher) = self.inner.shared.keyring.get(loc.seg)? else { return Ok(None) };
+                let path = log::segment_path(&self.inner.log_dir, loc.seg);
+                if !path.exists() {
+                    return Ok(None);
+                }
+                self.inner.shared.readers.register(loc.seg, &self.inner.log_dir, Arc::new(cipher))?;
+                self.inner.shared.readers.get(loc.seg).ok_or(StoreError::Closed)?
+            }
+        };
+        let plain = log::read_record(&reader.0, &reader.1, loc.seg, loc.off, loc.len)?;
+        let (_, body) = log::split_plaintext(&plain)
+            .ok_or_else(|| StoreError::Corrupt(format!("record of event {} is malformed", meta.key)))?;
+        Ok(Some(Bytes::copy_from_slice(body)))
+    }
+
+    /// Records a worker's outcome for an event and applies its cache
+    /// changes in one transaction: either both happen or neither.
+    pub fn complete<T>(
+        &self,
+        key: &str,
+        completion: &Completion,
+        cache: impl Fn(&CacheTx<'_>) -> TxResult<T>,
+    ) -> Result<Option<T>, StoreError> {
+        let t = &self.inner.trees;
+        let res = (&t.events, &t.pending, &t.contacts, &t.conversations, &t.tombstones, &t.cache_time, &t.email_index).transaction(
+            |(events, pending, contacts, conversations, tombstones, cache_time, email_index)| {
+                let Some(v) = events.get(key.as_bytes())? else { return Ok(None) };
+                let mut m = EventMeta::decode(&v).ok_or_else(|| ConflictableTransactionError::Abort(format!("event {key} has an unreadable record")))?;
+                let out = cache(&CacheTx { contacts, conversations, tombstones, cache_time, email_index })?;
+                let was_queued = m.status.is_queued();
+                m.status = completion.status;
+                m.retry_at_ms = completion.retry_at_ms;
+                m.last_error = completion.attempt.error.clone();
+                m.attempts = if completion.status.is_queued() || completion.status == Status::Failed { m.attempts + 1 } else { 0 };
+                m.push_history(completion.attempt.clone());
+                events.insert(key.as_bytes(), m.encode())?;
+                sync_pending(pending, &m, was_queued)?;
+                Ok(Some(out))
+            },
+        );
+        tx_result(res)
+    }
+
+    /// Runs `f` over the cache trees in one transaction (sled may run it
+    /// more than once on conflict, so `f` must not have side effects).
+    pub fn cache_txn<T>(&self, f: impl Fn(&CacheTx<'_>) -> TxResult<T>) -> Result<T, StoreError> {
+        let t = &self.inner.trees;
+        let res = (&t.contacts, &t.conversations, &t.tombstones, &t.cache_time, &t.email_index).transaction(
+            |(contacts, conversations, tombstones, cache_time, email_index)| {
+                f(&CacheTx { contacts, conversations, tombstones, cache_time, email_index })
+            },
+        );
+        tx_result(res)
+    }
+
+    /// Ids in the cache expiry index of class `tag` written before
+    /// `before_ms`, oldest first, at most `limit`.
+    pub(crate) fn cache_expired(&self, tag: &str, before_ms: i64, limit: usize) -> Result<Vec<(i64, String)>, StoreError> {
+        let lower = cache_time_key(tag, 0, "");
+        let upper = cache_time_key(tag, before_ms, "");
+        let mut out = Vec::new();
+        for kv in self.inner.trees.cache_time.range(lower..upper).take(limit) {
+            let (k, _) = kv?;
+            if let Some((ms, id)) = split_cache_time_key(tag, &k) {
+                out.push((ms, id.to_string()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads the cache outside a transaction.
+    pub fn cache_get(&self, kind: CacheKind, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let tree = match kind {
+            CacheKind::Contact => &self.inner.trees.contacts,
+            CacheKind::Conversation => &self.inner.trees.conversations,
+        };
+        Ok(tree.get(id.as_bytes())?.map(|v| v.to_vec()))
+    }
+
+    /// Removes every cached record (tombstones stay). Returns how many.
+    pub fn cache_clear(&self) -> Result<u64, StoreError> {
+        let t = &self.inner.trees;
+        let n = (t.contacts.len() + t.conversations.len()) as u64;
+        t.contacts.clear()?;
+        t.conversations.clear()?;
+        t.email_index.clear()?;
+        // Only tombstone entries stay in the expiry index.
+        for tag in [CacheKind::Contact.tag(), CacheKind::Conversation.tag()] {
+            for kv in t.cache_time.scan_prefix(format!("{tag}/")) {
+                t.cache_time.remove(kv?.0)?;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Keys of events waiting for a worker, oldest first.
+    pub fn queued_keys(&self) -> Result<Vec<String>, StoreError> {
+        let mut keys = Vec::new();
+        for kv in self.inner.trees.pending.iter() {
+            let (k, _) = kv?;
+            if let Some((_, key)) = event::split_time_key(&k) {
+                keys.push(key.to_string());
+            }
+        }
+        Ok(keys)
+    }
+
+    pub fn pending_depth(&self) -> usize {
+        self.inner.trees.pending.len()
+    }
+
+    /// Received time of the oldest queued event.
+    pub fn oldest_pending_ms(&self) -> Result<Option<i64>, StoreError> {
+        Ok(self.inner.trees.pending.first()?.and_then(|(k, _)| event::split_time_key(&k).map(|(ms, _)| ms)))
+    }
+
+    /// Events matching `filter`, newest first, after the cursor `after` (a
+    /// previous page's last `cursor`), at most `limit`.
+    pub fn list(&self, filter: &EventFilter, after: Option<&str>, limit: usize) -> Result<(Vec<EventMeta>, Option<String>), StoreError> {
+        let upper: Vec<u8> = match after {
+            Some(c) => hex::decode(c).map_err(|_| StoreError::Corrupt("bad cursor".into()))?,
+            None => match filter.until_ms {
+                Some(u) => time_key(u.saturating_add(1), ""),
+                None => vec![0xff; 9],
+            },
+        };
+        let lower = time_key(filter.since_ms.unwrap_or(0), "");
+        let mut out = Vec::new();
+        let mut cursor = None;
+        for kv in self.inner.trees.by_time.range(lower..upper).rev() {
+            let (k, _) = kv?;
+            let Some((_, key)) = event::split_time_key(&k) else { continue };
+            if let Some(m) = self.get(key)? {
+                if filter.matches(&m) {
+                    out.push(m);
+                    if out.len() >= limit {
+                        cursor = Some(hex::encode(&k));
+                        break;
+                    }
+                }
+            }
+        }
+        Ok((out, cursor))
+    }
+
+    /// Calls `f` for every event matching `filter`, oldest first.
+    pub fn for_each(&self, filter: &EventFilter, mut f: impl FnMut(EventMeta) -> Result<(), StoreError>) -> Result<(), StoreError> {
+        let lower = time_key(filter.since_ms.unwrap_or(0), "");
+        let upper = match filter.until_ms {
+            Some(u) => time_key(u.saturating_add(1), ""),
+            None => vec![0xff; 9],
+        };
+        for kv in self.inner.trees.by_time.range(lower..upper) {
+            let (k, _) = kv?;
+            let Some((_, key)) = event::split_time_key(&k) else { continue };
+            if let Some(m) = self.get(key)? {
+                if filter.matches(&m) {
+                    f(m)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts of events by status and by topic, and the duplicate
+    /// deliveries they received.
+    pub fn counts(&self) -> Result<(HashMap<Status, u64>, HashMap<String, u64>, u64), StoreError> {
+        let mut by_status = HashMap::new();
+        let mut by_topic = HashMap::new();
+        let mut duplicates = 0u64;
+        for kv in self.inner.trees.events.iter() {
+            let (_, v) = kv?;
+            if let Some(m) = EventMeta::decode(&v) {
+                *by_status.entry(m.status).or_insert(0) += 1;
+                *by_topic.entry(m.topic).or_insert(0) += 1;
+                duplicates += u64::from(m.delivery_count.saturating_sub(1));
+            }
+        }
+        Ok((by_status, by_topic, duplicates))
+    }
+
+    pub fn last_received_ms(&self) -> Result<Option<i64>, StoreError> {
+        Ok(self.inner.trees.by_time.last()?.and_then(|(k, _)| event::split_time_key(&k).map(|(ms, _)| ms)))
+    }
+
+    /// Bytes on disk under the data dir.
+    pub fn size_on_disk(&self) -> u64 {
+        dir_size(&self.inner.dir)
+    }
+
+    /// Closes the open intake segment so it can expire as a whole.
+    pub async fn roll_segment(&self) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner.cmd_tx.send(Cmd::Roll(tx)).map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)
+    }
+}
+
+fn sync_pending(pending: &TransactionalTree, m: &EventMeta, was_queued: bool) -> Result<(), ConflictableTransactionError<String>> {
+    let tk = time_key(m.received_ms, &m.key);
+    match (was_queued, m.status.is_queued()) {
+        (false, true) => {
+            pending.insert(tk, &[])?;
+        }
+        (true, false) => {
+            pending.remove(tk)?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn tx_result<T>(res: Result<T, TransactionError<String>>) -> Result<T, StoreError> {
+    match res {
+        Ok(v) => Ok(v),
+        Err(TransactionError::Abort(msg)) => Err(StoreError::Corrupt(msg)),
+        Err(TransactionError::Storage(e)) => Err(e.into()),
+    }
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => total += dir_size(&e.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+/// Re-applies log records past the checkpoint that sled does not know, and
+/// cuts a torn tail off the newest segment.
+fn recover(trees: &Trees, shared: &Shared, log_dir: &Path, segs: &[u64]) -> Result<Recovery, StoreError> {
+    let (cp_seg, cp_off) = trees
+        .state
+        .get(CHECKPOINT)?
+        .filter(|v| v.len() == 16)
+        .map(|v| {
+            (
+                u64::from_be_bytes(v[..8].try_into().unwrap_or([0; 8])),
+                u64::from_be_bytes(v[8..].try_into().unwrap_or([0; 8])),
+            )
+        })
+        .unwrap_or((0, 0));
+    let mut rec = Recovery { segments: segs.len(), ..Recovery::default() };
+    for (i, &seq) in segs.iter().enumerate() {
+        if seq < cp_seg {
+            continue;
+        }
+        let Some(cipher) = shared.keyring.get(seq)? else {
+            // Its key was destroyed by purge; the file is left from an
+            // interrupted purge and holds nothing readable.
+            let _ = std::fs::remove_file(log::segment_path(log_dir, seq));
+            continue;
+        };
+        let from = if seq == cp_seg { cp_off } else { 0 };
+        let path = log::segment_path(log_dir, seq);
+        let scan = log::scan(&path, &cipher, seq, from)?;
+        let mut info = trees
+            .segments
+            .get(seq.to_be_bytes())?
+            .and_then(|v| SegmentInfo::decode(&v))
+            .unwrap_or(SegmentInfo { first_ms: i64::MAX, last_ms: 0, records: 0, bytes: 0, closed: true });
+        for r in &scan.records {
+            let Some((mut meta, _)) = log::split_plaintext(&r.plain) else {
+                return Err(StoreError::Corrupt(format!("segment {seq} offset {} holds a malformed record", r.off)));
+            };
+            meta.loc = Some(Location { seg: seq, off: r.off, len: r.len });
+            if apply_new(trees, &meta)? {
+                rec.reapplied += 1;
+                info.records += 1;
+            }
+            info.first_ms = info.first_ms.min(meta.received_ms);
+            info.last_ms = info.last_ms.max(meta.received_ms);
+        }
+        if scan.good_end < scan.file_len {
+            let torn = scan.file_len - scan.good_end;
+            if i + 1 == segs.len() {
+                tracing::warn!(segment = seq, torn_bytes = torn, "Cut a torn record off the intake log (an interrupted write that was never acknowledged).");
+                std::fs::OpenOptions::new().write(true).open(&path)?.set_len(scan.good_end)?;
+                rec.torn_bytes += torn;
+            } else {
+                tracing::error!(segment = seq, bad_bytes = torn, "Intake log segment has unreadable bytes before its end; they were skipped.");
+            }
+        }
+        if info.first_ms == i64::MAX {
+            info.first_ms = info.last_ms;
+        }
+        info.bytes = scan.good_end;
+        info.closed = true;
+        trees.segments.insert(seq.to_be_bytes(), info.encode())?;
+    }
+    Ok(rec)
+}

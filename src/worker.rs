@@ -1,0 +1,241 @@
+//! Workers: take stored events off the request path (the `200` never waits
+//! for them), route them, run the handler and record the outcome in one
+//! transaction with the cache change. A failing event is retried with
+//! exponential backoff and jitter, then marked `failed`; it never blocks
+//! the others. Events still queued at a crash are picked up on start
+//! (the store re-queues them when it opens).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::CacheCodec;
+use crate::config::WorkerSettings;
+use crate::dispatch::route;
+use crate::handlers::{self, Applied, Ctx};
+use crate::metrics::{Metrics, OutcomeLabel};
+use crate::store::{Attempt, Completion, Status, Store, StoreError};
+use crate::timefmt::now_ms;
+
+#[derive(Clone)]
+pub struct WorkerCtx {
+    pub store: Store,
+    pub codec: Arc<CacheCodec>,
+    pub metrics: Arc<Metrics>,
+    pub settings: WorkerSettings,
+    pub runtime: tokio::runtime::Handle,
+}
+
+/// Starts `settings.concurrency` worker threads; they stop when `shutdown`
+/// is cancelled. Returns their handles.
+pub fn spawn(ctx: WorkerCtx, shutdown: CancellationToken) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
+    (0..ctx.settings.concurrency)
+        .map(|i| {
+            let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
+            std::thread::Builder::new()
+                .name(format!("worker-{i}"))
+                .spawn(move || run(ctx, shutdown))
+        })
+        .collect()
+}
+
+fn run(ctx: WorkerCtx, shutdown: CancellationToken) {
+    let queue = ctx.store.work_queue();
+    while !shutdown.is_cancelled() {
+        let key = match queue.recv_timeout(Duration::from_millis(100)) {
+            Ok(k) => k,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+        };
+        if let Err(e) = process(&ctx, &key) {
+            // The event stays queued; it is tried again at the next start or
+            // replay. Store errors say nothing personal.
+            tracing::error!(webhook_id = %key, error = %e, "Could not record an event's outcome.");
+        }
+    }
+}
+
+/// What became of one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Processed {
+    Done(Status),
+    /// Not queued any more (a duplicate enqueue), or not due yet.
+    NotDue,
+}
+
+/// Runs the handler for one queued event and records the outcome.
+pub fn process(ctx: &WorkerCtx, key: &str) -> Result<Processed, StoreError> {
+    let Some(meta) = ctx.store.get(key)? else { return Ok(Processed::NotDue) };
+    if !meta.status.is_queued() {
+        return Ok(Processed::NotDue);
+    }
+    let now = now_ms();
+    if let Some(at) = meta.retry_at_ms.filter(|&at| at > now) {
+        schedule(ctx, key, Duration::from_millis((at - now) as u64));
+        return Ok(Processed::NotDue);
+    }
+    let started = Instant::now();
+    let failure = match prepare(ctx, &meta) {
+        Err(reason) => reason,
+        Ok(None) => return finish(ctx, &meta, Status::Skipped, "skipped".into(), started),
+        Ok(Some(action)) => {
+            let hctx = Ctx {
+                codec: &ctx.codec,
+                app_id: meta.app_id.as_deref(),
+                event_created_at: meta.created_at,
+                now_ms: now,
+            };
+            let completion = Completion {
+                status: Status::Processed,
+                attempt: Attempt { at_ms: now, outcome: String::new(), error: None, duration_us: None },
+                retry_at_ms: None,
+            };
+            let mut completion = completion;
+            // The outcome string is only known after the handler ran, so the
+            // transaction records a placeholder that `finish_applied` fixes.
+            completion.attempt.outcome = "processed".into();
+            match ctx.store.complete(key, &completion, |tx| handlers::apply(&action, tx, &hctx)) {
+                Ok(Some(applied)) => return finish_applied(ctx, &meta, applied, started),
+                Ok(None) => return Ok(Processed::NotDue),
+                Err(StoreError::Corrupt(msg)) => msg,
+                Err(e) => e.to_string(),
+            }
+        }
+    };
+    retry_or_fail(ctx, &meta, failure, started)
+}
+
+/// Reads, parses and routes an event. `Ok(None)`: no handler for its topic.
+fn prepare(ctx: &WorkerCtx, meta: &crate::store::EventMeta) -> Result<Option<crate::dispatch::Action>, String> {
+    let body = ctx
+        .store
+        .read_body(meta)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| "the payload is no longer stored (purged)".to_string())?;
+    let v: Value = serde_json::from_slice(&body).map_err(|_| "the payload is not JSON".to_string())?;
+    let item = v.get("data").and_then(|d| d.get("item")).ok_or_else(|| "no data.item".to_string())?;
+    route(&meta.topic, item).map_err(|e| e.to_string())
+}
+
+fn finish_applied(ctx: &WorkerCtx, meta: &crate::store::EventMeta, applied: Applied, started: Instant) -> Result<Processed, StoreError> {
+    if applied != Applied::Updated {
+        // Note why nothing changed in the newest history entry.
+        let outcome = format!("processed:{}", applied.as_str());
+        ctx.store.update(&meta.key, |m| {
+            if let Some(last) = m.history.last_mut() {
+                last.outcome = outcome.clone();
+            }
+        })?;
+    }
+    record(ctx, meta, Status::Processed, started);
+    tracing::debug!(webhook_id = %meta.key, topic = %meta.topic, applied = applied.as_str(), "Event processed.");
+    Ok(Processed::Done(Status::Processed))
+}
+
+fn finish(ctx: &WorkerCtx, meta: &crate::store::EventMeta, status: Status, outcome: String, started: Instant) -> Result<Processed, StoreError> {
+    let completion = Completion {
+        status,
+        attempt: Attempt {
+            at_ms: now_ms(),
+            outcome,
+            error: None,
+            duration_us: Some(started.elapsed().as_micros() as u64),
+        },
+        retry_at_ms: None,
+    };
+    ctx.store.complete(&meta.key, &completion, |_| Ok(()))?;
+    record(ctx, meta, status, started);
+    Ok(Processed::Done(status))
+}
+
+fn record(ctx: &WorkerCtx, meta: &crate::store::EventMeta, status: Status, _started: Instant) {
+    ctx.metrics
+        .processed
+        .get_or_create(&OutcomeLabel { outcome: status.as_str() })
+        .inc();
+    let latency = (now_ms() - meta.received_ms).max(0) as f64 / 1000.0;
+    ctx.metrics.processing_latency.observe(latency);
+}
+
+fn retry_or_fail(ctx: &WorkerCtx, meta: &crate::store::EventMeta, error: String, started: Instant) -> Result<Processed, StoreError> {
+    let attempts = meta.attempts + 1;
+    let now = now_ms();
+    let (status, retry_at) = if attempts >= ctx.settings.max_attempts {
+        (Status::Failed, None)
+    } else {
+        let delay = backoff(&ctx.settings, attempts);
+        (Status::Retrying, Some(now + delay.as_millis() as i64))
+    };
+    let completion = Completion {
+        status,
+        attempt: Attempt {
+            at_ms: now,
+            outcome: status.as_str().to_string(),
+            error: Some(error.clone()),
+            duration_us: Some(started.elapsed().as_micros() as u64),
+        },
+        retry_at_ms: retry_at,
+    };
+    ctx.store.complete(&meta.key, &completion, |_| Ok(()))?;
+    match retry_at {
+        Some(at) => {
+            tracing::warn!(webhook_id = %meta.key, topic = %meta.topic, attempt = attempts, error = %error, "Handler failed; will retry.");
+            schedule(ctx, &meta.key, Duration::from_millis((at - now).max(0) as u64));
+        }
+        None => {
+            record(ctx, meta, Status::Failed, started);
+            tracing::error!(webhook_id = %meta.key, topic = %meta.topic, attempts, error = %error, "Handler failed for good; event marked failed.");
+        }
+    }
+    Ok(Processed::Done(status))
+}
+
+/// Exponential backoff with jitter: a random delay in [d/2, d] where
+/// d = base · 2^(attempt−1), capped at `backoff_max`.
+pub fn backoff(s: &WorkerSettings, attempt: u32) -> Duration {
+    let exp = s.backoff_base.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+    let d = exp.min(s.backoff_max);
+    let half = d / 2;
+    half + Duration::from_millis(rand::thread_rng().gen_range(0..=half.as_millis().max(1) as u64))
+}
+
+fn schedule(ctx: &WorkerCtx, key: &str, delay: Duration) {
+    let store = ctx.store.clone();
+    let key = key.to_string();
+    ctx.runtime.spawn(async move {
+        tokio::time::sleep(delay).await;
+        store.enqueue(key);
+    });
+}
+
+/// Marks the workers as running for `/readyz` while the threads live.
+pub fn mark_running(flag: &std::sync::atomic::AtomicBool, running: bool) {
+    flag.store(running, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let s = WorkerSettings {
+            concurrency: 1,
+            max_attempts: 5,
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(10),
+        };
+        for _ in 0..50 {
+            let d1 = backoff(&s, 1);
+            assert!(d1 >= Duration::from_millis(500) && d1 <= Duration::from_millis(1001), "{d1:?}");
+            let d3 = backoff(&s, 3);
+            assert!(d3 >= Duration::from_secs(2) && d3 <= Duration::from_millis(4001), "{d3:?}");
+            let d9 = backoff(&s, 9);
+            assert!(d9 >= Duration::from_secs(5) && d9 <= Duration::from_millis(10001), "{d9:?}");
+        }
+    }
+}
