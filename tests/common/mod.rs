@@ -1,0 +1,313 @@
+//! Test helpers: the real server in-process on random ports with its own
+//! store in a temp dir (`spawn_app`), the real binary as a child process
+//! (`Binary`), and signing.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use intercom_webhooks::app::{self, Listeners};
+use intercom_webhooks::cli::Cli;
+use intercom_webhooks::config::{Env, ServeFlags, Settings};
+use intercom_webhooks::verify::sign;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+pub const SECRET: &str = "test-client-secret";
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+pub const DATA_KEY: &str = "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
+
+pub struct MapEnv(pub HashMap<&'static str, String>);
+
+impl Env for MapEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        self.0.get(name).cloned()
+    }
+}
+
+pub fn test_env() -> MapEnv {
+    MapEnv(HashMap::from([
+        ("INTERCOM_CLIENT_SECRET", SECRET.to_string()),
+        ("INTERCOM_WEBHOOKS_ADMIN_TOKEN", ADMIN_TOKEN.to_string()),
+        ("INTERCOM_WEBHOOKS_DATA_KEY", DATA_KEY.to_string()),
+    ]))
+}
+
+/// Settings for a data dir, with extra TOML config.
+pub fn settings(dir: &Path, toml: &str, env: &MapEnv) -> Settings {
+    let cfg = dir.join("test-config.toml");
+    std::fs::write(&cfg, toml).unwrap();
+    let data = dir.join("data");
+    let cli = Cli::try_parse_from([
+        "intercom-webhooks",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+        "serve",
+    ])
+    .unwrap();
+    Settings::load(&cli, &ServeFlags::default(), env).unwrap()
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: PathBuf,
+    pub client: reqwest::Client,
+    shutdown: CancellationToken,
+    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+pub async fn spawn_app(dir: &Path) -> TestApp {
+    spawn_app_with(dir, "", test_env()).await
+}
+
+pub async fn spawn_app_with(dir: &Path, toml: &str, env: MapEnv) -> TestApp {
+    let s = settings(dir, toml, &env);
+    let public = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (addr, admin_addr) = (public.local_addr().unwrap(), admin.local_addr().unwrap());
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(app::run(s, Listeners { public, admin }, shutdown.clone()));
+    let app = TestApp {
+        addr,
+        admin: admin_addr,
+        dir: dir.to_path_buf(),
+        client: reqwest::Client::new(),
+        shutdown,
+        handle,
+    };
+    app.wait_ready().await;
+    app
+}
+
+impl TestApp {
+    pub fn url(&self) -> String {
+        format!("http://{}/webhooks/intercom", self.addr)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(r) = self.client.get(format!("http://{}/readyz", self.addr)).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("server not ready");
+    }
+
+    pub async fn post_signed(&self, body: &[u8]) -> reqwest::Response {
+        self.post_with(body, Some(&sign(SECRET, body))).await
+    }
+
+    pub async fn post_with(&self, body: &[u8], signature: Option<&str>) -> reqwest::Response {
+        let mut req = self
+            .client
+            .post(self.url())
+            .header("content-type", "application/json")
+            .body(body.to_vec());
+        if let Some(s) = signature {
+            req = req.header("x-hub-signature", s);
+        }
+        req.send().await.unwrap()
+    }
+
+    pub async fn admin_get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("http://{}{path}", self.admin))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn admin_json(&self, path: &str) -> Value {
+        let r = self.admin_get(path).await;
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+        r.json().await.unwrap()
+    }
+
+    pub async fn admin_post(&self, path: &str, body: Value) -> reqwest::Response {
+        self.client
+            .post(format!("http://{}{path}", self.admin))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Waits until the event reaches a final status; returns it.
+    pub async fn wait_final(&self, id: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let r = self.admin_get(&format!("/admin/events/{id}")).await;
+            if r.status() == 200 {
+                let v: Value = r.json().await.unwrap();
+                let st = v["status"].as_str().unwrap_or("").to_string();
+                if st != "pending" && st != "retrying" {
+                    return v;
+                }
+            }
+            assert!(Instant::now() < deadline, "event {id} never finished");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until no event is queued.
+    pub async fn wait_idle(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let s = self.admin_json("/admin/stats").await;
+            if s["pending_depth"] == 0 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "queue never drained: {s}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.handle.await.unwrap().unwrap();
+    }
+}
+
+/// A notification envelope with the given id, topic and item.
+pub fn notification(id: &str, topic: &str, item: Value, created_at: i64) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "type": "notification_event", "app_id": "abc12xyz",
+        "data": {"type": "notification_event_data", "item": item},
+        "links": {}, "id": id, "topic": topic, "delivery_status": "pending",
+        "delivery_attempts": 1, "delivered_at": 0, "first_sent_at": created_at,
+        "created_at": created_at, "self": null
+    }))
+    .unwrap()
+}
+
+/// Every file under `dir`, read as bytes.
+pub fn all_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(b) = std::fs::read(&p) {
+                out.push((p, b));
+            }
+        }
+    }
+    out
+}
+
+/// Panics if any file under `dir` contains any of `needles` (as bytes).
+pub fn assert_absent_from_files(dir: &Path, needles: &[&str]) {
+    for (path, bytes) in all_files(dir) {
+        for n in needles {
+            assert!(
+                !bytes.windows(n.len()).any(|w| w == n.as_bytes()),
+                "{} contains {n:?}",
+                path.display()
+            );
+        }
+    }
+}
+
+pub fn captures_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/intercom/captures")
+}
+
+/// The real binary, run as a child process.
+pub struct Binary {
+    pub dir: PathBuf,
+    pub env: Vec<(String, String)>,
+}
+
+impl Binary {
+    pub fn new(dir: &Path) -> Self {
+        Binary {
+            dir: dir.to_path_buf(),
+            env: vec![
+                ("INTERCOM_CLIENT_SECRET".into(), SECRET.into()),
+                ("INTERCOM_WEBHOOKS_ADMIN_TOKEN".into(), ADMIN_TOKEN.into()),
+                ("INTERCOM_WEBHOOKS_DATA_KEY".into(), DATA_KEY.into()),
+                ("INTERCOM_WEBHOOKS_DATA_DIR".into(), dir.join("data").to_str().unwrap().into()),
+            ],
+        }
+    }
+
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_intercom-webhooks"));
+        c.env_clear();
+        c.env("PATH", std::env::var("PATH").unwrap_or_default());
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        c.current_dir(&self.dir);
+        c
+    }
+
+    /// Runs a command to completion: (exit code, stdout, stderr).
+    pub fn run(&self, args: &[&str]) -> (i32, String, String) {
+        let out = self.command().args(args).stdin(Stdio::null()).output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Starts `serve` on free ports; returns the child and the two addresses.
+    pub fn serve(&self, extra_env: &[(&str, &str)]) -> (Child, SocketAddr, SocketAddr) {
+        let public = free_port();
+        let admin = free_port();
+        let mut cmd = self.command();
+        cmd.args(["serve", "--listen", &public.to_string(), "--admin-listen", &admin.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("serve.log")).unwrap());
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        wait_ready_blocking(public);
+        (child, public, admin)
+    }
+}
+
+pub fn free_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+pub fn wait_ready_blocking(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(mut s) = std::net::TcpStream::connect(addr) {
+            use std::io::{Read, Write};
+            let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let mut buf = String::new();
+            let _ = s.read_to_string(&mut buf);
+            if buf.starts_with("HTTP/1.1 200") {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("binary never became ready on {addr}");
+}
