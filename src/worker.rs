@@ -89,19 +89,15 @@ pub fn process(ctx: &WorkerCtx, key: &str) -> Result<Processed, StoreError> {
                 event_created_at: meta.created_at,
                 now_ms: now,
             };
-            let completion = Completion {
-                status: Status::Processed,
-                attempt: Attempt { at_ms: now, outcome: String::new(), error: None, duration_us: None },
-                retry_at_ms: None,
-            };
-            let mut completion = completion;
-            // The outcome string is only known after the handler ran, so the
-            // transaction records a placeholder that `finish_applied` fixes.
-            completion.attempt.outcome = "processed".into();
-            match ctx.store.complete(key, &completion, |tx| handlers::apply(&action, tx, &hctx)) {
-                Ok(Some(applied)) => return finish_applied(ctx, &meta, applied, started),
-                Ok(None) => return Ok(Processed::NotDue),
-                Err(StoreError::Corrupt(msg)) => msg,
+            match ctx.store.cache_txn(|tx| handlers::apply(&action, tx, &hctx)) {
+                Ok(applied) => {
+                    let outcome = match applied {
+                        Applied::Updated => "processed".to_string(),
+                        other => format!("processed:{}", other.as_str()),
+                    };
+                    return finish(ctx, &meta, Status::Processed, outcome, started);
+                }
+                Err(StoreError::Rejected(msg)) => msg,
                 Err(e) => e.to_string(),
             }
         }
@@ -119,21 +115,6 @@ fn prepare(ctx: &WorkerCtx, meta: &crate::store::EventMeta) -> Result<Option<cra
     let v: Value = serde_json::from_slice(&body).map_err(|_| "the payload is not JSON".to_string())?;
     let item = v.get("data").and_then(|d| d.get("item")).ok_or_else(|| "no data.item".to_string())?;
     route(&meta.topic, item).map_err(|e| e.to_string())
-}
-
-fn finish_applied(ctx: &WorkerCtx, meta: &crate::store::EventMeta, applied: Applied, started: Instant) -> Result<Processed, StoreError> {
-    if applied != Applied::Updated {
-        // Note why nothing changed in the newest history entry.
-        let outcome = format!("processed:{}", applied.as_str());
-        ctx.store.update(&meta.key, |m| {
-            if let Some(last) = m.history.last_mut() {
-                last.outcome = outcome.clone();
-            }
-        })?;
-    }
-    record(ctx, meta, Status::Processed, started);
-    tracing::debug!(webhook_id = %meta.key, topic = %meta.topic, applied = applied.as_str(), "Event processed.");
-    Ok(Processed::Done(Status::Processed))
 }
 
 fn finish(ctx: &WorkerCtx, meta: &crate::store::EventMeta, status: Status, outcome: String, started: Instant) -> Result<Processed, StoreError> {

@@ -9,16 +9,15 @@
 //!   the payload names it, is deleted and tombstoned like a deletion.
 
 use serde_json::Value;
-use sled::transaction::ConflictableTransactionError;
 
 use super::{bool_field, list_ids, list_is_partial, str_field, ts, Applied, Ctx};
 use crate::cache::{decode, encode, ContactRecord};
-use crate::store::{CacheKind, CacheTx, TxResult};
+use crate::store::{CacheKind, CacheTx, TxError, TxResult};
 
 const KIND: CacheKind = CacheKind::Contact;
 
-fn abort(msg: &str) -> ConflictableTransactionError<String> {
-    ConflictableTransactionError::Abort(msg.to_string())
+fn abort(msg: &str) -> TxError {
+    TxError::Abort(msg.to_string())
 }
 
 fn load(tx: &CacheTx<'_>, id: &str) -> TxResult<Option<ContactRecord>> {

@@ -5,17 +5,16 @@
 //! so `last_part_at` only moves forward.
 
 use serde_json::Value;
-use sled::transaction::ConflictableTransactionError;
 
 use super::{bool_field, list_ids, str_field, ts, Applied, Ctx};
 use crate::cache::{decode, encode, ConversationRecord};
 use crate::envelope::id_string;
-use crate::store::{CacheKind, CacheTx, TxResult};
+use crate::store::{CacheKind, CacheTx, TxError, TxResult};
 
 const KIND: CacheKind = CacheKind::Conversation;
 
-fn abort(msg: &str) -> ConflictableTransactionError<String> {
-    ConflictableTransactionError::Abort(msg.to_string())
+fn abort(msg: &str) -> TxError {
+    TxError::Abort(msg.to_string())
 }
 
 fn load(tx: &CacheTx<'_>, id: &str) -> TxResult<Option<ConversationRecord>> {

@@ -1,8 +1,14 @@
 //! The committer thread: the only writer of the intake log. It takes every
 //! append request that is waiting, encrypts and frames them into one buffer,
-//! writes it with one `write` and one `fdatasync` (group commit), indexes the
-//! batch in sled, and only then answers each request. Many concurrent
-//! webhooks therefore share one disk flush.
+//! writes it with one `write` and one `fdatasync` (group commit), and then
+//! answers each request: many concurrent webhooks share one disk flush, and
+//! a `200` waits for the disk, not for the index.
+//!
+//! The indexer thread then puts the batch into sled and only after that
+//! releases each key's in-flight claim, so a duplicate that arrives in
+//! between waits for the index instead of being stored twice. A crash before
+//! indexing loses nothing: the log is re-applied on open. The channel
+//! between the two is bounded, so a slow index pushes back on intake.
 
 use std::fs::File;
 use std::io::Write;
@@ -13,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use crate::crypto::SegmentCipher;
 use crate::timefmt::now_ms;
@@ -26,6 +32,15 @@ pub(super) struct AppendReq {
     pub meta: EventMeta,
     pub body: Bytes,
     pub reply: oneshot::Sender<Result<(), StoreError>>,
+    /// Released (set to true) once the key is indexed, or the write failed.
+    pub claim: watch::Sender<bool>,
+}
+
+/// A durable batch on its way to the index.
+pub(super) struct Indexed {
+    pub items: Vec<(EventMeta, watch::Sender<bool>)>,
+    /// (segment, end offset) once the batch is indexed.
+    pub end: (u64, u64),
 }
 
 pub(super) enum Cmd {
@@ -57,7 +72,7 @@ pub(super) struct Committer {
     pub trees: Trees,
     pub shared: Arc<Shared>,
     pub rx: Receiver<Cmd>,
-    pub work_tx: Sender<String>,
+    pub index_tx: Sender<Indexed>,
     pub max_bytes: u64,
     pub max_age: Duration,
 }
@@ -191,21 +206,38 @@ impl Committer {
             s.last_ms = s.last_ms.max(req.meta.received_ms);
         }
         self.record_segment(s, false);
+        let mut items = Vec::with_capacity(batch.len());
         for req in batch.drain(..) {
-            let applied = super::apply_new(&self.trees, &req.meta);
-            if let Ok(true) = applied {
-                if req.meta.status.is_queued() {
-                    let _ = self.work_tx.send(req.meta.key.clone());
-                }
-            }
-            let _ = req.reply.send(applied.map(|_| ()));
+            let _ = req.reply.send(Ok(()));
+            items.push((req.meta, req.claim));
         }
-        *self.shared.applied.lock().unwrap_or_else(|p| p.into_inner()) = (s.seq, s.len);
+        // Blocks when the indexer is far behind: back-pressure on intake.
+        let _ = self.index_tx.send(Indexed { items, end: (s.seq, s.len) });
     }
 
     fn fail_batch(&self, batch: &mut Vec<AppendReq>, e: &StoreError) {
         for req in batch.drain(..) {
+            self.shared.release(&req.meta.key, &req.claim);
             let _ = req.reply.send(Err(StoreError::Unavailable(e.to_string())));
         }
+    }
+}
+
+/// The indexer thread: applies durable batches to sled, releases their
+/// claims and hands new events to the workers.
+pub(super) fn index(trees: Trees, shared: Arc<Shared>, rx: Receiver<Indexed>, work_tx: Sender<String>) {
+    while let Ok(batch) = rx.recv() {
+        for (meta, claim) in batch.items {
+            match super::apply_new(&trees, &meta) {
+                Ok(true) if meta.status.is_queued() => {
+                    let _ = work_tx.send(meta.key.clone());
+                }
+                Ok(_) => {}
+                // The record is in the log; the next open re-applies it.
+                Err(e) => tracing::error!(webhook_id = %meta.key, error = %e, "Could not index a stored event; it is re-indexed at the next start."),
+            }
+            shared.release(&meta.key, &claim);
+        }
+        *shared.applied.lock().unwrap_or_else(|p| p.into_inner()) = batch.end;
     }
 }

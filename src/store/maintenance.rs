@@ -4,10 +4,8 @@
 
 use std::sync::atomic::Ordering;
 
-use sled::Transactional;
-
 use super::event::{split_time_key, time_key};
-use super::{log, tx_result, EventMeta, SegmentInfo, Store, StoreError};
+use super::{log, EventMeta, SegmentInfo, Store, StoreError};
 
 const AUDIT_ANCHOR: &[u8] = b"audit_anchor";
 
@@ -50,22 +48,19 @@ impl Store {
     }
 
     /// Replaces an event by a dedup marker (its key and receipt time only).
+    /// The marker is written first, so the key is never unknown in between.
     /// Its payload stays in the log until the whole segment expires.
     pub(crate) fn purge_event(&self, key: &str) -> Result<bool, StoreError> {
         let t = &self.inner.trees;
-        let res = (&t.events, &t.by_time, &t.pending, &t.markers, &t.markers_by_time).transaction(
-            |(events, by_time, pending, markers, markers_by_time)| {
-                let Some(v) = events.remove(key.as_bytes())? else { return Ok(false) };
-                let ms = EventMeta::decode(&v).map(|m| m.received_ms).unwrap_or(0);
-                let tk = time_key(ms, key);
-                by_time.remove(tk.clone())?;
-                pending.remove(tk.clone())?;
-                markers.insert(key.as_bytes(), &ms.to_be_bytes())?;
-                markers_by_time.insert(tk, &[])?;
-                Ok(true)
-            },
-        );
-        tx_result(res)
+        let Some(v) = t.events.get(key.as_bytes())? else { return Ok(false) };
+        let ms = EventMeta::decode(&v).map(|m| m.received_ms).unwrap_or(0);
+        let tk = time_key(ms, key);
+        t.markers.insert(key.as_bytes(), &ms.to_be_bytes())?;
+        t.markers_by_time.insert(tk.clone(), &[])?;
+        t.events.remove(key.as_bytes())?;
+        t.by_time.remove(tk.clone())?;
+        t.pending.remove(tk)?;
+        Ok(true)
     }
 
     /// Dedup markers of events received before `before_ms`, at most `limit`.

@@ -15,6 +15,7 @@
 //! duplicate waits until the winner's record is durable before it is
 //! answered, so no id is acknowledged twice before it is on disk.
 
+mod cache_ops;
 mod committer;
 pub mod event;
 pub mod keyring;
@@ -31,13 +32,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 use serde::{Deserialize, Serialize};
-use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
-use sled::Transactional;
 use tokio::sync::{oneshot, watch};
 
 use crate::config::StoreSettings;
 use crate::crypto::{Keys, SegmentCipher};
 
+pub use cache_ops::{CacheKind, CacheTx, TxError, TxResult};
+pub(crate) use cache_ops::{cache_time_key, split_cache_time_key};
 pub use event::{time_key, Attempt, EventMeta, Location, Status};
 use committer::{AppendReq, Cmd, Committer};
 use keyring::{Keyring, KeyringError};
@@ -65,6 +66,9 @@ pub enum StoreError {
     Closed,
     #[error("stored data is damaged: {0}")]
     Corrupt(String),
+    /// A handler refused an event (the message holds no personal data).
+    #[error("{0}")]
+    Rejected(String),
 }
 
 impl From<sled::Error> for StoreError {
@@ -174,11 +178,20 @@ pub(crate) struct Shared {
     /// The last intake write failed (readiness reports it).
     write_failed: AtomicBool,
     closed: AtomicBool,
+    /// Keys being written: a duplicate waits on the claim instead of
+    /// being stored again.
+    inflight: Mutex<HashMap<String, watch::Receiver<bool>>>,
     pub fsyncs: AtomicU64,
     pub fsync_us: AtomicU64,
 }
 
 impl Shared {
+    /// Ends a key's in-flight claim and wakes whoever waits on it.
+    fn release(&self, key: &str, claim: &watch::Sender<bool>) {
+        self.inflight.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+        let _ = claim.send(true);
+    }
+
     fn metrics_fsync(&self, d: Duration) {
         self.fsyncs.fetch_add(1, Ordering::Relaxed);
         self.fsync_us.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
@@ -216,7 +229,6 @@ struct Inner {
     cmd_tx: Sender<Cmd>,
     work_tx: Sender<String>,
     work_rx: Receiver<String>,
-    inflight: Mutex<HashMap<String, watch::Receiver<bool>>>,
     audit_lock: Mutex<()>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     stop_checkpoint: Sender<()>,
@@ -292,147 +304,6 @@ pub(crate) fn apply_new(trees: &Trees, meta: &EventMeta) -> Result<bool, StoreEr
     Ok(fresh)
 }
 
-/// Errors a cache transaction's closure can abort with.
-pub type TxResult<T> = Result<T, ConflictableTransactionError<String>>;
-
-/// The cache trees inside one sled transaction (see [`Store::complete`]).
-pub struct CacheTx<'a> {
-    contacts: &'a TransactionalTree,
-    conversations: &'a TransactionalTree,
-    tombstones: &'a TransactionalTree,
-    cache_time: &'a TransactionalTree,
-    email_index: &'a TransactionalTree,
-}
-
-/// Which cache tree a record lives in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CacheKind {
-    Contact,
-    Conversation,
-}
-
-impl CacheKind {
-    pub(crate) fn tag(self) -> &'static str {
-        match self {
-            CacheKind::Contact => "c",
-            CacheKind::Conversation => "v",
-        }
-    }
-
-    pub(crate) fn tomb_tag(self) -> &'static str {
-        match self {
-            CacheKind::Contact => "tc",
-            CacheKind::Conversation => "tv",
-        }
-    }
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CacheKind::Contact => "contact",
-            CacheKind::Conversation => "conversation",
-        }
-    }
-}
-
-/// `cache_time` keys: a class tag (`c`, `v` for records, `tc`, `tv` for
-/// tombstones), `/`, the big-endian write time, the id. Each class expires
-/// by one prefix range scan.
-pub(crate) fn cache_time_key(tag: &str, ms: i64, id: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(tag.len() + 9 + id.len());
-    k.extend_from_slice(tag.as_bytes());
-    k.push(b'/');
-    k.extend_from_slice(&(ms.max(0) as u64).to_be_bytes());
-    k.extend_from_slice(id.as_bytes());
-    k
-}
-
-pub(crate) fn split_cache_time_key<'a>(tag: &str, k: &'a [u8]) -> Option<(i64, &'a str)> {
-    let rest = k.strip_prefix(tag.as_bytes())?.strip_prefix(b"/")?;
-    event::split_time_key(rest)
-}
-
-fn tomb_key(kind: CacheKind, id: &str) -> Vec<u8> {
-    format!("{}:{id}", kind.tag()).into_bytes()
-}
-
-impl CacheTx<'_> {
-    fn tree(&self, kind: CacheKind) -> &TransactionalTree {
-        match kind {
-            CacheKind::Contact => self.contacts,
-            CacheKind::Conversation => self.conversations,
-        }
-    }
-
-    pub fn get(&self, kind: CacheKind, id: &str) -> TxResult<Option<Vec<u8>>> {
-        Ok(self.tree(kind).get(id.as_bytes())?.map(|v| v.to_vec()))
-    }
-
-    /// Writes a record; `written_ms`/`prev_written_ms` keep the expiry index
-    /// in step (the previous entry is removed).
-    pub fn put(&self, kind: CacheKind, id: &str, value: &[u8], written_ms: i64, prev_written_ms: Option<i64>) -> TxResult<()> {
-        if let Some(prev) = prev_written_ms {
-            self.cache_time.remove(cache_time_key(kind.tag(), prev, id))?;
-        }
-        self.tree(kind).insert(id.as_bytes(), value)?;
-        self.cache_time.insert(cache_time_key(kind.tag(), written_ms, id), &[])?;
-        Ok(())
-    }
-
-    pub(crate) fn remove_time_index(&self, tag: &str, ms: i64, id: &str) -> TxResult<()> {
-        self.cache_time.remove(cache_time_key(tag, ms, id))?;
-        Ok(())
-    }
-
-    pub fn remove_tombstone(&self, kind: CacheKind, id: &str) -> TxResult<()> {
-        if let Some(old) = self.tombstones.remove(tomb_key(kind, id))? {
-            if let Some(b) = old.get(8..16) {
-                let prev = i64::from_be_bytes(b.try_into().unwrap_or([0; 8]));
-                self.cache_time.remove(cache_time_key(kind.tomb_tag(), prev, id))?;
-            }
-        }
-        Ok(())
-    }
-
-    pub fn remove(&self, kind: CacheKind, id: &str, prev_written_ms: Option<i64>) -> TxResult<()> {
-        if let Some(prev) = prev_written_ms {
-            self.cache_time.remove(cache_time_key(kind.tag(), prev, id))?;
-        }
-        self.tree(kind).remove(id.as_bytes())?;
-        Ok(())
-    }
-
-    /// When the record was deleted (unix seconds, Intercom's clock), if it was.
-    pub fn tombstone(&self, kind: CacheKind, id: &str) -> TxResult<Option<i64>> {
-        Ok(self
-            .tombstones
-            .get(tomb_key(kind, id))?
-            .and_then(|v| v.get(..8).map(|b| i64::from_be_bytes(b.try_into().unwrap_or([0; 8])))))
-    }
-
-    pub fn put_tombstone(&self, kind: CacheKind, id: &str, deleted_at: i64, written_ms: i64) -> TxResult<()> {
-        let mut v = deleted_at.to_be_bytes().to_vec();
-        v.extend_from_slice(&written_ms.to_be_bytes());
-        if let Some(old) = self.tombstones.insert(tomb_key(kind, id), v)? {
-            if let Some(b) = old.get(8..16) {
-                let prev = i64::from_be_bytes(b.try_into().unwrap_or([0; 8]));
-                self.cache_time.remove(cache_time_key(kind.tomb_tag(), prev, id))?;
-            }
-        }
-        self.cache_time.insert(cache_time_key(kind.tomb_tag(), written_ms, id), &[])?;
-        Ok(())
-    }
-
-    pub fn index_email(&self, email_hash: &str, contact_id: &str) -> TxResult<()> {
-        self.email_index.insert(format!("{email_hash}:{contact_id}").as_bytes(), &[])?;
-        Ok(())
-    }
-
-    pub fn unindex_email(&self, email_hash: &str, contact_id: &str) -> TxResult<()> {
-        self.email_index.remove(format!("{email_hash}:{contact_id}").as_bytes())?;
-        Ok(())
-    }
-}
-
 /// The outcome a worker records for an event.
 #[derive(Debug, Clone)]
 pub struct Completion {
@@ -468,6 +339,7 @@ impl Store {
         let db = sled::Config::new()
             .path(dir.join("index"))
             .flush_every_ms(Some(500))
+            .mode(sled::Mode::HighThroughput)
             .open()
             .map_err(|e| match e {
                 sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") => {
@@ -503,6 +375,7 @@ impl Store {
             applied: Mutex::new((0, 0)),
             write_failed: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            inflight: Mutex::new(HashMap::new()),
             fsyncs: AtomicU64::new(0),
             fsync_us: AtomicU64::new(0),
         });
@@ -512,19 +385,24 @@ impl Store {
 
         let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
         let (work_tx, work_rx) = crossbeam_channel::unbounded();
+        let (index_tx, index_rx) = crossbeam_channel::bounded(64);
         let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
         let committer = Committer {
             log_dir: log_dir.clone(),
             trees: trees.clone(),
             shared: shared.clone(),
             rx: cmd_rx,
-            work_tx: work_tx.clone(),
+            index_tx,
             max_bytes: settings.segment_max_bytes,
             max_age: settings.segment_max_age,
         };
         let mut threads = vec![std::thread::Builder::new()
             .name("intake-committer".into())
             .spawn(move || committer.run())?];
+        {
+            let (trees, shared, work_tx) = (trees.clone(), shared.clone(), work_tx.clone());
+            threads.push(std::thread::Builder::new().name("intake-indexer".into()).spawn(move || committer::index(trees, shared, index_rx, work_tx))?);
+        }
         {
             let (trees, shared, dir) = (trees.clone(), shared.clone(), dir.to_path_buf());
             threads.push(std::thread::Builder::new().name("index-checkpoint".into()).spawn(move || {
@@ -545,7 +423,6 @@ impl Store {
                 cmd_tx,
                 work_tx,
                 work_rx,
-                inflight: Mutex::new(HashMap::new()),
                 audit_lock: Mutex::new(()),
                 threads: Mutex::new(threads),
                 stop_checkpoint: stop_tx,
@@ -610,7 +487,7 @@ impl Store {
         let key = meta.key.clone();
         loop {
             let role = {
-                let mut inflight = self.inner.inflight.lock().unwrap_or_else(|p| p.into_inner());
+                let mut inflight = self.inner.shared.inflight.lock().unwrap_or_else(|p| p.into_inner());
                 if self.is_known(&key)? {
                     Role::Known
                 } else if let Some(rx) = inflight.get(&key) {
@@ -631,39 +508,24 @@ impl Store {
                 Role::Wait(mut rx) => {
                     let _ = rx.wait_for(|done| *done).await;
                 }
-                Role::Win(tx) => {
-                    // The write runs in its own task, so a client that hangs
-                    // up cannot strand the claim.
-                    let store = self.clone();
-                    let task = tokio::spawn(async move {
-                        let res = store.submit(meta, body).await;
-                        store
-                            .inner
-                            .inflight
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .remove(&key);
-                        let _ = tx.send(true);
-                        res
-                    });
-                    return match task.await {
-                        Ok(res) => res.map(|_| Appended::Stored),
-                        Err(e) => Err(StoreError::Unavailable(e.to_string())),
-                    };
-                }
+                // The committer (or, on failure, whoever fails it) releases
+                // the claim, so a client that hangs up cannot strand it.
+                Role::Win(claim) => return self.submit(meta, body, claim).await.map(|_| Appended::Stored),
             }
         }
     }
 
-    async fn submit(&self, meta: EventMeta, body: Bytes) -> Result<(), StoreError> {
-        if self.inner.shared.closed.load(Ordering::SeqCst) {
+    async fn submit(&self, meta: EventMeta, body: Bytes, claim: watch::Sender<bool>) -> Result<(), StoreError> {
+        let shared = &self.inner.shared;
+        if shared.closed.load(Ordering::SeqCst) {
+            shared.release(&meta.key, &claim);
             return Err(StoreError::Closed);
         }
         let (reply, rx) = oneshot::channel();
-        self.inner
-            .cmd_tx
-            .send(Cmd::Append(AppendReq { meta, body, reply }))
-            .map_err(|_| StoreError::Closed)?;
+        if let Err(crossbeam_channel::SendError(Cmd::Append(req))) = self.inner.cmd_tx.send(Cmd::Append(AppendReq { meta, body, reply, claim })) {
+            shared.release(&req.meta.key, &req.claim);
+            return Err(StoreError::Closed);
+        }
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -689,19 +551,20 @@ impl Store {
         }
     }
 
-    /// Changes an event's metadata atomically; `None` if there is no such event.
+    /// Changes an event's metadata atomically (compare-and-swap, retried
+    /// on a concurrent change); `None` if there is no such event.
     pub fn update(&self, key: &str, f: impl Fn(&mut EventMeta)) -> Result<Option<EventMeta>, StoreError> {
         let trees = &self.inner.trees;
-        let res = (&trees.events, &trees.pending).transaction(|(events, pending)| {
-            let Some(v) = events.get(key.as_bytes())? else { return Ok(None) };
-            let mut m = EventMeta::decode(&v).ok_or_else(|| ConflictableTransactionError::Abort(format!("event {key} has an unreadable record")))?;
+        loop {
+            let Some(old) = trees.events.get(key.as_bytes())? else { return Ok(None) };
+            let mut m = EventMeta::decode(&old).ok_or_else(|| StoreError::Corrupt(format!("event {key} has an unreadable record")))?;
             let was_queued = m.status.is_queued();
             f(&mut m);
-            events.insert(key.as_bytes(), m.encode())?;
-            sync_pending(pending, &m, was_queued)?;
-            Ok(Some(m))
-        });
-        tx_result(res)
+            if trees.events.compare_and_swap(key.as_bytes(), Some(&old), Some(m.encode()))?.is_ok() {
+                sync_pending(&trees.pending, &m, was_queued)?;
+                return Ok(Some(m));
+            }
+        }
     }
 
     /// The raw body of an event, decrypted; `None` once purged.
@@ -725,44 +588,24 @@ impl Store {
         Ok(Some(Bytes::copy_from_slice(body)))
     }
 
-    /// Records a worker's outcome for an event and applies its cache
-    /// changes in one transaction: either both happen or neither.
-    pub fn complete<T>(
-        &self,
-        key: &str,
-        completion: &Completion,
-        cache: impl Fn(&CacheTx<'_>) -> TxResult<T>,
-    ) -> Result<Option<T>, StoreError> {
-        let t = &self.inner.trees;
-        let res = (&t.events, &t.pending, &t.contacts, &t.conversations, &t.tombstones, &t.cache_time, &t.email_index).transaction(
-            |(events, pending, contacts, conversations, tombstones, cache_time, email_index)| {
-                let Some(v) = events.get(key.as_bytes())? else { return Ok(None) };
-                let mut m = EventMeta::decode(&v).ok_or_else(|| ConflictableTransactionError::Abort(format!("event {key} has an unreadable record")))?;
-                let out = cache(&CacheTx { contacts, conversations, tombstones, cache_time, email_index })?;
-                let was_queued = m.status.is_queued();
-                m.status = completion.status;
-                m.retry_at_ms = completion.retry_at_ms;
-                m.last_error = completion.attempt.error.clone();
-                m.attempts = if completion.status.is_queued() || completion.status == Status::Failed { m.attempts + 1 } else { 0 };
-                m.push_history(completion.attempt.clone());
-                events.insert(key.as_bytes(), m.encode())?;
-                sync_pending(pending, &m, was_queued)?;
-                Ok(Some(out))
-            },
-        );
-        tx_result(res)
+    /// Applies a handler's cache changes, then records the worker's
+    /// outcome. If the process dies between the two, the event is still
+    /// queued and runs again: handlers are idempotent.
+    pub fn complete<T>(&self, key: &str, completion: &Completion, cache: impl Fn(&CacheTx<'_>) -> TxResult<T>) -> Result<Option<T>, StoreError> {
+        let out = cache_ops::run(&self.inner.trees, cache)?;
+        let updated = self.update(key, |m| {
+            m.status = completion.status;
+            m.retry_at_ms = completion.retry_at_ms;
+            m.last_error = completion.attempt.error.clone();
+            m.attempts = if completion.status.is_queued() || completion.status == Status::Failed { m.attempts + 1 } else { 0 };
+            m.push_history(completion.attempt.clone());
+        })?;
+        Ok(updated.map(|_| out))
     }
 
-    /// Runs `f` over the cache trees in one transaction (sled may run it
-    /// more than once on conflict, so `f` must not have side effects).
+    /// Runs `f` over the cache (see [`CacheTx`]).
     pub fn cache_txn<T>(&self, f: impl Fn(&CacheTx<'_>) -> TxResult<T>) -> Result<T, StoreError> {
-        let t = &self.inner.trees;
-        let res = (&t.contacts, &t.conversations, &t.tombstones, &t.cache_time, &t.email_index).transaction(
-            |(contacts, conversations, tombstones, cache_time, email_index)| {
-                f(&CacheTx { contacts, conversations, tombstones, cache_time, email_index })
-            },
-        );
-        tx_result(res)
+        cache_ops::run(&self.inner.trees, f)
     }
 
     /// Ids in the cache expiry index of class `tag` written before
@@ -908,7 +751,7 @@ impl Store {
     }
 }
 
-fn sync_pending(pending: &TransactionalTree, m: &EventMeta, was_queued: bool) -> Result<(), ConflictableTransactionError<String>> {
+fn sync_pending(pending: &sled::Tree, m: &EventMeta, was_queued: bool) -> Result<(), StoreError> {
     let tk = time_key(m.received_ms, &m.key);
     match (was_queued, m.status.is_queued()) {
         (false, true) => {
@@ -920,14 +763,6 @@ fn sync_pending(pending: &TransactionalTree, m: &EventMeta, was_queued: bool) ->
         _ => {}
     }
     Ok(())
-}
-
-fn tx_result<T>(res: Result<T, TransactionError<String>>) -> Result<T, StoreError> {
-    match res {
-        Ok(v) => Ok(v),
-        Err(TransactionError::Abort(msg)) => Err(StoreError::Corrupt(msg)),
-        Err(TransactionError::Storage(e)) => Err(e.into()),
-    }
 }
 
 fn dir_size(dir: &Path) -> u64 {
