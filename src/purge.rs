@@ -129,8 +129,8 @@ fn run_blocking(store: &Store, settings: &Settings, dry_run: bool, now: i64) -> 
         if keys.is_empty() {
             break;
         }
-        for k in &keys {
-            if store.purge_event(k)? {
+        for (ms, k) in &keys {
+            if store.purge_event(*ms, k)? {
                 events += 1;
             }
         }

@@ -68,6 +68,9 @@ async fn every_malformed_signature_is_401_and_stores_nothing() {
     let i = flipped.len() / 2;
     flipped[i] ^= 0x01;
     assert_eq!(app.post_with(&flipped, Some(&good)).await.status(), 401);
+    // A valid copy afterwards is stored: proof the 404 below is not a race.
+    assert_eq!(app.post_signed(&contact_body("notif_control")).await.status(), 200);
+    app.wait_final("notif_control").await;
     let r = app.admin_get("/admin/events/notif_bad-sigs").await;
     assert_eq!(r.status(), 404, "nothing was stored");
     let metrics = app.client.get(format!("http://{}/metrics", app.admin)).send().await.unwrap().text().await.unwrap();
@@ -127,7 +130,7 @@ async fn oversize_non_json_ping_head_get_and_health() {
     // Signed, but not a notification: kept as invalid, answered 202.
     let r = app.post_signed(b"this is not json").await;
     assert_eq!(r.status(), 202);
-    let list = app.admin_json("/admin/events?status=invalid").await;
+    let list = app.admin_until("/admin/events?status=invalid", |v| !v["events"].as_array().unwrap().is_empty()).await;
     assert_eq!(list["events"].as_array().unwrap().len(), 1);
     // Valid JSON without a topic is not a notification either.
     assert_eq!(app.post_signed(br#"{"hello":"world"}"#).await.status(), 202);

@@ -5,18 +5,22 @@
 use std::sync::atomic::Ordering;
 
 use super::event::{split_time_key, time_key};
-use super::{log, EventMeta, SegmentInfo, Store, StoreError};
+use super::{log, SegmentInfo, Store, StoreError};
 
 const AUDIT_ANCHOR: &[u8] = b"audit_anchor";
 
 impl Store {
-    /// Events received before `before_ms`, oldest first, at most `limit`.
-    pub(crate) fn expired_events(&self, before_ms: i64, limit: usize) -> Result<Vec<String>, StoreError> {
+    /// Events received before `before_ms`, oldest first, at most `limit`:
+    /// (receipt ms, key).
+    pub(crate) fn expired_events(&self, before_ms: i64, limit: usize) -> Result<Vec<(i64, String)>, StoreError> {
         let mut out = Vec::new();
         for kv in self.inner.trees.by_time.range(time_key(0, "")..time_key(before_ms, "")).take(limit) {
             let (k, _) = kv?;
-            if let Some((_, key)) = split_time_key(&k) {
-                out.push(key.to_string());
+            match split_time_key(&k) {
+                Some((ms, key)) => out.push((ms, key.to_string())),
+                None => {
+                    self.inner.trees.by_time.remove(&k)?;
+                }
             }
         }
         Ok(out)
@@ -48,19 +52,24 @@ impl Store {
     }
 
     /// Replaces an event by a dedup marker (its key and receipt time only).
-    /// The marker is written first, so the key is never unknown in between.
+    /// The marker is written first, so the key is never unknown in between;
+    /// the index entries at `ms` go even if the event itself is already gone.
     /// Its payload stays in the log until the whole segment expires.
-    pub(crate) fn purge_event(&self, key: &str) -> Result<bool, StoreError> {
+    pub(crate) fn purge_event(&self, ms: i64, key: &str) -> Result<bool, StoreError> {
         let t = &self.inner.trees;
-        let Some(v) = t.events.get(key.as_bytes())? else { return Ok(false) };
-        let ms = EventMeta::decode(&v).map(|m| m.received_ms).unwrap_or(0);
         let tk = time_key(ms, key);
-        t.markers.insert(key.as_bytes(), &ms.to_be_bytes())?;
-        t.markers_by_time.insert(tk.clone(), &[])?;
-        t.events.remove(key.as_bytes())?;
+        let existed = match t.events.get(key.as_bytes())? {
+            Some(_) => {
+                t.markers.insert(key.as_bytes(), &ms.to_be_bytes())?;
+                t.markers_by_time.insert(tk.clone(), &[])?;
+                t.events.remove(key.as_bytes())?;
+                true
+            }
+            None => false,
+        };
         t.by_time.remove(tk.clone())?;
         t.pending.remove(tk)?;
-        Ok(true)
+        Ok(existed)
     }
 
     /// Dedup markers of events received before `before_ms`, at most `limit`.

@@ -284,22 +284,28 @@ fn sync_sled_files(dir: &Path) -> std::io::Result<()> {
 }
 
 /// Indexes a newly appended event unless its key is already known (a record
-/// re-applied on recovery, or a second copy after a cancelled first).
-/// Returns whether it was new.
+/// re-applied on recovery, or a second copy after a failed first). Returns
+/// whether it was new. The index entries of a known event are written again
+/// too: sled may have kept the event but lost its index entries in a crash,
+/// and both inserts are idempotent.
 pub(crate) fn apply_new(trees: &Trees, meta: &EventMeta) -> Result<bool, StoreError> {
     if trees.markers.contains_key(meta.key.as_bytes())? {
         return Ok(false);
     }
-    let fresh = trees
+    let (fresh, indexed) = match trees
         .events
         .compare_and_swap(meta.key.as_bytes(), None as Option<&[u8]>, Some(meta.encode()))?
-        .is_ok();
-    if fresh {
-        let tk = time_key(meta.received_ms, &meta.key);
-        trees.by_time.insert(&tk, &[])?;
-        if meta.status.is_queued() {
-            trees.pending.insert(&tk, &[])?;
-        }
+    {
+        Ok(()) => (true, meta.clone()),
+        Err(current) => match current.current.as_deref().and_then(EventMeta::decode) {
+            Some(existing) => (false, existing),
+            None => return Ok(false),
+        },
+    };
+    let tk = time_key(indexed.received_ms, &indexed.key);
+    trees.by_time.insert(&tk, &[])?;
+    if indexed.status.is_queued() {
+        trees.pending.insert(&tk, &[])?;
     }
     Ok(fresh)
 }

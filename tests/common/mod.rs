@@ -167,6 +167,20 @@ impl TestApp {
         }
     }
 
+    /// Polls an admin GET until `ok` holds for its JSON (events are indexed
+    /// a moment after their `200`).
+    pub async fn admin_until(&self, path: &str, ok: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let v = self.admin_json(path).await;
+            if ok(&v) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "{path} never satisfied the condition: {v}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits until no event is queued.
     pub async fn wait_idle(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
