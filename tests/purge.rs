@@ -1,0 +1,154 @@
+//! Retention: second-scale retentions, dry runs, the background purge,
+//! purge during intake, dedup after purge, crypto-shredding of segments.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+const SHORT: &str = r#"
+[retention]
+events = "1s"
+markers = "30s"
+contacts = "1s"
+conversations = "1s"
+tombstones = "1s"
+audit = "1h"
+[purge]
+interval = "1h"
+[store]
+segment_max_age = "1s"
+[admin]
+requests_per_second = 100000
+"#;
+
+fn contact(n: usize) -> Vec<u8> {
+    notification(
+        &format!("notif_p{n}"),
+        "contact.user.created",
+        json!({"type":"contact","id": format!("65f0c0ffee00000000{n:06}"),"email":"zoe.example@example.org","updated_at":1767225600}),
+        1767225600,
+    )
+}
+
+fn segment_files(app: &TestApp) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(app.data_dir().join("log"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_data_goes_newer_stays_dry_run_removes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn_app_with(dir.path(), SHORT, test_env()).await;
+    for n in 0..3 {
+        assert_eq!(app.post_signed(&contact(n)).await.status(), 200);
+    }
+    app.post_signed(&notification("notif_pdel", "contact.deleted", json!({"type":"contact","id":"65f0c0ffee0000000000dead","deleted":true}), 1767225600)).await;
+    app.wait_idle().await;
+    let first_segments = segment_files(&app);
+    assert_eq!(first_segments.len(), 1);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // A newer event, inside retention.
+    assert_eq!(app.post_signed(&contact(99)).await.status(), 200);
+    app.wait_final("notif_p99").await;
+
+    let dry: Value = app.admin_post("/admin/purge", json!({"dry_run": true})).await.json().await.unwrap();
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(dry["removed"]["events"], 4, "{dry}");
+    assert_eq!(dry["removed"]["contacts"], 3, "{dry}");
+    assert_eq!(dry["removed"]["tombstones"], 1, "{dry}");
+    assert_eq!(app.admin_get("/admin/events/notif_p0").await.status(), 200, "dry run removed nothing");
+    assert_eq!(app.admin_get("/admin/contacts/65f0c0ffee00000000000000").await.status(), 200);
+
+    let done: Value = app.admin_post("/admin/purge", json!({})).await.json().await.unwrap();
+    assert_eq!(done["removed"]["events"], 4, "{done}");
+    assert_eq!(done["removed"]["contacts"], 3, "{done}");
+    assert_eq!(done["removed"]["tombstones"], 1, "{done}");
+    assert_eq!(done["removed"]["log_segments"], 1, "the closed, fully expired segment: {done}");
+    for n in 0..3 {
+        assert_eq!(app.admin_get(&format!("/admin/events/notif_p{n}")).await.status(), 404);
+    }
+    assert_eq!(app.admin_get("/admin/events/notif_p99").await.status(), 200, "newer data stays");
+    assert_eq!(app.admin_get("/admin/contacts/65f0c0ffee00000000000099").await.status(), 200);
+
+    // The old segment file is gone and its key slot is zeroed: whatever
+    // lingers on disk cannot be decrypted.
+    assert!(!segment_files(&app).contains(&first_segments[0]));
+    let ring = std::fs::read(app.data_dir().join("keyring.bin")).unwrap();
+    let seq = u64::from_str_radix(first_segments[0].trim_end_matches(".seg"), 16).unwrap() as usize;
+    assert!(ring[seq * 128..seq * 128 + 128].iter().all(|&b| b == 0));
+
+    // A late re-delivery of a purged id is still a duplicate and does not
+    // re-enter the cache.
+    assert_eq!(app.post_signed(&contact(0)).await.status(), 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(app.admin_get("/admin/events/notif_p0").await.status(), 404);
+    assert_eq!(app.admin_get("/admin/contacts/65f0c0ffee00000000000000").await.status(), 404);
+
+    // One audit entry for the run, nothing personal, chain intact.
+    let audit = app.admin_json("/admin/audit").await;
+    let entries = audit["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0]["action"], "purge");
+    assert_eq!(entries[0]["details"]["removed"]["events"], 4);
+    assert!(!audit.to_string().contains("65f0c0ffee"), "no ids of people in the audit entry");
+    assert_eq!(app.admin_json("/admin/audit/verify").await["ok"], true);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_background_purge_runs_on_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = SHORT.replace("interval = \"1h\"", "interval = \"300ms\"");
+    let app = spawn_app_with(dir.path(), &cfg, test_env()).await;
+    app.post_signed(&contact(1)).await;
+    app.wait_final("notif_p1").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while app.admin_get("/admin/events/notif_p1").await.status() == 200 {
+        assert!(std::time::Instant::now() < deadline, "never purged");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The open segment was closed and deleted too, once all of it expired.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !segment_files(&app).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "segment never deleted: {:?}", segment_files(&app));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let metrics = app.client.get(format!("http://{}/metrics", app.admin)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("intercom_webhooks_purged_total{class=\"events\"} 1"), "{metrics}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_during_intake_loses_no_new_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = SHORT.replace("events = \"1s\"", "events = \"5s\"").replace("segment_max_age = \"1s\"", "segment_max_age = \"200ms\"");
+    let app = std::sync::Arc::new(spawn_app_with(dir.path(), &cfg, test_env()).await);
+    let purger = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            for _ in 0..30 {
+                let r = app.admin_post("/admin/purge", json!({})).await;
+                assert_eq!(r.status(), 200);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    for n in 0..300 {
+        assert_eq!(app.post_signed(&contact(1000 + n)).await.status(), 200);
+    }
+    purger.await.unwrap();
+    app.wait_idle().await;
+    for n in 0..300 {
+        assert_eq!(app.admin_get(&format!("/admin/events/notif_p{}", 1000 + n)).await.status(), 200, "event {n} lost");
+    }
+    let app = std::sync::Arc::try_unwrap(app).ok().unwrap();
+    app.stop().await;
+}
