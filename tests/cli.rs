@@ -1,0 +1,201 @@
+//! The real binary: operator commands against a stopped store and against a
+//! running server (through its admin API), exit codes, config check,
+//! simulate, shutdown on SIGTERM, and logs free of personal data.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+
+/// Posts a signed body over a fresh connection; returns the status code.
+fn post(addr: std::net::SocketAddr, body: &[u8]) -> u16 {
+    use std::io::{Read, Write};
+    let sig = intercom_webhooks::verify::sign(SECRET, body);
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let head = format!(
+        "POST /webhooks/intercom HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-Hub-Signature: {sig}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out[9..12].parse().unwrap()
+}
+
+fn json_of(out: &str) -> Value {
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+}
+
+fn contact(id: &str, nid: &str) -> Vec<u8> {
+    notification(
+        nid,
+        "contact.user.created",
+        json!({"type":"contact","id":id,"email":"zoe.example@example.org","name":"Zoë Example","phone":"+15550100","updated_at":1767225600,
+               "tags":{"type":"list","data":[{"id":"t1"}]}}),
+        1767225600,
+    )
+}
+
+/// Polls a CLI command until its JSON output satisfies `ok`.
+fn until(bin: &Binary, args: &[&str], ok: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (code, out, err) = bin.run(args);
+        if code == 0 {
+            let v = json_of(&out);
+            if ok(&v) {
+                return v;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "{args:?}: {code} {out} {err}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn serve_without_a_secret_names_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bin = Binary::new(dir.path());
+    bin.env.retain(|(k, _)| k != "INTERCOM_CLIENT_SECRET");
+    let (code, _, err) = bin.run(&["serve"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("INTERCOM_CLIENT_SECRET") && err.contains("Developer Hub"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+}
+
+#[test]
+fn config_check_hides_secrets_and_bad_config_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = Binary::new(dir.path());
+    let (code, out, _) = bin.run(&["config", "check", "--json"]);
+    assert_eq!(code, 0);
+    assert!(!out.contains(SECRET) && !out.contains(ADMIN_TOKEN) && !out.contains(DATA_KEY), "{out}");
+    let v = json_of(&out);
+    assert_eq!(v["secrets"]["INTERCOM_CLIENT_SECRET"], "set (1 value)");
+    assert_eq!(v["retention"]["events"], "30days");
+    std::fs::write(dir.path().join("bad.toml"), "[retention]\nevents = \"whenever\"\n").unwrap();
+    let (code, _, err) = bin.run(&["--config", "bad.toml", "config", "check"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("bad.toml") && err.contains("retention.events"), "{err}");
+    // The example config in deploy/ loads.
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/config.example.toml");
+    let (code, out, err) = bin.run(&["--config", example.to_str().unwrap(), "config", "check", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json_of(&out)["retention"]["audit"], "7years");
+}
+
+#[test]
+fn commands_on_a_running_server_and_on_a_stopped_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = Binary::new(dir.path());
+    let (mut child, public, admin) = bin.serve(&[]);
+    let mut bin = bin;
+    bin.env.push(("INTERCOM_WEBHOOKS_ADMIN_URL".into(), format!("http://{admin}")));
+
+    // simulate signs and posts a sample.
+    let url = format!("http://{public}/webhooks/intercom");
+    let (code, out, err) = bin.run(&["simulate", "--topic", "conversation.user.created", "--url", &url]);
+    assert_eq!(code, 0, "{out} {err}");
+    assert!(out.contains("-> 200"), "{out}");
+    let (code, out, _) = bin.run(&["simulate", "--list"]);
+    assert_eq!(code, 0);
+    assert!(out.lines().any(|l| l == "contact.user.created"));
+    assert_eq!(bin.run(&["simulate", "--topic", "no.such.topic", "--url", &url]).0, 2);
+
+    assert_eq!(post(public, &contact("65f0c0ffee0000000000c001", "notif_cli1")), 200);
+    assert_eq!(post(public, &contact("65f0c0ffee0000000000c002", "notif_cli2")), 200);
+
+    // Through the admin API (the server holds the store).
+    let list = until(&bin, &["events", "list", "--json", "--topic", "contact.*"], |v| v["events"].as_array().unwrap().len() == 2);
+    assert_eq!(list["events"][0]["id"], "notif_cli2", "newest first");
+    let (code, out, _) = bin.run(&["events", "list"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("RECEIVED") && out.contains("notif_cli1"), "{out}");
+    let shown = until(&bin, &["events", "show", "notif_cli1", "--json"], |v| v["status"] == "processed");
+    assert_eq!(shown["payload"]["data"]["item"]["email"], "[redacted]");
+    assert!(!shown.to_string().contains("Zo\u{eb}"));
+    assert_eq!(bin.run(&["events", "show", "notif_nope"]).0, 3, "unknown id");
+    let stats = json_of(&bin.run(&["stats", "--json"]).1);
+    assert_eq!(stats["events_by_status"]["processed"], 3, "{stats}");
+    assert!(stats["webhook_health"]["consecutive_errors"].is_number());
+    let (code, out, _) = bin.run(&["cache", "show", "contact", "65f0c0ffee0000000000c001", "--json"]);
+    assert_eq!(code, 0);
+    let before = json_of(&out);
+    assert_eq!(before["tag_ids"], json!(["t1"]));
+    assert_eq!(bin.run(&["cache", "show", "contact", "nobody"]).0, 3);
+    let (code, out, _) = bin.run(&["purge", "--dry-run", "--json"]);
+    assert_eq!(code, 0);
+    assert_eq!(json_of(&out)["removed"]["events"], 0);
+    let (code, _, err) = bin.run(&["cache", "clear"]);
+    assert_eq!(code, 2, "destructive commands need --yes");
+    assert!(err.contains("--yes"));
+    let (code, out, _) = bin.run(&["replay", "--id", "notif_cli1", "--dry-run", "--json"]);
+    assert_eq!(code, 0);
+    assert_eq!(json_of(&out)["matched"], 1);
+
+    // SIGTERM: stops cleanly with exit 0.
+    let status = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+
+    // The same commands on the stopped store, directly.
+    let list = json_of(&bin.run(&["events", "list", "--json"]).1);
+    assert_eq!(list["events"].as_array().unwrap().len(), 3);
+    // cache clear + replay --all rebuilds exactly the cache there was.
+    let (code, out, err) = bin.run(&["cache", "clear", "--yes"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("removed 3"), "{out}");
+    assert_eq!(bin.run(&["cache", "show", "contact", "65f0c0ffee0000000000c001"]).0, 3);
+    let (code, out, err) = bin.run(&["replay", "--all", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json_of(&out)["replayed"], 3);
+    let mut after = json_of(&bin.run(&["cache", "show", "contact", "65f0c0ffee0000000000c001", "--json"]).1);
+    let mut before = before;
+    before.as_object_mut().unwrap().remove("cached_at_ms");
+    after.as_object_mut().unwrap().remove("cached_at_ms");
+    assert_eq!(before, after);
+    let audit = json_of(&bin.run(&["audit", "list", "--json"]).1);
+    assert_eq!(audit["entries"][0]["action"], "cache_clear");
+    let (code, out, _) = bin.run(&["audit", "verify"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("intact"), "{out}");
+    assert_eq!(bin.run(&["stats"]).0, 0);
+
+    // Store held by a server, admin API unreachable: one line, non-zero.
+    let (mut child, _, _) = bin.serve(&[]);
+    let mut bad = Binary::new(dir.path());
+    bad.env.push(("INTERCOM_WEBHOOKS_ADMIN_URL".into(), format!("http://{}", free_port())));
+    let (code, _, err) = bad.run(&["stats"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("admin API") && err.trim().lines().count() == 1, "{err}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn trace_logs_carry_no_personal_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = Binary::new(dir.path());
+    let (mut child, public, _admin) = bin.serve(&[("RUST_LOG", "trace"), ("INTERCOM_WEBHOOKS_LOG_FORMAT", "json")]);
+    assert_eq!(post(public, &contact("65f0c0ffee0000000000d001", "notif_log1")), 200);
+    let conv = notification(
+        "notif_log2",
+        "conversation.user.replied",
+        json!({"type":"conversation","id":"5001","updated_at":1767226300,
+               "source":{"body":"<p>call me on +1 555 0100, card 4111 1111 1111 1111</p>","author":{"email":"zoe.example@example.org","name":"Zoë Example"}}}),
+        1767226300,
+    );
+    assert_eq!(post(public, &conv), 200);
+    // A handler failure whose payload carries personal data.
+    let bad = notification("notif_log3", "contact.user.updated", json!({"type":"contact","email":"zoe.example@example.org"}), 1767225600);
+    assert_eq!(post(public, &bad), 200);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    child.wait().unwrap();
+    let log = std::fs::read_to_string(dir.path().join("serve.log")).unwrap();
+    assert!(log.contains("notif_log1"), "the log has ids: {}", &log[..log.len().min(2000)]);
+    for pii in ["zoe.example", "Zo\u{eb}", "+15550100", "555 0100", "4111 1111 1111", SECRET, ADMIN_TOKEN, DATA_KEY] {
+        assert!(!log.contains(pii), "log contains {pii}");
+    }
+}
