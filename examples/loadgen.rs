@@ -83,7 +83,10 @@ fn build(args: &Args, host: &str, path: &str) -> Vec<Prepared> {
     for i in 0..args.bodies {
         let roll: f64 = rng.gen_range(0.0..100.0);
         let (body, kind) = if roll < args.dup_pct && !sent_bodies.is_empty() {
-            (sent_bodies[rng.gen_range(0..sent_bodies.len())].clone(), Kind::Duplicate)
+            (
+                sent_bodies[rng.gen_range(0..sent_bodies.len())].clone(),
+                Kind::Duplicate,
+            )
         } else {
             let size: usize = rng.gen_range(1024..8192);
             let pad = "x".repeat(size.saturating_sub(600));
@@ -119,7 +122,10 @@ fn build(args: &Args, host: &str, path: &str) -> Vec<Prepared> {
         )
         .into_bytes();
         req.extend_from_slice(&body);
-        out.push(Prepared { bytes: req, kind: if bad { Kind::BadSignature } else { kind } });
+        out.push(Prepared {
+            bytes: req,
+            kind: if bad { Kind::BadSignature } else { kind },
+        });
     }
     out
 }
@@ -134,7 +140,11 @@ async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<
             let status: u16 = head.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
             let len: usize = head
                 .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap_or(0))
+                })
                 .unwrap_or(0);
             while buf.len() < end + 4 + len {
                 let n = s.read(&mut tmp).await?;
@@ -160,7 +170,11 @@ fn main() {
     let path = if path.is_empty() { "/" } else { path };
     eprintln!("preparing {} signed requests...", args.bodies);
     let prepared = Arc::new(build(&args, host, path));
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
     let host = host.to_string();
     runtime.block_on(async move {
         let next = Arc::new(AtomicUsize::new(0));
@@ -207,9 +221,18 @@ fn main() {
         for (_, st, _) in &all {
             *by_status.entry(*st).or_default() += 1;
         }
-        let mut ok: Vec<u32> = all.iter().filter(|(k, st, _)| *k != Kind::BadSignature && *st == 200).map(|x| x.2).collect();
+        let mut ok: Vec<u32> = all
+            .iter()
+            .filter(|(k, st, _)| *k != Kind::BadSignature && *st == 200)
+            .map(|x| x.2)
+            .collect();
         ok.sort_unstable();
-        let pct = |p: f64| ok.get(((ok.len() as f64 * p) as usize).min(ok.len().saturating_sub(1))).copied().unwrap_or(0) as f64 / 1000.0;
+        let pct = |p: f64| {
+            ok.get(((ok.len() as f64 * p) as usize).min(ok.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(0) as f64
+                / 1000.0
+        };
         println!(
             "requests {} in {:.1}s: {:.0} req/s; accepted (200, signed) {} = {:.0}/s",
             all.len(),
@@ -219,6 +242,13 @@ fn main() {
             ok.len() as f64 / elapsed
         );
         println!("status counts: {by_status:?}");
-        println!("latency of accepted (ms): p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}", pct(0.5), pct(0.9), pct(0.99), pct(0.999), pct(1.0));
+        println!(
+            "latency of accepted (ms): p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
+            pct(0.5),
+            pct(0.9),
+            pct(0.99),
+            pct(0.999),
+            pct(1.0)
+        );
     });
 }

@@ -70,7 +70,12 @@ pub async fn run(settings: Settings, listeners: Listeners, shutdown: Cancellatio
     .context("starting worker threads")?;
     worker::mark_running(&state.workers_running, true);
 
-    let purger = tokio::spawn(crate::purge::run_loop(store.clone(), settings.clone(), metrics.clone(), shutdown.clone()));
+    let purger = tokio::spawn(crate::purge::run_loop(
+        store.clone(),
+        settings.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
     let limiter_gc = {
         let (limiter, shutdown) = (state.bad_signatures.clone(), shutdown.clone());
         tokio::spawn(async move {

@@ -28,7 +28,11 @@ fn entry_hash(prev_hash: &str, seq: u64, at_ms: i64, action: &str, details: &Val
     let mut h = Sha256::new();
     h.update(prev_hash.as_bytes());
     h.update(b"\n");
-    h.update(json!({"seq": seq, "at_ms": at_ms, "action": action, "details": details}).to_string().as_bytes());
+    h.update(
+        json!({"seq": seq, "at_ms": at_ms, "action": action, "details": details})
+            .to_string()
+            .as_bytes(),
+    );
     hex::encode(h.finalize())
 }
 
@@ -41,12 +45,21 @@ pub fn append(store: &Store, action: &str, details: Value) -> Result<u64, StoreE
         let (seq, prev_hash) = match last {
             Some((s, bytes)) => (
                 s + 1,
-                serde_json::from_slice::<AuditEntry>(&bytes).map(|e| e.hash).unwrap_or_else(|_| "unreadable".into()),
+                serde_json::from_slice::<AuditEntry>(&bytes)
+                    .map(|e| e.hash)
+                    .unwrap_or_else(|_| "unreadable".into()),
             ),
             None => (1, GENESIS.to_string()),
         };
         let hash = entry_hash(&prev_hash, seq, at_ms, action, &details);
-        let entry = AuditEntry { seq, at_ms, action: action.to_string(), details: details.clone(), prev_hash, hash };
+        let entry = AuditEntry {
+            seq,
+            at_ms,
+            action: action.to_string(),
+            details: details.clone(),
+            prev_hash,
+            hash,
+        };
         serde_json::to_vec(&entry).expect("serialising plain data cannot fail")
     })?;
     store.flush_index()?;
@@ -71,7 +84,9 @@ pub fn verify(store: &Store) -> Result<Value, StoreError> {
     let (mut expected_seq, mut prev_hash) = match store.audit_anchor()? {
         Some((seq, bytes)) => (
             seq + 1,
-            serde_json::from_slice::<AuditEntry>(&bytes).map(|e| e.hash).unwrap_or_default(),
+            serde_json::from_slice::<AuditEntry>(&bytes)
+                .map(|e| e.hash)
+                .unwrap_or_default(),
         ),
         None => (1, GENESIS.to_string()),
     };
@@ -79,9 +94,13 @@ pub fn verify(store: &Store) -> Result<Value, StoreError> {
     for (seq, bytes) in entries {
         let problem = match serde_json::from_slice::<AuditEntry>(&bytes) {
             Err(_) => Some("entry is unreadable"),
-            Ok(e) if e.seq != seq || seq != expected_seq => Some("entry is out of sequence (removed or reordered entries)"),
+            Ok(e) if e.seq != seq || seq != expected_seq => {
+                Some("entry is out of sequence (removed or reordered entries)")
+            }
             Ok(e) if e.prev_hash != prev_hash => Some("entry does not link to the one before it"),
-            Ok(e) if entry_hash(&e.prev_hash, e.seq, e.at_ms, &e.action, &e.details) != e.hash => Some("entry was altered"),
+            Ok(e) if entry_hash(&e.prev_hash, e.seq, e.at_ms, &e.action, &e.details) != e.hash => {
+                Some("entry was altered")
+            }
             Ok(e) => {
                 prev_hash = e.hash;
                 None
@@ -98,7 +117,11 @@ pub fn verify(store: &Store) -> Result<Value, StoreError> {
 /// Removes entries older than `before_ms` from the front of the chain.
 pub fn expire(store: &Store, before_ms: i64, limit: usize) -> Result<u64, StoreError> {
     store.audit_remove_expired(
-        |bytes| serde_json::from_slice::<AuditEntry>(bytes).map(|e| e.at_ms < before_ms).unwrap_or(false),
+        |bytes| {
+            serde_json::from_slice::<AuditEntry>(bytes)
+                .map(|e| e.at_ms < before_ms)
+                .unwrap_or(false)
+        },
         limit,
     )
 }
@@ -109,6 +132,10 @@ pub fn count_expired(store: &Store, before_ms: i64) -> Result<u64, StoreError> {
     Ok(entries
         .iter()
         .take(keep_last)
-        .take_while(|(_, b)| serde_json::from_slice::<AuditEntry>(b).map(|e| e.at_ms < before_ms).unwrap_or(false))
+        .take_while(|(_, b)| {
+            serde_json::from_slice::<AuditEntry>(b)
+                .map(|e| e.at_ms < before_ms)
+                .unwrap_or(false)
+        })
         .count() as u64)
 }

@@ -122,7 +122,10 @@ pub struct CacheCodec {
 
 impl CacheCodec {
     pub fn new(keys: Keys, allowed_attributes: Vec<String>) -> Self {
-        CacheCodec { keys, allowed_attributes }
+        CacheCodec {
+            keys,
+            allowed_attributes,
+        }
     }
 
     pub fn keys(&self) -> &Keys {
@@ -234,7 +237,10 @@ mod tests {
         let attrs = serde_json::json!({"plan": "pro", "birthday_at": 631152000});
         let sealed = codec.seal_attributes("c1", Some(&attrs)).unwrap();
         assert!(!sealed.contains("pro"));
-        assert_eq!(codec.open_attributes("c1", &sealed).unwrap(), serde_json::json!({"plan": "pro"}));
+        assert_eq!(
+            codec.open_attributes("c1", &sealed).unwrap(),
+            serde_json::json!({"plan": "pro"})
+        );
         assert!(codec.open_attributes("c2", &sealed).is_none(), "bound to its contact");
         let none = CacheCodec::new(Keys::derive(&DataKey::from_bytes([9; 32])), vec![]);
         assert!(none.seal_attributes("c1", Some(&attrs)).is_none());

@@ -8,7 +8,10 @@ use std::io::IsTerminal;
 use serde_json::{json, Value};
 
 use crate::app::open_store;
-use crate::cli::{AuditCommand, CacheCommand, CacheKind as CliKind, Cli, Command, ConfigCommand, EventsCommand, ReplayArgs, SimulateArgs};
+use crate::cli::{
+    AuditCommand, CacheCommand, CacheKind as CliKind, Cli, Command, ConfigCommand, EventsCommand, ReplayArgs,
+    SimulateArgs,
+};
 use crate::config::Settings;
 use crate::ops::remote::{Remote, RemoteError};
 use crate::ops::{self, FilterQuery, OpsError, ReplayRequest};
@@ -23,7 +26,10 @@ pub struct Failure {
 
 impl Failure {
     pub fn new(code: i32, message: impl Into<String>) -> Self {
-        Failure { code, message: message.into() }
+        Failure {
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -65,7 +71,10 @@ enum Access {
 fn access(settings: &Settings) -> Result<Access, Failure> {
     if !settings.data_dir.join("index").exists() {
         // Nothing here to open: maybe a server elsewhere has it.
-        return remote_or(settings, format!("there is no store in {}", settings.data_dir.display()));
+        return remote_or(
+            settings,
+            format!("there is no store in {}", settings.data_dir.display()),
+        );
     }
     match open_store(settings) {
         Ok(store) => Ok(Access::Local(store)),
@@ -80,15 +89,23 @@ fn remote_or(settings: &Settings, why_not_local: String) -> Result<Access, Failu
     if settings.admin_token.is_none() {
         return Err(Failure::new(
             1,
-            format!("{why_not_local}, and INTERCOM_WEBHOOKS_ADMIN_TOKEN is not set to use the admin API at {}", settings.admin_url),
+            format!(
+                "{why_not_local}, and INTERCOM_WEBHOOKS_ADMIN_TOKEN is not set to use the admin API at {}",
+                settings.admin_url
+            ),
         ));
     }
-    Ok(Access::Remote(Remote::new(&settings.admin_url, settings.admin_token.clone())))
+    Ok(Access::Remote(Remote::new(
+        &settings.admin_url,
+        settings.admin_token.clone(),
+    )))
 }
 
 /// Runs blocking store work off the async runtime.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Failure> + Send + 'static) -> Result<T, Failure> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| Failure::new(1, e.to_string()))?
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Failure::new(1, e.to_string()))?
 }
 
 pub async fn run(cli: Cli, settings: Settings) -> CmdResult {
@@ -96,12 +113,21 @@ pub async fn run(cli: Cli, settings: Settings) -> CmdResult {
     match cli.command {
         Command::Serve(_) => unreachable_serve(),
         Command::Config(ConfigCommand::Check) => {
-            print_doc(&settings.describe(), json_out, |d| serde_json::to_string_pretty(d).unwrap_or_default());
+            print_doc(&settings.describe(), json_out, |d| {
+                serde_json::to_string_pretty(d).unwrap_or_default()
+            });
             Ok(())
         }
         Command::Simulate(args) => simulate(&settings, args, json_out).await,
         Command::Events(EventsCommand::List(f)) => {
-            let q = FilterQuery { status: f.status, topic: f.topic, since: f.since, until: f.until, limit: f.limit, after: f.after };
+            let q = FilterQuery {
+                status: f.status,
+                topic: f.topic,
+                since: f.since,
+                until: f.until,
+                limit: f.limit,
+                after: f.after,
+            };
             let doc = match access(&settings)? {
                 Access::Local(store) => blocking(move || Ok(ops::list_events(&store, &q)?)).await?,
                 Access::Remote(r) => r.get("/admin/events", &query_pairs(&q)).await?,
@@ -141,7 +167,10 @@ pub async fn run(cli: Cli, settings: Settings) -> CmdResult {
             };
             let doc = match access(&settings)? {
                 Access::Local(store) => {
-                    let codec = crate::cache::CacheCodec::new(store.keys().clone(), settings.cache.contact_custom_attributes.clone());
+                    let codec = crate::cache::CacheCodec::new(
+                        store.keys().clone(),
+                        settings.cache.contact_custom_attributes.clone(),
+                    );
                     blocking(move || Ok(ops::cache_show(&store, &codec, kind, &id)?)).await?
                 }
                 Access::Remote(r) => r.get(&format!("/admin/{path}/{}", encode_path(&id)), &[]).await?,
@@ -165,14 +194,28 @@ pub async fn run(cli: Cli, settings: Settings) -> CmdResult {
             let verify = matches!(cmd, AuditCommand::Verify);
             let doc = match access(&settings)? {
                 Access::Local(store) => {
-                    blocking(move || Ok(if verify { crate::audit::verify(&store)? } else { crate::audit::list(&store)? })).await?
+                    blocking(move || {
+                        Ok(if verify {
+                            crate::audit::verify(&store)?
+                        } else {
+                            crate::audit::list(&store)?
+                        })
+                    })
+                    .await?
                 }
-                Access::Remote(r) => r.get(if verify { "/admin/audit/verify" } else { "/admin/audit" }, &[]).await?,
+                Access::Remote(r) => {
+                    r.get(if verify { "/admin/audit/verify" } else { "/admin/audit" }, &[])
+                        .await?
+                }
             };
             if verify {
                 print_doc(&doc, json_out, |d| match d["ok"].as_bool() {
                     Some(true) => format!("audit log intact: {} entries", d["entries"]),
-                    _ => format!("audit log BROKEN at entry {}: {}", d["first_bad_seq"], d["reason"].as_str().unwrap_or("")),
+                    _ => format!(
+                        "audit log BROKEN at entry {}: {}",
+                        d["first_bad_seq"],
+                        d["reason"].as_str().unwrap_or("")
+                    ),
                 });
                 if doc["ok"].as_bool() != Some(true) {
                     return Err(Failure::new(1, "audit verification failed"));
@@ -191,7 +234,13 @@ fn unreachable_serve() -> CmdResult {
 
 fn query_pairs(q: &FilterQuery) -> Vec<(&'static str, String)> {
     let mut v = Vec::new();
-    for (k, val) in [("status", &q.status), ("topic", &q.topic), ("since", &q.since), ("until", &q.until), ("after", &q.after)] {
+    for (k, val) in [
+        ("status", &q.status),
+        ("topic", &q.topic),
+        ("since", &q.since),
+        ("until", &q.until),
+        ("after", &q.after),
+    ] {
         if let Some(x) = val {
             v.push((k, x.clone()));
         }
@@ -204,7 +253,13 @@ fn query_pairs(q: &FilterQuery) -> Vec<(&'static str, String)> {
 
 fn encode_path(id: &str) -> String {
     id.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-_.:".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.:".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
         .collect()
 }
 
@@ -219,9 +274,15 @@ async fn replay(settings: &Settings, args: ReplayArgs, json_out: bool) -> CmdRes
         dry_run: args.dry_run,
     };
     let doc = match access(settings)? {
-        Access::Remote(r) => r.post("/admin/replay", &serde_json::to_value(&req).unwrap_or_default()).await?,
+        Access::Remote(r) => {
+            r.post("/admin/replay", &serde_json::to_value(&req).unwrap_or_default())
+                .await?
+        }
         Access::Local(store) => {
-            let codec = std::sync::Arc::new(crate::cache::CacheCodec::new(store.keys().clone(), settings.cache.contact_custom_attributes.clone()));
+            let codec = std::sync::Arc::new(crate::cache::CacheCodec::new(
+                store.keys().clone(),
+                settings.cache.contact_custom_attributes.clone(),
+            ));
             let ctx = crate::worker::WorkerCtx {
                 store: store.clone(),
                 codec,
@@ -271,7 +332,9 @@ fn progress_bar(len: u64) -> Option<indicatif::ProgressBar> {
         return None;
     }
     let bar = indicatif::ProgressBar::new(len);
-    if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} events replayed ({per_sec}, eta {eta})") {
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} events replayed ({per_sec}, eta {eta})")
+    {
         bar.set_style(style);
     }
     Some(bar)
@@ -279,17 +342,27 @@ fn progress_bar(len: u64) -> Option<indicatif::ProgressBar> {
 
 async fn simulate(settings: &Settings, args: SimulateArgs, json_out: bool) -> CmdResult {
     if args.list {
-        print_doc(&json!(crate::samples::TOPICS), json_out, |_| crate::samples::TOPICS.join("\n"));
+        print_doc(&json!(crate::samples::TOPICS), json_out, |_| {
+            crate::samples::TOPICS.join("\n")
+        });
         return Ok(());
     }
     let topic = args.topic.unwrap_or_default();
     let body = crate::samples::sample(&topic).ok_or_else(|| {
-        Failure::new(2, format!("no sample for topic '{topic}'; `simulate --list` shows the topics there are"))
+        Failure::new(
+            2,
+            format!("no sample for topic '{topic}'; `simulate --list` shows the topics there are"),
+        )
     })?;
     let secret = settings.client_secrets.first().ok_or_else(|| {
-        Failure::new(2, "INTERCOM_CLIENT_SECRET is not set: simulate signs with the same secret the receiver verifies with")
+        Failure::new(
+            2,
+            "INTERCOM_CLIENT_SECRET is not set: simulate signs with the same secret the receiver verifies with",
+        )
     })?;
-    let url = args.url.unwrap_or_else(|| format!("http://{}/webhooks/intercom", settings.listen));
+    let url = args
+        .url
+        .unwrap_or_else(|| format!("http://{}/webhooks/intercom", settings.listen));
     let bytes = serde_json::to_vec(&body).unwrap_or_default();
     let signature = crate::verify::sign(secret.expose(), &bytes);
     let resp = reqwest::Client::new()
@@ -303,7 +376,9 @@ async fn simulate(settings: &Settings, args: SimulateArgs, json_out: bool) -> Cm
         .map_err(|e| Failure::new(1, format!("cannot post to {url}: {}", e.without_url())))?;
     let status = resp.status().as_u16();
     let doc = json!({"topic": topic, "id": body["id"], "url": url, "status": status});
-    print_doc(&doc, json_out, |d| format!("{} {} -> {}", d["topic"].as_str().unwrap_or(""), d["id"], d["status"]));
+    print_doc(&doc, json_out, |d| {
+        format!("{} {} -> {}", d["topic"].as_str().unwrap_or(""), d["id"], d["status"])
+    });
     if (200..300).contains(&status) {
         Ok(())
     } else {
@@ -328,7 +403,10 @@ fn s(v: &Value) -> String {
 }
 
 fn render_events(d: &Value) -> String {
-    let mut out = format!("{:<25} {:<10} {:<36} {:>4}  {}\n", "RECEIVED", "STATUS", "TOPIC", "DLV", "ID");
+    let mut out = format!(
+        "{:<25} {:<10} {:<36} {:>4}  {}\n",
+        "RECEIVED", "STATUS", "TOPIC", "DLV", "ID"
+    );
     for e in d["events"].as_array().into_iter().flatten() {
         out.push_str(&format!(
             "{:<25} {:<10} {:<36} {:>4}  {}\n",
@@ -354,7 +432,14 @@ fn render_stats(d: &Value) -> String {
     for (k, v) in d["events_by_topic"].as_object().into_iter().flatten() {
         out.push_str(&format!("  {k:<40} {v}\n"));
     }
-    for key in ["pending_depth", "oldest_pending_age_secs", "last_received_at", "duplicates_seen", "signature_failures_since_start", "store_size_bytes"] {
+    for key in [
+        "pending_depth",
+        "oldest_pending_age_secs",
+        "last_received_at",
+        "duplicates_seen",
+        "signature_failures_since_start",
+        "store_size_bytes",
+    ] {
         if d.get(key).is_some() {
             out.push_str(&format!("{key}: {}\n", s(&d[key])));
         }
@@ -371,7 +456,11 @@ fn render_stats(d: &Value) -> String {
 }
 
 fn render_purge(d: &Value) -> String {
-    let mut out = String::from(if d["dry_run"].as_bool() == Some(true) { "would remove:\n" } else { "removed:\n" });
+    let mut out = String::from(if d["dry_run"].as_bool() == Some(true) {
+        "would remove:\n"
+    } else {
+        "removed:\n"
+    });
     for (k, v) in d["removed"].as_object().into_iter().flatten() {
         out.push_str(&format!("  {k:<14} {v}\n"));
     }
@@ -381,7 +470,13 @@ fn render_purge(d: &Value) -> String {
 fn render_audit(d: &Value) -> String {
     let mut out = String::new();
     for e in d["entries"].as_array().into_iter().flatten() {
-        out.push_str(&format!("{:>6} {:<25} {:<12} {}\n", s(&e["seq"]), s(&e["at"]), s(&e["action"]), e["details"]));
+        out.push_str(&format!(
+            "{:>6} {:<25} {:<12} {}\n",
+            s(&e["seq"]),
+            s(&e["at"]),
+            s(&e["action"]),
+            e["details"]
+        ));
     }
     if out.is_empty() {
         out.push_str("(no audit entries)");

@@ -264,15 +264,10 @@ impl Settings {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
-        let cfg_name = cli
-            .config
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default();
+        let cfg_name = cli.config.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
         let dur = |value: Option<&String>, key: &str, default: &str| -> Result<Duration, ConfigError> {
             match value {
-                Some(v) => parse_duration(v)
-                    .map_err(|e| ConfigError(format!("{cfg_name}: {key}: {e}"))),
+                Some(v) => parse_duration(v).map_err(|e| ConfigError(format!("{cfg_name}: {key}: {e}"))),
                 None => Ok(parse_duration(default).expect("built-in default parses")),
             }
         };
@@ -328,7 +323,9 @@ impl Settings {
             return err(format!("{cfg_name}: server.body_limit_bytes must be at least 1024"));
         }
         if http.bad_signatures_per_minute == 0 {
-            return err(format!("{cfg_name}: server.bad_signatures_per_minute must be at least 1"));
+            return err(format!(
+                "{cfg_name}: server.bad_signatures_per_minute must be at least 1"
+            ));
         }
 
         let r = &file.retention;
@@ -361,7 +358,9 @@ impl Settings {
             segment_max_age: dur(file.store.segment_max_age.as_ref(), "store.segment_max_age", "1h")?,
         };
         if purge.interval.is_zero() || store.segment_max_age.is_zero() {
-            return err(format!("{cfg_name}: purge.interval and store.segment_max_age must be above zero"));
+            return err(format!(
+                "{cfg_name}: purge.interval and store.segment_max_age must be above zero"
+            ));
         }
 
         Ok(Settings {
@@ -511,7 +510,10 @@ mod tests {
 
     #[test]
     fn secrets_are_split_for_rotation_and_never_described() {
-        let env = MapEnv(HashMap::from([("INTERCOM_CLIENT_SECRET", "old-one, new-one".to_string())]));
+        let env = MapEnv(HashMap::from([(
+            "INTERCOM_CLIENT_SECRET",
+            "old-one, new-one".to_string(),
+        )]));
         let s = Settings::load(&cli(&["stats"]), &ServeFlags::default(), &env).unwrap();
         assert_eq!(s.client_secrets.len(), 2);
         let text = s.describe().to_string();
@@ -531,7 +533,10 @@ mod tests {
         let s = Settings::load(&c, &ServeFlags::default(), &MapEnv(HashMap::new())).unwrap();
         assert_eq!(s.listen.to_string(), "127.0.0.1:1111");
         assert_eq!(s.retention.events, Duration::from_secs(5));
-        let flags = ServeFlags { listen: Some("127.0.0.1:2222".into()), admin_listen: None };
+        let flags = ServeFlags {
+            listen: Some("127.0.0.1:2222".into()),
+            admin_listen: None,
+        };
         let s = Settings::load(&c, &flags, &MapEnv(HashMap::new())).unwrap();
         assert_eq!(s.listen.to_string(), "127.0.0.1:2222");
     }

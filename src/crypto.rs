@@ -26,10 +26,7 @@ pub enum CryptoError {
     #[error("the key file {0} is not a 32-byte key in hex")]
     BadKeyFile(String),
     #[error("cannot read or create the key file {path}: {source}")]
-    KeyFileIo {
-        path: String,
-        source: std::io::Error,
-    },
+    KeyFileIo { path: String, source: std::io::Error },
     #[error("decryption failed: wrong data key, or the data was altered")]
     Decrypt,
 }
@@ -79,7 +76,10 @@ impl DataKey {
             return Ok((Self::parse(s.expose())?, KeySource::Configured));
         }
         let path = data_dir.join(KEY_FILE);
-        let io = |source| CryptoError::KeyFileIo { path: path.display().to_string(), source };
+        let io = |source| CryptoError::KeyFileIo {
+            path: path.display().to_string(),
+            source,
+        };
         match std::fs::read_to_string(&path) {
             Ok(text) => {
                 let key = Self::parse(&text).map_err(|_| CryptoError::BadKeyFile(path.display().to_string()))?;
@@ -246,7 +246,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.path().join(KEY_FILE)).unwrap().permissions().mode();
+            let mode = std::fs::metadata(dir.path().join(KEY_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
     }

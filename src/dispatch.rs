@@ -11,16 +11,42 @@ use crate::envelope::id_string;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     /// Create or update a contact from a full contact object.
-    ContactUpsert { contact: Value, archived: Option<bool> },
-    ContactArchive { id: String },
-    ContactDelete { id: String },
+    ContactUpsert {
+        contact: Value,
+        archived: Option<bool>,
+    },
+    ContactArchive {
+        id: String,
+    },
+    ContactDelete {
+        id: String,
+    },
     /// The surviving contact, and the id merged into it (now gone).
-    ContactMerge { contact: Value, merged_from: Option<String> },
-    ContactTag { contact: Value, tag_id: String, add: bool },
-    ContactCompany { contact: Value, company_id: String, attach: bool },
-    ConversationUpsert { conversation: Value },
-    ConversationDelete { id: String },
-    ConversationContact { conversation_id: String, contact_id: String, attach: bool },
+    ContactMerge {
+        contact: Value,
+        merged_from: Option<String>,
+    },
+    ContactTag {
+        contact: Value,
+        tag_id: String,
+        add: bool,
+    },
+    ContactCompany {
+        contact: Value,
+        company_id: String,
+        attach: bool,
+    },
+    ConversationUpsert {
+        conversation: Value,
+    },
+    ConversationDelete {
+        id: String,
+    },
+    ConversationContact {
+        conversation_id: String,
+        contact_id: String,
+        attach: bool,
+    },
 }
 
 /// Why an item could not be turned into an action. Holds no payload values.
@@ -31,22 +57,49 @@ pub struct RouteError(pub &'static str);
 /// `Ok(None)`: no handler for this topic (the event is `skipped`).
 pub fn route(topic: &str, item: &Value) -> Result<Option<Action>, RouteError> {
     let action = match topic {
-        "contact.user.created" | "contact.user.updated" | "contact.email.updated" | "contact.lead.created"
-        | "contact.lead.updated" | "contact.lead.added_email" | "contact.lead.signed_up" | "contact.signed_up"
-        | "contact.added_email" | "contact.created" | "contact.updated" | "visitor.signed_up" | "user.created"
-        | "user.email.updated" | "user.unsubscribed" | "contact.subscribed" | "contact.unsubscribed"
-        | "contact.unsubscribed_from_sms" | "granular.subscribe" | "granular.unsubscribe" => {
-            Action::ContactUpsert { contact: contact_of(item)?, archived: None }
-        }
-        "contact.unarchived" | "contact.unarchive" => Action::ContactUpsert { contact: contact_of(item)?, archived: Some(false) },
-        "contact.archived" | "contact.archive" => Action::ContactArchive { id: item_id(item).ok_or(RouteError("contact item has no id"))? },
-        "contact.deleted" | "user.deleted" => Action::ContactDelete { id: item_id(item).ok_or(RouteError("contact item has no id"))? },
+        "contact.user.created"
+        | "contact.user.updated"
+        | "contact.email.updated"
+        | "contact.lead.created"
+        | "contact.lead.updated"
+        | "contact.lead.added_email"
+        | "contact.lead.signed_up"
+        | "contact.signed_up"
+        | "contact.added_email"
+        | "contact.created"
+        | "contact.updated"
+        | "visitor.signed_up"
+        | "user.created"
+        | "user.email.updated"
+        | "user.unsubscribed"
+        | "contact.subscribed"
+        | "contact.unsubscribed"
+        | "contact.unsubscribed_from_sms"
+        | "granular.subscribe"
+        | "granular.unsubscribe" => Action::ContactUpsert {
+            contact: contact_of(item)?,
+            archived: None,
+        },
+        "contact.unarchived" | "contact.unarchive" => Action::ContactUpsert {
+            contact: contact_of(item)?,
+            archived: Some(false),
+        },
+        "contact.archived" | "contact.archive" => Action::ContactArchive {
+            id: item_id(item).ok_or(RouteError("contact item has no id"))?,
+        },
+        "contact.deleted" | "user.deleted" => Action::ContactDelete {
+            id: item_id(item).ok_or(RouteError("contact item has no id"))?,
+        },
         "contact.merged" => Action::ContactMerge {
             contact: contact_of(item)?,
             merged_from: item.get("merged_from").and_then(|m| m.get("id")).and_then(id_string),
         },
-        "contact.user.tag.created" | "contact.lead.tag.created" | "contact.tag.created" | "user.tag.created" => tag(item, true)?,
-        "contact.user.tag.deleted" | "contact.lead.tag.deleted" | "contact.tag.deleted" | "user.tag.deleted" => tag(item, false)?,
+        "contact.user.tag.created" | "contact.lead.tag.created" | "contact.tag.created" | "user.tag.created" => {
+            tag(item, true)?
+        }
+        "contact.user.tag.deleted" | "contact.lead.tag.deleted" | "contact.tag.deleted" | "user.tag.deleted" => {
+            tag(item, false)?
+        }
         "company.contact.attached" | "company.contact.detached" => Action::ContactCompany {
             contact: contact_of(item)?,
             company_id: item
@@ -75,11 +128,16 @@ pub fn route(topic: &str, item: &Value) -> Result<Option<Action>, RouteError> {
                 .ok_or(RouteError("contact item has no id"))?,
             attach: topic.ends_with("attached"),
         },
-        t if t.starts_with("conversation.") || t == "conversation_part.redacted" || t == "conversation_part.tag.created" => {
+        t if t.starts_with("conversation.")
+            || t == "conversation_part.redacted"
+            || t == "conversation_part.tag.created" =>
+        {
             if item_id(item).is_none() {
                 return Err(RouteError("conversation item has no id"));
             }
-            Action::ConversationUpsert { conversation: item.clone() }
+            Action::ConversationUpsert {
+                conversation: item.clone(),
+            }
         }
         _ => return Ok(None),
     };
@@ -140,15 +198,33 @@ mod tests {
     #[test]
     fn routes_families() {
         let c = json!({"type":"contact","id":"c1"});
-        assert!(matches!(route("contact.user.created", &c), Ok(Some(Action::ContactUpsert { .. }))));
-        assert!(matches!(route("contact.unarchived", &c), Ok(Some(Action::ContactUpsert { archived: Some(false), .. }))));
-        assert_eq!(route("contact.deleted", &c), Ok(Some(Action::ContactDelete { id: "c1".into() })));
+        assert!(matches!(
+            route("contact.user.created", &c),
+            Ok(Some(Action::ContactUpsert { .. }))
+        ));
+        assert!(matches!(
+            route("contact.unarchived", &c),
+            Ok(Some(Action::ContactUpsert {
+                archived: Some(false),
+                ..
+            }))
+        ));
+        assert_eq!(
+            route("contact.deleted", &c),
+            Ok(Some(Action::ContactDelete { id: "c1".into() }))
+        );
         assert_eq!(route("ticket.created", &c), Ok(None));
         assert_eq!(route("some.future.topic", &c), Ok(None));
         let deleted = json!({"type":"conversation","conversation_id":"215"});
-        assert_eq!(route("conversation.deleted", &deleted), Ok(Some(Action::ConversationDelete { id: "215".into() })));
+        assert_eq!(
+            route("conversation.deleted", &deleted),
+            Ok(Some(Action::ConversationDelete { id: "215".into() }))
+        );
         let tag = json!({"type":"contact_tag","tag":{"id":"7"},"contact":{"id":"c1"}});
-        assert!(matches!(route("contact.user.tag.deleted", &tag), Ok(Some(Action::ContactTag { add: false, .. }))));
+        assert!(matches!(
+            route("contact.user.tag.deleted", &tag),
+            Ok(Some(Action::ContactTag { add: false, .. }))
+        ));
         assert!(route("contact.user.created", &json!({"type":"contact"})).is_err());
     }
 }

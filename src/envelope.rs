@@ -106,15 +106,27 @@ pub fn parse(body: &[u8]) -> Result<Envelope, Invalid> {
 pub enum Classified {
     /// `ping` with a null id: answered `200`, stored nowhere (facts.md §1.5).
     Ping,
-    Notification { key: String, envelope: Envelope },
-    Invalid { key: String, why: Invalid },
+    Notification {
+        key: String,
+        envelope: Envelope,
+    },
+    Invalid {
+        key: String,
+        why: Invalid,
+    },
 }
 
 pub fn classify(body: &[u8]) -> Classified {
     match parse(body) {
         Ok(env) if env.id.is_none() && env.topic == "ping" => Classified::Ping,
-        Ok(env) => Classified::Notification { key: event_key(&env), envelope: env },
-        Err(why) => Classified::Invalid { key: format!("inv_{}", short_hash(&[body])), why },
+        Ok(env) => Classified::Notification {
+            key: event_key(&env),
+            envelope: env,
+        },
+        Err(why) => Classified::Invalid {
+            key: format!("inv_{}", short_hash(&[body])),
+            why,
+        },
     }
 }
 
@@ -143,7 +155,9 @@ pub fn event_key(env: &Envelope) -> String {
 
 fn is_plain_key(id: &str) -> bool {
     (1..=128).contains(&id.len())
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
 }
 
 fn short_hash(parts: &[&[u8]]) -> String {
@@ -175,18 +189,46 @@ mod tests {
         let ping = br#"{"type":"notification_event","data":{"item":{"type":"ping"}},"id":null,"topic":"ping"}"#;
         assert_eq!(classify(ping), Classified::Ping);
         let read = br#"{"data":{"item":{"type":"conversation","id":"5"}},"id":null,"topic":"conversation.read","created_at":7}"#;
-        let Classified::Notification { key, .. } = classify(read) else { panic!() };
+        let Classified::Notification { key, .. } = classify(read) else {
+            panic!()
+        };
         assert!(key.starts_with("fb_"));
-        let Classified::Notification { key: again, .. } = classify(read) else { panic!() };
+        let Classified::Notification { key: again, .. } = classify(read) else {
+            panic!()
+        };
         assert_eq!(key, again, "the fallback key is stable");
     }
 
     #[test]
     fn invalid_bodies() {
-        assert!(matches!(classify(b"not json"), Classified::Invalid { why: Invalid::NotJson, .. }));
-        assert!(matches!(classify(b"[1,2]"), Classified::Invalid { why: Invalid::NotJson, .. }));
-        assert!(matches!(classify(br#"{"data":{"item":{}}}"#), Classified::Invalid { why: Invalid::NoTopic, .. }));
-        assert!(matches!(classify(br#"{"topic":"x"}"#), Classified::Invalid { why: Invalid::NoItem, .. }));
+        assert!(matches!(
+            classify(b"not json"),
+            Classified::Invalid {
+                why: Invalid::NotJson,
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify(b"[1,2]"),
+            Classified::Invalid {
+                why: Invalid::NotJson,
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify(br#"{"data":{"item":{}}}"#),
+            Classified::Invalid {
+                why: Invalid::NoTopic,
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify(br#"{"topic":"x"}"#),
+            Classified::Invalid {
+                why: Invalid::NoItem,
+                ..
+            }
+        ));
     }
 
     #[test]

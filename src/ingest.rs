@@ -39,7 +39,15 @@ pub struct Identity {
 pub async fn ingest(store: &Store, webhook: VerifiedWebhook, now_ms: i64) -> (Result<Outcome, StoreError>, Identity) {
     let body = webhook.body().clone();
     let (meta, invalid) = match classify(&body) {
-        Classified::Ping => return (Ok(Outcome::Ping), Identity { key: String::new(), topic: "ping".into() }),
+        Classified::Ping => {
+            return (
+                Ok(Outcome::Ping),
+                Identity {
+                    key: String::new(),
+                    topic: "ping".into(),
+                },
+            )
+        }
         Classified::Notification { key, envelope } => (
             EventMeta {
                 key,
@@ -85,7 +93,10 @@ pub async fn ingest(store: &Store, webhook: VerifiedWebhook, now_ms: i64) -> (Re
             true,
         ),
     };
-    let identity = Identity { key: meta.key.clone(), topic: meta.topic.clone() };
+    let identity = Identity {
+        key: meta.key.clone(),
+        topic: meta.topic.clone(),
+    };
     if cfg!(feature = "bench-skip-store") {
         // The benchmark's ceiling: everything but the store.
         return (Ok(if invalid { Outcome::Invalid } else { Outcome::Stored }), identity);

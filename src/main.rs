@@ -12,7 +12,10 @@ use intercom_webhooks::{app, commands, logging};
 fn main() {
     let cli = Cli::parse();
     let serve_flags = match &cli.command {
-        Command::Serve(a) => ServeFlags { listen: a.listen.clone(), admin_listen: a.admin_listen.clone() },
+        Command::Serve(a) => ServeFlags {
+            listen: a.listen.clone(),
+            admin_listen: a.admin_listen.clone(),
+        },
         _ => ServeFlags::default(),
     };
     let settings = match Settings::load(&cli, &serve_flags, &ProcessEnv) {
@@ -20,7 +23,11 @@ fn main() {
         Err(e) => exit(2, &e.to_string()),
     };
     // Operator commands print their results; only warnings go to stderr.
-    let default_level = if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" };
+    let default_level = if matches!(cli.command, Command::Serve(_)) {
+        "info"
+    } else {
+        "warn"
+    };
     logging::init(settings.log_format, default_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
@@ -57,7 +64,10 @@ async fn serve(settings: Settings) -> i32 {
             .await
             .map_err(|e| format!("cannot listen on {addr} ({flag}): {e}"))
     };
-    let listeners = match (bind(settings.listen, "--listen").await, bind(settings.admin_listen, "--admin-listen").await) {
+    let listeners = match (
+        bind(settings.listen, "--listen").await,
+        bind(settings.admin_listen, "--admin-listen").await,
+    ) {
         (Ok(public), Ok(admin)) => app::Listeners { public, admin },
         (Err(e), _) | (_, Err(e)) => {
             eprintln!("error: {e}");

@@ -110,7 +110,10 @@ impl Default for Metrics {
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
-    [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0].into_iter()
+    [
+        0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ]
+    .into_iter()
 }
 
 impl Metrics {
@@ -141,32 +144,85 @@ impl Metrics {
         m.health.started_ms.store(now_ms(), Ordering::Relaxed);
         {
             let mut r = m.registry.lock().unwrap_or_else(|p| p.into_inner());
-            r.register("http_requests", "HTTP requests by route and status code", m.requests.clone());
-            r.register("signature_failures", "Webhook requests that failed signature verification", m.signature_failures.clone());
-            r.register("duplicates", "Webhook deliveries of an id already stored", m.duplicates.clone());
+            r.register(
+                "http_requests",
+                "HTTP requests by route and status code",
+                m.requests.clone(),
+            );
+            r.register(
+                "signature_failures",
+                "Webhook requests that failed signature verification",
+                m.signature_failures.clone(),
+            );
+            r.register(
+                "duplicates",
+                "Webhook deliveries of an id already stored",
+                m.duplicates.clone(),
+            );
             r.register("intake", "Verified webhook deliveries by outcome", m.intake.clone());
-            r.register("intake_latency_seconds", "Time from request start to answer on the webhook route", m.intake_latency.clone());
-            r.register("processing_latency_seconds", "Time from receipt to a final handler outcome", m.processing_latency.clone());
+            r.register(
+                "intake_latency_seconds",
+                "Time from request start to answer on the webhook route",
+                m.intake_latency.clone(),
+            );
+            r.register(
+                "processing_latency_seconds",
+                "Time from receipt to a final handler outcome",
+                m.processing_latency.clone(),
+            );
             r.register("processed", "Handler runs by outcome", m.processed.clone());
             r.register("pending_depth", "Events waiting for a worker", m.pending_depth.clone());
-            r.register("failed_events", "Events that gave up after the retry limit", m.failed_events.clone());
+            r.register(
+                "failed_events",
+                "Events that gave up after the retry limit",
+                m.failed_events.clone(),
+            );
             r.register("replays", "Events replayed", m.replays.clone());
             r.register("purged", "Items removed by retention, by data class", m.purged.clone());
             r.register("purge_runs", "Purge runs", m.purge_runs.clone());
-            r.register("purge_last_run_timestamp_seconds", "When the last purge ran", m.purge_last_run.clone());
-            r.register("purge_last_duration_milliseconds", "How long the last purge took", m.purge_duration_ms.clone());
-            r.register("store_size_bytes", "Bytes on disk under the data dir", m.store_size.clone());
-            r.register("intake_log_fsyncs", "fdatasync calls on the intake log (group commits)", m.fsyncs.clone());
-            r.register("webhook_consecutive_errors", "Non-2xx answers in a row on the webhook route (Intercom pauses at 1000 in 15 min)", m.webhook_consecutive_errors.clone());
-            r.register("webhook_seconds_since_last_2xx", "Seconds since the webhook route last answered 2xx", m.webhook_seconds_since_2xx.clone());
-            r.register("intercom_api_calls", "Calls to Intercom's REST API by endpoint and status", m.intercom_calls.clone());
+            r.register(
+                "purge_last_run_timestamp_seconds",
+                "When the last purge ran",
+                m.purge_last_run.clone(),
+            );
+            r.register(
+                "purge_last_duration_milliseconds",
+                "How long the last purge took",
+                m.purge_duration_ms.clone(),
+            );
+            r.register(
+                "store_size_bytes",
+                "Bytes on disk under the data dir",
+                m.store_size.clone(),
+            );
+            r.register(
+                "intake_log_fsyncs",
+                "fdatasync calls on the intake log (group commits)",
+                m.fsyncs.clone(),
+            );
+            r.register(
+                "webhook_consecutive_errors",
+                "Non-2xx answers in a row on the webhook route (Intercom pauses at 1000 in 15 min)",
+                m.webhook_consecutive_errors.clone(),
+            );
+            r.register(
+                "webhook_seconds_since_last_2xx",
+                "Seconds since the webhook route last answered 2xx",
+                m.webhook_seconds_since_2xx.clone(),
+            );
+            r.register(
+                "intercom_api_calls",
+                "Calls to Intercom's REST API by endpoint and status",
+                m.intercom_calls.clone(),
+            );
         }
         m
     }
 
     /// The text exposition format.
     pub fn encode(&self) -> String {
-        self.webhook_consecutive_errors.set(self.health.consecutive_errors() as i64);
+        self.webhook_consecutive_errors
+            .set(self.health.consecutive_errors() as i64);
         self.webhook_seconds_since_2xx.set(self.health.seconds_since_2xx());
         let mut out = String::new();
         let r = self.registry.lock().unwrap_or_else(|p| p.into_inner());

@@ -85,7 +85,10 @@ fn run_blocking(store: &Store, settings: &Settings, dry_run: bool, now: i64) -> 
     let started = Instant::now();
     let r = &settings.retention;
     let batch = settings.purge.batch_size;
-    let mut report = PurgeReport { dry_run, ..PurgeReport::default() };
+    let mut report = PurgeReport {
+        dry_run,
+        ..PurgeReport::default()
+    };
     let cuts = [
         ("events", cutoff(now, r.events)),
         ("markers", cutoff(now, r.markers)),
@@ -98,7 +101,14 @@ fn run_blocking(store: &Store, settings: &Settings, dry_run: bool, now: i64) -> 
         report.cutoffs.insert(k, v);
     }
     let cut = |k| report.cutoffs[k];
-    let (ev, mk, co, cv, tb, au) = (cut("events"), cut("markers"), cut("contacts"), cut("conversations"), cut("tombstones"), cut("audit"));
+    let (ev, mk, co, cv, tb, au) = (
+        cut("events"),
+        cut("markers"),
+        cut("contacts"),
+        cut("conversations"),
+        cut("tombstones"),
+        cut("audit"),
+    );
 
     let expired_segments: Vec<u64> = store
         .segments()?
@@ -111,11 +121,17 @@ fn run_blocking(store: &Store, settings: &Settings, dry_run: bool, now: i64) -> 
         report.counts.insert("events", store.count_expired_events(ev)?);
         report.counts.insert("log_segments", expired_segments.len() as u64);
         report.counts.insert("markers", store.count_expired_markers(mk)?);
-        report.counts.insert("contacts", store.count_cache_expired(CacheKind::Contact.tag(), co)?);
-        report.counts.insert("conversations", store.count_cache_expired(CacheKind::Conversation.tag(), cv)?);
+        report
+            .counts
+            .insert("contacts", store.count_cache_expired(CacheKind::Contact.tag(), co)?);
+        report.counts.insert(
+            "conversations",
+            store.count_cache_expired(CacheKind::Conversation.tag(), cv)?,
+        );
         report.counts.insert(
             "tombstones",
-            store.count_cache_expired(CacheKind::Contact.tomb_tag(), tb)? + store.count_cache_expired(CacheKind::Conversation.tomb_tag(), tb)?,
+            store.count_cache_expired(CacheKind::Contact.tomb_tag(), tb)?
+                + store.count_cache_expired(CacheKind::Conversation.tomb_tag(), tb)?,
         );
         report.counts.insert("audit", crate::audit::count_expired(store, au)?);
         report.duration_ms = started.elapsed().as_millis() as u64;
@@ -153,11 +169,16 @@ fn run_blocking(store: &Store, settings: &Settings, dry_run: bool, now: i64) -> 
     }
     report.counts.insert("markers", markers);
 
-    report.counts.insert("contacts", purge_cache(store, CacheKind::Contact, co, batch)?);
-    report.counts.insert("conversations", purge_cache(store, CacheKind::Conversation, cv, batch)?);
+    report
+        .counts
+        .insert("contacts", purge_cache(store, CacheKind::Contact, co, batch)?);
+    report
+        .counts
+        .insert("conversations", purge_cache(store, CacheKind::Conversation, cv, batch)?);
     report.counts.insert(
         "tombstones",
-        purge_tombstones(store, CacheKind::Contact, tb, batch)? + purge_tombstones(store, CacheKind::Conversation, tb, batch)?,
+        purge_tombstones(store, CacheKind::Contact, tb, batch)?
+            + purge_tombstones(store, CacheKind::Conversation, tb, batch)?,
     );
     let mut audit = 0;
     loop {
@@ -170,9 +191,17 @@ fn run_blocking(store: &Store, settings: &Settings, dry_run: bool, now: i64) -> 
     report.counts.insert("audit", audit);
     report.duration_ms = started.elapsed().as_millis() as u64;
     if report.total() > 0 {
-        let cutoffs: serde_json::Map<String, Value> = report.cutoffs.iter().map(|(k, v)| (k.to_string(), json!(format_ms(*v)))).collect();
+        let cutoffs: serde_json::Map<String, Value> = report
+            .cutoffs
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(format_ms(*v))))
+            .collect();
         crate::audit::append(store, "purge", json!({ "removed": report.counts, "cutoffs": cutoffs }))?;
-        tracing::info!(removed = report.total(), duration_ms = report.duration_ms, "Purge removed expired data.");
+        tracing::info!(
+            removed = report.total(),
+            duration_ms = report.duration_ms,
+            "Purge removed expired data."
+        );
     }
     Ok(report)
 }
@@ -195,7 +224,9 @@ fn purge_cache(store: &Store, kind: CacheKind, before: i64, batch: usize) -> Res
         for (ms, id) in &expired {
             let removed = store.cache_txn(|tx| {
                 tx.remove_time_index(kind.tag(), *ms, id)?;
-                let Some(bytes) = tx.get(kind, id)? else { return Ok(false) };
+                let Some(bytes) = tx.get(kind, id)? else {
+                    return Ok(false);
+                };
                 match decode::<Written>(&bytes) {
                     // Rewritten since this index entry was made: it stays.
                     Some(w) if w.written_ms != *ms => Ok(false),
@@ -231,7 +262,12 @@ fn purge_tombstones(store: &Store, kind: CacheKind, before: i64, batch: usize) -
 }
 
 /// The background purge: runs every `[purge] interval` until shutdown.
-pub async fn run_loop(store: Store, settings: std::sync::Arc<Settings>, metrics: std::sync::Arc<Metrics>, shutdown: CancellationToken) {
+pub async fn run_loop(
+    store: Store,
+    settings: std::sync::Arc<Settings>,
+    metrics: std::sync::Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(settings.purge.interval) => {}

@@ -98,14 +98,22 @@ fn mask_cards(text: &str) -> String {
         if boundary && chars[i].is_ascii_digit() {
             let mut end = i;
             let mut digits = Vec::new();
-            while end < chars.len() && (chars[end].is_ascii_digit() || ((chars[end] == ' ' || chars[end] == '-') && chars.get(end + 1).is_some_and(char::is_ascii_digit))) {
+            while end < chars.len()
+                && (chars[end].is_ascii_digit()
+                    || ((chars[end] == ' ' || chars[end] == '-')
+                        && chars.get(end + 1).is_some_and(char::is_ascii_digit)))
+            {
                 if let Some(d) = chars[end].to_digit(10) {
                     digits.push(d);
                 }
                 end += 1;
             }
             let at_word_end = end == chars.len() || !chars[end].is_alphanumeric();
-            if at_word_end && (13..=19).contains(&digits.len()) && luhn(&digits) && (digits.len() == 16 || end - i > digits.len()) {
+            if at_word_end
+                && (13..=19).contains(&digits.len())
+                && luhn(&digits)
+                && (digits.len() == 16 || end - i > digits.len())
+            {
                 out.push_str("[card]");
                 i = end;
                 continue;
@@ -125,7 +133,18 @@ fn luhn(digits: &[u32]) -> bool {
         .iter()
         .rev()
         .enumerate()
-        .map(|(i, &d)| if i % 2 == 1 { let x = d * 2; if x > 9 { x - 9 } else { x } } else { d })
+        .map(|(i, &d)| {
+            if i % 2 == 1 {
+                let x = d * 2;
+                if x > 9 {
+                    x - 9
+                } else {
+                    x
+                }
+            } else {
+                d
+            }
+        })
         .sum();
     sum % 10 == 0
 }
@@ -164,13 +183,61 @@ mod tests {
 /// Keys whose values are personal or free text. Their scalar values are
 /// masked wherever they appear; the JSON's shape is kept.
 const PERSONAL_KEYS: &[&str] = &[
-    "email", "name", "phone", "formatted_phone", "body", "subject", "url", "image_url", "avatar", "pseudonym",
-    "location", "location_data", "city", "city_name", "region", "region_name", "country", "country_name",
-    "postal_code", "latitude", "longitude", "timezone", "browser", "browser_version", "browser_language", "os",
-    "user_agent", "user_agent_data", "last_seen_ip", "ip", "referrer", "remark", "title", "description",
-    "label", "social_profiles", "custom_attributes", "ticket_attributes", "metadata", "message",
-    "utm_campaign", "utm_content", "utm_medium", "utm_source", "utm_term", "attachments", "ua", "website",
-    "json_blocks", "summary", "job_title", "note", "notes_text", "user_id", "external_id",
+    "email",
+    "name",
+    "phone",
+    "formatted_phone",
+    "body",
+    "subject",
+    "url",
+    "image_url",
+    "avatar",
+    "pseudonym",
+    "location",
+    "location_data",
+    "city",
+    "city_name",
+    "region",
+    "region_name",
+    "country",
+    "country_name",
+    "postal_code",
+    "latitude",
+    "longitude",
+    "timezone",
+    "browser",
+    "browser_version",
+    "browser_language",
+    "os",
+    "user_agent",
+    "user_agent_data",
+    "last_seen_ip",
+    "ip",
+    "referrer",
+    "remark",
+    "title",
+    "description",
+    "label",
+    "social_profiles",
+    "custom_attributes",
+    "ticket_attributes",
+    "metadata",
+    "message",
+    "utm_campaign",
+    "utm_content",
+    "utm_medium",
+    "utm_source",
+    "utm_term",
+    "attachments",
+    "ua",
+    "website",
+    "json_blocks",
+    "summary",
+    "job_title",
+    "note",
+    "notes_text",
+    "user_id",
+    "external_id",
 ];
 
 /// A payload with personal data masked (for `events show`): every scalar

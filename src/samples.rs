@@ -28,7 +28,14 @@ pub const TOPICS: &[&str] = &[
 fn random_uuid() -> String {
     let b: [u8; 16] = rand::thread_rng().gen();
     let h = hex::encode(b);
-    format!("{}-{}-4{}-a{}-{}", &h[..8], &h[8..12], &h[13..16], &h[17..20], &h[20..32])
+    format!(
+        "{}-{}-4{}-a{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[13..16],
+        &h[17..20],
+        &h[20..32]
+    )
 }
 
 pub fn contact(id: &str, role: &str, updated_at: i64) -> Value {
@@ -96,11 +103,15 @@ pub fn sample(topic: &str) -> Option<Value> {
         }
         "contact.user.created" | "contact.user.updated" | "contact.unarchived" => contact(contact_id, "user", now),
         "contact.lead.created" => contact("65f0c0ffee0000000000b002", "lead", now),
-        "contact.archived" => json!({"type": "contact", "id": contact_id, "external_id": "cust-1042", "archived": true}),
+        "contact.archived" => {
+            json!({"type": "contact", "id": contact_id, "external_id": "cust-1042", "archived": true})
+        }
         "contact.deleted" => json!({"type": "contact", "id": contact_id, "external_id": "cust-1042", "deleted": true}),
         "contact.user.tag.created" | "contact.user.tag.deleted" => json!({"type": "contact_tag", "created_at": now,
             "tag": {"type": "tag", "id": "7001", "name": "vip"}, "contact": contact(contact_id, "user", now)}),
-        "conversation.user.created" | "conversation.user.replied" | "conversation.admin.replied" => conversation(conv_id, contact_id, now, "open"),
+        "conversation.user.created" | "conversation.user.replied" | "conversation.admin.replied" => {
+            conversation(conv_id, contact_id, now, "open")
+        }
         "conversation.admin.closed" => conversation(conv_id, contact_id, now, "closed"),
         "conversation.deleted" => json!({"type": "conversation", "conversation_id": conv_id}),
         "ticket.created" => json!({"type": "ticket", "id": "215472629311235", "ticket_id": "12",

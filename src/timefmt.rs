@@ -38,9 +38,7 @@ fn parse_timestamp_str(s: &str) -> Option<i64> {
     if let Ok(n) = s.parse::<i64>() {
         return parse_timestamp(&Value::from(n));
     }
-    OffsetDateTime::parse(s, &Rfc3339)
-        .ok()
-        .map(|t| t.unix_timestamp())
+    OffsetDateTime::parse(s, &Rfc3339).ok().map(|t| t.unix_timestamp())
 }
 
 /// RFC 3339 text for unix milliseconds (UTC).
@@ -64,9 +62,7 @@ pub fn parse_time_bound(s: &str, now_ms: i64) -> Result<i64, String> {
     }
     match humantime::parse_duration(s.trim()) {
         Ok(d) => Ok(now_ms - d.as_millis() as i64),
-        Err(_) => Err(format!(
-            "'{s}' is neither an RFC 3339 time nor a duration such as 2h"
-        )),
+        Err(_) => Err(format!("'{s}' is neither an RFC 3339 time nor a duration such as 2h")),
     }
 }
 
@@ -88,10 +84,7 @@ mod tests {
             parse_timestamp(&json!("2026-01-01T00:00:00.000+00:00")),
             Some(1767225600)
         );
-        assert_eq!(
-            parse_timestamp(&json!("2026-01-01T00:00:00.000Z")),
-            Some(1767225600)
-        );
+        assert_eq!(parse_timestamp(&json!("2026-01-01T00:00:00.000Z")), Some(1767225600));
         assert_eq!(parse_timestamp(&json!("1767225600")), Some(1767225600));
         assert_eq!(parse_timestamp(&json!(null)), None);
         assert_eq!(parse_timestamp(&json!("")), None);
@@ -100,10 +93,7 @@ mod tests {
 
     #[test]
     fn time_bounds_take_rfc3339_or_durations() {
-        assert_eq!(
-            parse_time_bound("2026-01-01T00:00:00Z", 0).unwrap(),
-            1_767_225_600_000
-        );
+        assert_eq!(parse_time_bound("2026-01-01T00:00:00Z", 0).unwrap(), 1_767_225_600_000);
         assert_eq!(parse_time_bound("2h", 10_000_000).unwrap(), 2_800_000);
         assert!(parse_time_bound("soon", 0).is_err());
     }

@@ -121,14 +121,33 @@ mod tests {
     fn published_vectors() {
         assert_eq!(DELETED.len(), 407);
         let v = verifier();
-        let ok = v.verify(Bytes::from_static(DELETED.as_bytes()), Some(b"sha1=4a6af54a377a7e45719b1b4948f1421a9af54275"));
+        let ok = v.verify(
+            Bytes::from_static(DELETED.as_bytes()),
+            Some(b"sha1=4a6af54a377a7e45719b1b4948f1421a9af54275"),
+        );
         assert!(ok.is_ok());
-        let reserialised = v.verify(Bytes::from_static(DELETED.as_bytes()), Some(b"sha1=75aa54668698083fbb96fbbbdf88153248fd504d"));
+        let reserialised = v.verify(
+            Bytes::from_static(DELETED.as_bytes()),
+            Some(b"sha1=75aa54668698083fbb96fbbbdf88153248fd504d"),
+        );
         assert_eq!(reserialised.unwrap_err(), VerifyError::Mismatch);
         let utf8 = "{\"topic\":\"ping\",\"note\":\"Zoë – 日本\"}";
-        assert!(v.verify(Bytes::from(utf8), Some(b"sha1=e66d196971baad198b718e6808cb23713e5f2cbd")).is_ok());
-        assert!(v.verify(Bytes::from(utf8), Some(b"sha1=f43ad2dfac8b81e76cb32b53454d2c3d954fd58c")).is_err());
-        assert_eq!(sign("test-client-secret", DELETED.as_bytes()), "sha1=4a6af54a377a7e45719b1b4948f1421a9af54275");
+        assert!(v
+            .verify(
+                Bytes::from(utf8),
+                Some(b"sha1=e66d196971baad198b718e6808cb23713e5f2cbd")
+            )
+            .is_ok());
+        assert!(v
+            .verify(
+                Bytes::from(utf8),
+                Some(b"sha1=f43ad2dfac8b81e76cb32b53454d2c3d954fd58c")
+            )
+            .is_err());
+        assert_eq!(
+            sign("test-client-secret", DELETED.as_bytes()),
+            "sha1=4a6af54a377a7e45719b1b4948f1421a9af54275"
+        );
     }
 
     #[test]
@@ -150,9 +169,15 @@ mod tests {
     #[test]
     fn any_rotated_secret_verifies() {
         let v = Verifier::new(&[Secret::new("old"), Secret::new("new")]);
-        assert!(v.verify(Bytes::from_static(b"x"), Some(sign("old", b"x").as_bytes())).is_ok());
-        assert!(v.verify(Bytes::from_static(b"x"), Some(sign("new", b"x").as_bytes())).is_ok());
-        assert!(v.verify(Bytes::from_static(b"x"), Some(sign("other", b"x").as_bytes())).is_err());
+        assert!(v
+            .verify(Bytes::from_static(b"x"), Some(sign("old", b"x").as_bytes()))
+            .is_ok());
+        assert!(v
+            .verify(Bytes::from_static(b"x"), Some(sign("new", b"x").as_bytes()))
+            .is_ok());
+        assert!(v
+            .verify(Bytes::from_static(b"x"), Some(sign("other", b"x").as_bytes()))
+            .is_err());
         assert!(format!("{v:?}").contains("redacted"));
     }
 }

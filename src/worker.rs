@@ -69,7 +69,9 @@ pub enum Processed {
 
 /// Runs the handler for one queued event and records the outcome.
 pub fn process(ctx: &WorkerCtx, key: &str) -> Result<Processed, StoreError> {
-    let Some(meta) = ctx.store.get(key)? else { return Ok(Processed::NotDue) };
+    let Some(meta) = ctx.store.get(key)? else {
+        return Ok(Processed::NotDue);
+    };
     if !meta.status.is_queued() {
         return Ok(Processed::NotDue);
     }
@@ -113,11 +115,20 @@ fn prepare(ctx: &WorkerCtx, meta: &crate::store::EventMeta) -> Result<Option<cra
         .map_err(|e| e.to_string())?
         .ok_or_else(|| "the payload is no longer stored (purged)".to_string())?;
     let v: Value = serde_json::from_slice(&body).map_err(|_| "the payload is not JSON".to_string())?;
-    let item = v.get("data").and_then(|d| d.get("item")).ok_or_else(|| "no data.item".to_string())?;
+    let item = v
+        .get("data")
+        .and_then(|d| d.get("item"))
+        .ok_or_else(|| "no data.item".to_string())?;
     route(&meta.topic, item).map_err(|e| e.to_string())
 }
 
-fn finish(ctx: &WorkerCtx, meta: &crate::store::EventMeta, status: Status, outcome: String, started: Instant) -> Result<Processed, StoreError> {
+fn finish(
+    ctx: &WorkerCtx,
+    meta: &crate::store::EventMeta,
+    status: Status,
+    outcome: String,
+    started: Instant,
+) -> Result<Processed, StoreError> {
     let completion = Completion {
         status,
         attempt: Attempt {
@@ -136,13 +147,20 @@ fn finish(ctx: &WorkerCtx, meta: &crate::store::EventMeta, status: Status, outco
 fn record(ctx: &WorkerCtx, meta: &crate::store::EventMeta, status: Status, _started: Instant) {
     ctx.metrics
         .processed
-        .get_or_create(&OutcomeLabel { outcome: status.as_str() })
+        .get_or_create(&OutcomeLabel {
+            outcome: status.as_str(),
+        })
         .inc();
     let latency = (now_ms() - meta.received_ms).max(0) as f64 / 1000.0;
     ctx.metrics.processing_latency.observe(latency);
 }
 
-fn retry_or_fail(ctx: &WorkerCtx, meta: &crate::store::EventMeta, error: String, started: Instant) -> Result<Processed, StoreError> {
+fn retry_or_fail(
+    ctx: &WorkerCtx,
+    meta: &crate::store::EventMeta,
+    error: String,
+    started: Instant,
+) -> Result<Processed, StoreError> {
     let attempts = meta.attempts + 1;
     let now = now_ms();
     let (status, retry_at) = if attempts >= ctx.settings.max_attempts {
@@ -212,11 +230,20 @@ mod tests {
         };
         for _ in 0..50 {
             let d1 = backoff(&s, 1);
-            assert!(d1 >= Duration::from_millis(500) && d1 <= Duration::from_millis(1001), "{d1:?}");
+            assert!(
+                d1 >= Duration::from_millis(500) && d1 <= Duration::from_millis(1001),
+                "{d1:?}"
+            );
             let d3 = backoff(&s, 3);
-            assert!(d3 >= Duration::from_secs(2) && d3 <= Duration::from_millis(4001), "{d3:?}");
+            assert!(
+                d3 >= Duration::from_secs(2) && d3 <= Duration::from_millis(4001),
+                "{d3:?}"
+            );
             let d9 = backoff(&s, 9);
-            assert!(d9 >= Duration::from_secs(5) && d9 <= Duration::from_millis(10001), "{d9:?}");
+            assert!(
+                d9 >= Duration::from_secs(5) && d9 <= Duration::from_millis(10001),
+                "{d9:?}"
+            );
         }
     }
 }

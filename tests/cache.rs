@@ -56,9 +56,19 @@ fn without_cache_time(mut v: Value) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn contact_record_keeps_only_the_minimum() {
     let dir = tempfile::tempdir().unwrap();
-    let app = spawn_app_with(dir.path(), "[cache.contacts]\ncustom_attributes = [\"plan\"]\n", test_env()).await;
+    let app = spawn_app_with(
+        dir.path(),
+        "[cache.contacts]\ncustom_attributes = [\"plan\"]\n",
+        test_env(),
+    )
+    .await;
     let id = "65f0c0ffee0000000000a001";
-    let body = notification("notif_c1", "contact.user.created", contact_item(id, "2026-01-01T00:00:00.000Z"), 1767225600);
+    let body = notification(
+        "notif_c1",
+        "contact.user.created",
+        contact_item(id, "2026-01-01T00:00:00.000Z"),
+        1767225600,
+    );
     assert_eq!(app.post_signed(&body).await.status(), 200);
     assert_eq!(app.wait_final("notif_c1").await["status"], "processed");
     let c = app.admin_json(&format!("/admin/contacts/{id}")).await;
@@ -75,22 +85,49 @@ async fn contact_record_keeps_only_the_minimum() {
     assert_eq!(c["unsubscribed_from_emails"], true);
     assert_eq!(c["unsubscribed_from_sms"], false);
     assert_eq!(c["archived"], false);
-    assert_eq!(c["custom_attributes"], json!({"plan": "platinum-tier"}), "only allow-listed attributes");
+    assert_eq!(
+        c["custom_attributes"],
+        json!({"plan": "platinum-tier"}),
+        "only allow-listed attributes"
+    );
     let hash = c["email_hash"].as_str().unwrap();
     assert_eq!(hash.len(), 64, "a keyed SHA-256 of the normalised email");
     let text = c.to_string();
-    for pii in ["zoe.example", "Zoë", "+15550100", "Berlin", "Firefox", "spring-sale", "pricing", "twitter"] {
+    for pii in [
+        "zoe.example",
+        "Zoë",
+        "+15550100",
+        "Berlin",
+        "Firefox",
+        "spring-sale",
+        "pricing",
+        "twitter",
+    ] {
         assert!(!text.to_lowercase().contains(&pii.to_lowercase()), "{pii} in {text}");
     }
     app.stop().await;
-    assert_absent_from_files(&dir.path().join("data"), &["platinum-tier", "zoe.example@example.org", "Zoe.Example", "Zo\u{eb} Example", "+15550100"]);
+    assert_absent_from_files(
+        &dir.path().join("data"),
+        &[
+            "platinum-tier",
+            "zoe.example@example.org",
+            "Zoe.Example",
+            "Zo\u{eb} Example",
+            "+15550100",
+        ],
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conversation_record_keeps_only_the_minimum() {
     let dir = tempfile::tempdir().unwrap();
     let app = spawn_app(dir.path()).await;
-    let body = notification("notif_v1", "conversation.user.replied", conversation_item("215470000000001", 1767226300, "open"), 1767226300);
+    let body = notification(
+        "notif_v1",
+        "conversation.user.replied",
+        conversation_item("215470000000001", 1767226300, "open"),
+        1767226300,
+    );
     assert_eq!(app.post_signed(&body).await.status(), 200);
     app.wait_final("notif_v1").await;
     let v = app.admin_json("/admin/conversations/215470000000001").await;
@@ -112,11 +149,27 @@ async fn conversation_record_keeps_only_the_minimum() {
     assert_eq!(v["source_type"], "email");
     assert_eq!(v["delivered_as"], "customer_initiated");
     let text = v.to_string();
-    for pii in ["Secret subject", "delete my account", "zoe.example", "thanks", "id-card", "settings", "refund"] {
+    for pii in [
+        "Secret subject",
+        "delete my account",
+        "zoe.example",
+        "thanks",
+        "id-card",
+        "settings",
+        "refund",
+    ] {
         assert!(!text.contains(pii), "{pii} in {text}");
     }
     app.stop().await;
-    assert_absent_from_files(&dir.path().join("data"), &["Secret subject line", "delete my account", "Zo\u{eb} says thanks", "id-card.png"]);
+    assert_absent_from_files(
+        &dir.path().join("data"),
+        &[
+            "Secret subject line",
+            "delete my account",
+            "Zo\u{eb} says thanks",
+            "id-card.png",
+        ],
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -130,9 +183,11 @@ async fn stale_duplicate_and_deleted_events_do_not_corrupt_the_cache() {
     let mut older = contact_item(id, "2026-02-01T00:00:00.000Z");
     older["role"] = json!("lead");
     older["unsubscribed_from_emails"] = json!(false);
-    app.post_signed(&notification("notif_new", "contact.user.updated", newer, 1772323200)).await;
+    app.post_signed(&notification("notif_new", "contact.user.updated", newer, 1772323200))
+        .await;
     app.wait_final("notif_new").await;
-    app.post_signed(&notification("notif_old", "contact.lead.updated", older, 1769904000)).await;
+    app.post_signed(&notification("notif_old", "contact.lead.updated", older, 1769904000))
+        .await;
     let ev = app.wait_final("notif_old").await;
     assert_eq!(ev["status"], "processed");
     assert_eq!(ev["history"][0]["outcome"], "processed:stale");
@@ -142,28 +197,63 @@ async fn stale_duplicate_and_deleted_events_do_not_corrupt_the_cache() {
     assert_eq!(c["unsubscribed_from_emails"], true);
 
     // A duplicate delivery changes nothing and is counted.
-    let dup = notification("notif_new", "contact.user.updated", contact_item(id, "2026-03-01T00:00:00.000Z"), 1772323200);
+    let dup = notification(
+        "notif_new",
+        "contact.user.updated",
+        contact_item(id, "2026-03-01T00:00:00.000Z"),
+        1772323200,
+    );
     assert_eq!(app.post_signed(&dup).await.status(), 200);
-    let ev = app.admin_until("/admin/events/notif_new", |v| v["deliveries"] == 2).await;
+    let ev = app
+        .admin_until("/admin/events/notif_new", |v| v["deliveries"] == 2)
+        .await;
     assert_eq!(ev["history"].as_array().unwrap().len(), 1, "not processed again");
 
     // Deleted, then a later update: the contact stays gone.
-    let deleted = notification("notif_del", "contact.deleted", json!({"type":"contact","id":id,"external_id":"cust-1042","deleted":true}), 1772409600);
+    let deleted = notification(
+        "notif_del",
+        "contact.deleted",
+        json!({"type":"contact","id":id,"external_id":"cust-1042","deleted":true}),
+        1772409600,
+    );
     app.post_signed(&deleted).await;
     app.wait_final("notif_del").await;
     assert_eq!(app.admin_get(&format!("/admin/contacts/{id}")).await.status(), 404);
-    let late = notification("notif_late", "contact.user.updated", contact_item(id, "2026-04-01T00:00:00.000Z"), 1775001600);
+    let late = notification(
+        "notif_late",
+        "contact.user.updated",
+        contact_item(id, "2026-04-01T00:00:00.000Z"),
+        1775001600,
+    );
     app.post_signed(&late).await;
     let ev = app.wait_final("notif_late").await;
     assert_eq!(ev["history"][0]["outcome"], "processed:tombstoned");
     assert_eq!(app.admin_get(&format!("/admin/contacts/{id}")).await.status(), 404);
 
     // Conversations: delete by conversation_id, then a stale reply cannot revive it.
-    app.post_signed(&notification("notif_cv", "conversation.admin.replied", conversation_item("900", 1767226300, "open"), 1767226300)).await;
+    app.post_signed(&notification(
+        "notif_cv",
+        "conversation.admin.replied",
+        conversation_item("900", 1767226300, "open"),
+        1767226300,
+    ))
+    .await;
     app.wait_final("notif_cv").await;
-    app.post_signed(&notification("notif_cvd", "conversation.deleted", json!({"type":"conversation","conversation_id":"900"}), 1767230000)).await;
+    app.post_signed(&notification(
+        "notif_cvd",
+        "conversation.deleted",
+        json!({"type":"conversation","conversation_id":"900"}),
+        1767230000,
+    ))
+    .await;
     app.wait_final("notif_cvd").await;
-    app.post_signed(&notification("notif_cvl", "conversation.user.replied", conversation_item("900", 1767239999, "open"), 1767239999)).await;
+    app.post_signed(&notification(
+        "notif_cvl",
+        "conversation.user.replied",
+        conversation_item("900", 1767239999, "open"),
+        1767239999,
+    ))
+    .await;
     app.wait_final("notif_cvl").await;
     assert_eq!(app.admin_get("/admin/conversations/900").await.status(), 404);
     app.stop().await;
@@ -174,39 +264,84 @@ async fn tags_archive_and_merge() {
     let dir = tempfile::tempdir().unwrap();
     let app = spawn_app(dir.path()).await;
     let id = "65f0c0ffee0000000000a003";
-    app.post_signed(&notification("notif_t0", "contact.user.created", contact_item(id, "2026-01-01T00:00:00.000Z"), 1767225600)).await;
+    app.post_signed(&notification(
+        "notif_t0",
+        "contact.user.created",
+        contact_item(id, "2026-01-01T00:00:00.000Z"),
+        1767225600,
+    ))
+    .await;
     app.wait_final("notif_t0").await;
     // Tag removed at t=200, then a late "added" from t=100: stays removed.
     let tag = |topic: &str, nid: &str, at: i64| {
-        notification(nid, topic, json!({"type":"contact_tag","tag":{"type":"tag","id":"t9","name":"vip"},"contact":contact_item(id, "2026-01-01T00:00:00.000Z")}), at)
+        notification(
+            nid,
+            topic,
+            json!({"type":"contact_tag","tag":{"type":"tag","id":"t9","name":"vip"},"contact":contact_item(id, "2026-01-01T00:00:00.000Z")}),
+            at,
+        )
     };
-    app.post_signed(&tag("contact.user.tag.created", "notif_t1", 1767225700)).await;
+    app.post_signed(&tag("contact.user.tag.created", "notif_t1", 1767225700))
+        .await;
     app.wait_final("notif_t1").await;
-    assert_eq!(app.admin_json(&format!("/admin/contacts/{id}")).await["tag_ids"], json!(["t1", "t9"]));
-    app.post_signed(&tag("contact.user.tag.deleted", "notif_t2", 1767225900)).await;
+    assert_eq!(
+        app.admin_json(&format!("/admin/contacts/{id}")).await["tag_ids"],
+        json!(["t1", "t9"])
+    );
+    app.post_signed(&tag("contact.user.tag.deleted", "notif_t2", 1767225900))
+        .await;
     app.wait_final("notif_t2").await;
-    app.post_signed(&tag("contact.user.tag.created", "notif_t3", 1767225800)).await;
+    app.post_signed(&tag("contact.user.tag.created", "notif_t3", 1767225800))
+        .await;
     app.wait_final("notif_t3").await;
-    assert_eq!(app.admin_json(&format!("/admin/contacts/{id}")).await["tag_ids"], json!(["t1"]));
+    assert_eq!(
+        app.admin_json(&format!("/admin/contacts/{id}")).await["tag_ids"],
+        json!(["t1"])
+    );
 
     // Archived keeps the record, marked; unarchived clears the mark.
-    app.post_signed(&notification("notif_a1", "contact.archived", json!({"type":"contact","id":id,"external_id":null,"archived":true}), 1767226000)).await;
+    app.post_signed(&notification(
+        "notif_a1",
+        "contact.archived",
+        json!({"type":"contact","id":id,"external_id":null,"archived":true}),
+        1767226000,
+    ))
+    .await;
     app.wait_final("notif_a1").await;
     assert_eq!(app.admin_json(&format!("/admin/contacts/{id}")).await["archived"], true);
-    app.post_signed(&notification("notif_a2", "contact.unarchived", contact_item(id, "2026-01-01T00:10:00.000Z"), 1767226600)).await;
+    app.post_signed(&notification(
+        "notif_a2",
+        "contact.unarchived",
+        contact_item(id, "2026-01-01T00:10:00.000Z"),
+        1767226600,
+    ))
+    .await;
     app.wait_final("notif_a2").await;
-    assert_eq!(app.admin_json(&format!("/admin/contacts/{id}")).await["archived"], false);
+    assert_eq!(
+        app.admin_json(&format!("/admin/contacts/{id}")).await["archived"],
+        false
+    );
 
     // Merge: the survivor is updated, the merged-away id is gone for good.
     let lead = "65f0c0ffee0000000000b004";
-    app.post_signed(&notification("notif_m0", "contact.lead.created", contact_item(lead, "2026-01-01T00:00:00.000Z"), 1767225600)).await;
+    app.post_signed(&notification(
+        "notif_m0",
+        "contact.lead.created",
+        contact_item(lead, "2026-01-01T00:00:00.000Z"),
+        1767225600,
+    ))
+    .await;
     app.wait_final("notif_m0").await;
     let mut survivor = contact_item(id, "2026-01-01T00:20:00.000Z");
     survivor["merged_from"] = json!({"type":"contact","id":lead});
-    app.post_signed(&notification("notif_m1", "contact.merged", survivor, 1767227200)).await;
+    app.post_signed(&notification("notif_m1", "contact.merged", survivor, 1767227200))
+        .await;
     app.wait_final("notif_m1").await;
     assert_eq!(app.admin_get(&format!("/admin/contacts/{lead}")).await.status(), 404);
-    assert_eq!(app.admin_json(&format!("/admin/contacts/{id}")).await["updated_at"], 1767226800);
+    assert_eq!(
+        app.admin_json(&format!("/admin/contacts/{id}")).await["updated_at"],
+        1767226800
+    );
     app.stop().await;
 }
 
@@ -215,46 +350,109 @@ async fn replaying_twice_leaves_the_same_cache() {
     let dir = tempfile::tempdir().unwrap();
     let app = spawn_app(dir.path()).await;
     let id = "65f0c0ffee0000000000a005";
-    app.post_signed(&notification("notif_r1", "contact.user.created", contact_item(id, "2026-01-01T00:00:00.000Z"), 1767225600)).await;
-    app.post_signed(&notification("notif_r2", "conversation.user.created", conversation_item("901", 1767226300, "open"), 1767226300)).await;
+    app.post_signed(&notification(
+        "notif_r1",
+        "contact.user.created",
+        contact_item(id, "2026-01-01T00:00:00.000Z"),
+        1767225600,
+    ))
+    .await;
+    app.post_signed(&notification(
+        "notif_r2",
+        "conversation.user.created",
+        conversation_item("901", 1767226300, "open"),
+        1767226300,
+    ))
+    .await;
     app.wait_final("notif_r1").await;
     app.wait_final("notif_r2").await;
     app.wait_idle().await;
     let before_c = without_cache_time(app.admin_json(&format!("/admin/contacts/{id}")).await);
     let before_v = without_cache_time(app.admin_json("/admin/conversations/901").await);
     for round in 0..2 {
-        let r: Value = app.admin_post("/admin/replay", json!({"all": true})).await.json().await.unwrap();
+        let r: Value = app
+            .admin_post("/admin/replay", json!({"all": true}))
+            .await
+            .json()
+            .await
+            .unwrap();
         assert_eq!(r["matched"], 2, "round {round}: {r}");
         assert_eq!(r["replayed"], 2);
         app.wait_idle().await;
-        assert_eq!(without_cache_time(app.admin_json(&format!("/admin/contacts/{id}")).await), before_c);
-        assert_eq!(without_cache_time(app.admin_json("/admin/conversations/901").await), before_v);
+        assert_eq!(
+            without_cache_time(app.admin_json(&format!("/admin/contacts/{id}")).await),
+            before_c
+        );
+        assert_eq!(
+            without_cache_time(app.admin_json("/admin/conversations/901").await),
+            before_v
+        );
     }
     let ev = app.admin_json("/admin/events/notif_r1").await;
-    let outcomes: Vec<&str> = ev["history"].as_array().unwrap().iter().map(|h| h["outcome"].as_str().unwrap()).collect();
-    assert_eq!(outcomes, ["processed", "replayed", "processed", "replayed", "processed"]);
+    let outcomes: Vec<&str> = ev["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        outcomes,
+        ["processed", "replayed", "processed", "replayed", "processed"]
+    );
     app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_handlers_retry_then_fail_without_personal_data() {
     let dir = tempfile::tempdir().unwrap();
-    let app = spawn_app_with(dir.path(), "[worker]\nmax_attempts = 3\nbackoff_base = \"10ms\"\nbackoff_max = \"50ms\"\n", test_env()).await;
+    let app = spawn_app_with(
+        dir.path(),
+        "[worker]\nmax_attempts = 3\nbackoff_base = \"10ms\"\nbackoff_max = \"50ms\"\n",
+        test_env(),
+    )
+    .await;
     // A contact topic whose item has no id cannot be handled.
-    let bad = notification("notif_bad", "contact.user.updated", json!({"type":"contact","email":"zoe.example@example.org"}), 1767225600);
-    let good = notification("notif_good", "contact.user.created", contact_item("65f0c0ffee0000000000a006", "2026-01-01T00:00:00.000Z"), 1767225600);
+    let bad = notification(
+        "notif_bad",
+        "contact.user.updated",
+        json!({"type":"contact","email":"zoe.example@example.org"}),
+        1767225600,
+    );
+    let good = notification(
+        "notif_good",
+        "contact.user.created",
+        contact_item("65f0c0ffee0000000000a006", "2026-01-01T00:00:00.000Z"),
+        1767225600,
+    );
     app.post_signed(&bad).await;
     app.post_signed(&good).await;
-    assert_eq!(app.wait_final("notif_good").await["status"], "processed", "one failing event does not block others");
+    assert_eq!(
+        app.wait_final("notif_good").await["status"],
+        "processed",
+        "one failing event does not block others"
+    );
     let ev = app.wait_final("notif_bad").await;
     assert_eq!(ev["status"], "failed");
     assert_eq!(ev["attempts"], 3);
-    let outcomes: Vec<&str> = ev["history"].as_array().unwrap().iter().map(|h| h["outcome"].as_str().unwrap()).collect();
+    let outcomes: Vec<&str> = ev["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["outcome"].as_str().unwrap())
+        .collect();
     assert_eq!(outcomes, ["retrying", "retrying", "failed"]);
     assert_eq!(ev["last_error"], "contact item has no id");
-    assert!(!ev.to_string().contains("zoe.example@"), "no personal data in the event view");
+    assert!(
+        !ev.to_string().contains("zoe.example@"),
+        "no personal data in the event view"
+    );
     // Failed events can be replayed.
-    let r: Value = app.admin_post("/admin/replay", json!({"status": "failed", "dry_run": true})).await.json().await.unwrap();
+    let r: Value = app
+        .admin_post("/admin/replay", json!({"status": "failed", "dry_run": true}))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(r["matched"], 1);
     assert_eq!(r["ids"], json!(["notif_bad"]));
     app.stop().await;
@@ -262,7 +460,20 @@ async fn failing_handlers_retry_then_fail_without_personal_data() {
 
 /// Every string value under a personal key in a JSON document.
 fn personal_strings(v: &Value, under_personal: bool, out: &mut Vec<String>) {
-    const KEYS: &[&str] = &["email", "name", "phone", "body", "subject", "pseudonym", "city_name", "region_name", "country_name", "postal_code", "remark", "formatted_phone"];
+    const KEYS: &[&str] = &[
+        "email",
+        "name",
+        "phone",
+        "body",
+        "subject",
+        "pseudonym",
+        "city_name",
+        "region_name",
+        "country_name",
+        "postal_code",
+        "remark",
+        "formatted_phone",
+    ];
     match v {
         Value::Object(m) => {
             for (k, val) in m {
@@ -279,7 +490,12 @@ fn personal_strings(v: &Value, under_personal: bool, out: &mut Vec<String>) {
 async fn every_captured_payload_is_accepted_and_no_personal_data_reaches_disk() {
     let dir = tempfile::tempdir().unwrap();
     let app = spawn_app(dir.path()).await;
-    let mut files: Vec<_> = std::fs::read_dir(captures_dir()).unwrap().flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "json")).collect();
+    let mut files: Vec<_> = std::fs::read_dir(captures_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
     files.sort();
     assert_eq!(files.len(), 83, "all captures present");
     let mut ids = Vec::new();
@@ -299,7 +515,12 @@ async fn every_captured_payload_is_accepted_and_no_personal_data_reaches_disk() 
     for (path, id) in &ids {
         let ev = app.wait_final(id).await;
         let st = ev["status"].as_str().unwrap().to_string();
-        assert!(st == "processed" || st == "skipped", "{} ended {st}: {}", path.display(), ev["last_error"]);
+        assert!(
+            st == "processed" || st == "skipped",
+            "{} ended {st}: {}",
+            path.display(),
+            ev["last_error"]
+        );
         *by_status.entry(st).or_insert(0) += 1;
     }
     assert!(by_status["processed"] >= 40, "{by_status:?}");
@@ -307,7 +528,11 @@ async fn every_captured_payload_is_accepted_and_no_personal_data_reaches_disk() 
     app.stop().await;
     pii.sort();
     pii.dedup();
-    assert!(pii.len() > 50, "the captures carry personal data to look for: {}", pii.len());
+    assert!(
+        pii.len() > 50,
+        "the captures carry personal data to look for: {}",
+        pii.len()
+    );
     let needles: Vec<&str> = pii.iter().map(String::as_str).collect();
     assert_absent_from_files(&dir.path().join("data"), &needles);
 }

@@ -60,7 +60,10 @@ fn serve_without_a_secret_names_the_variable() {
     bin.env.retain(|(k, _)| k != "INTERCOM_CLIENT_SECRET");
     let (code, _, err) = bin.run(&["serve"]);
     assert_eq!(code, 2);
-    assert!(err.contains("INTERCOM_CLIENT_SECRET") && err.contains("Developer Hub"), "{err}");
+    assert!(
+        err.contains("INTERCOM_CLIENT_SECRET") && err.contains("Developer Hub"),
+        "{err}"
+    );
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
 }
 
@@ -70,7 +73,10 @@ fn config_check_hides_secrets_and_bad_config_exits_2() {
     let bin = Binary::new(dir.path());
     let (code, out, _) = bin.run(&["config", "check", "--json"]);
     assert_eq!(code, 0);
-    assert!(!out.contains(SECRET) && !out.contains(ADMIN_TOKEN) && !out.contains(DATA_KEY), "{out}");
+    assert!(
+        !out.contains(SECRET) && !out.contains(ADMIN_TOKEN) && !out.contains(DATA_KEY),
+        "{out}"
+    );
     let v = json_of(&out);
     assert_eq!(v["secrets"]["INTERCOM_CLIENT_SECRET"], "set (1 value)");
     assert_eq!(v["retention"]["events"], "30days");
@@ -91,7 +97,8 @@ fn commands_on_a_running_server_and_on_a_stopped_store() {
     let bin = Binary::new(dir.path());
     let (mut child, public, admin) = bin.serve(&[]);
     let mut bin = bin;
-    bin.env.push(("INTERCOM_WEBHOOKS_ADMIN_URL".into(), format!("http://{admin}")));
+    bin.env
+        .push(("INTERCOM_WEBHOOKS_ADMIN_URL".into(), format!("http://{admin}")));
 
     // simulate signs and posts a sample.
     let url = format!("http://{public}/webhooks/intercom");
@@ -107,12 +114,16 @@ fn commands_on_a_running_server_and_on_a_stopped_store() {
     assert_eq!(post(public, &contact("65f0c0ffee0000000000c002", "notif_cli2")), 200);
 
     // Through the admin API (the server holds the store).
-    let list = until(&bin, &["events", "list", "--json", "--topic", "contact.*"], |v| v["events"].as_array().unwrap().len() == 2);
+    let list = until(&bin, &["events", "list", "--json", "--topic", "contact.*"], |v| {
+        v["events"].as_array().unwrap().len() == 2
+    });
     assert_eq!(list["events"][0]["id"], "notif_cli2", "newest first");
     let (code, out, _) = bin.run(&["events", "list"]);
     assert_eq!(code, 0);
     assert!(out.starts_with("RECEIVED") && out.contains("notif_cli1"), "{out}");
-    let shown = until(&bin, &["events", "show", "notif_cli1", "--json"], |v| v["status"] == "processed");
+    let shown = until(&bin, &["events", "show", "notif_cli1", "--json"], |v| {
+        v["status"] == "processed"
+    });
     assert_eq!(shown["payload"]["data"]["item"]["email"], "[redacted]");
     assert!(!shown.to_string().contains("Zo\u{eb}"));
     assert_eq!(bin.run(&["events", "show", "notif_nope"]).0, 3, "unknown id");
@@ -135,7 +146,10 @@ fn commands_on_a_running_server_and_on_a_stopped_store() {
     assert_eq!(json_of(&out)["matched"], 1);
 
     // SIGTERM: stops cleanly with exit 0.
-    let status = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     assert_eq!(child.wait().unwrap().code(), Some(0));
 
@@ -150,7 +164,10 @@ fn commands_on_a_running_server_and_on_a_stopped_store() {
     let (code, out, err) = bin.run(&["replay", "--all", "--json"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(json_of(&out)["replayed"], 3);
-    let mut after = json_of(&bin.run(&["cache", "show", "contact", "65f0c0ffee0000000000c001", "--json"]).1);
+    let mut after = json_of(
+        &bin.run(&["cache", "show", "contact", "65f0c0ffee0000000000c001", "--json"])
+            .1,
+    );
     let mut before = before;
     before.as_object_mut().unwrap().remove("cached_at_ms");
     after.as_object_mut().unwrap().remove("cached_at_ms");
@@ -165,7 +182,8 @@ fn commands_on_a_running_server_and_on_a_stopped_store() {
     // Store held by a server, admin API unreachable: one line, non-zero.
     let (mut child, _, _) = bin.serve(&[]);
     let mut bad = Binary::new(dir.path());
-    bad.env.push(("INTERCOM_WEBHOOKS_ADMIN_URL".into(), format!("http://{}", free_port())));
+    bad.env
+        .push(("INTERCOM_WEBHOOKS_ADMIN_URL".into(), format!("http://{}", free_port())));
     let (code, _, err) = bad.run(&["stats"]);
     assert_eq!(code, 1);
     assert!(err.contains("admin API") && err.trim().lines().count() == 1, "{err}");
@@ -188,14 +206,34 @@ fn trace_logs_carry_no_personal_data() {
     );
     assert_eq!(post(public, &conv), 200);
     // A handler failure whose payload carries personal data.
-    let bad = notification("notif_log3", "contact.user.updated", json!({"type":"contact","email":"zoe.example@example.org"}), 1767225600);
+    let bad = notification(
+        "notif_log3",
+        "contact.user.updated",
+        json!({"type":"contact","email":"zoe.example@example.org"}),
+        1767225600,
+    );
     assert_eq!(post(public, &bad), 200);
     std::thread::sleep(std::time::Duration::from_millis(1500));
-    let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
     child.wait().unwrap();
     let log = std::fs::read_to_string(dir.path().join("serve.log")).unwrap();
-    assert!(log.contains("notif_log1"), "the log has ids: {}", &log[..log.len().min(2000)]);
-    for pii in ["zoe.example", "Zo\u{eb}", "+15550100", "555 0100", "4111 1111 1111", SECRET, ADMIN_TOKEN, DATA_KEY] {
+    assert!(
+        log.contains("notif_log1"),
+        "the log has ids: {}",
+        &log[..log.len().min(2000)]
+    );
+    for pii in [
+        "zoe.example",
+        "Zo\u{eb}",
+        "+15550100",
+        "555 0100",
+        "4111 1111 1111",
+        SECRET,
+        ADMIN_TOKEN,
+        DATA_KEY,
+    ] {
         assert!(!log.contains(pii), "log contains {pii}");
     }
 }

@@ -32,7 +32,15 @@ async fn listed_ids(admin: std::net::SocketAddr) -> HashSet<String> {
         if let Some(a) = &after {
             url.push_str(&format!("&after={a}"));
         }
-        let v: Value = client.get(url).bearer_auth(ADMIN_TOKEN).send().await.unwrap().json().await.unwrap();
+        let v: Value = client
+            .get(url)
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         for e in v["events"].as_array().unwrap() {
             ids.insert(e["id"].as_str().unwrap().to_string());
         }
@@ -87,14 +95,23 @@ async fn every_acknowledged_notification_survives_sigkill() {
             t.await.unwrap();
         }
         let acked: Vec<String> = acked.lock().unwrap().clone();
-        assert!(acked.len() >= kill_after && acked.len() < TOTAL, "killed part-way: {} acked", acked.len());
+        assert!(
+            acked.len() >= kill_after && acked.len() < TOTAL,
+            "killed part-way: {} acked",
+            acked.len()
+        );
         all_acked.extend(acked);
 
         // Restart: the store must open, and hold every acknowledged id.
         let (mut child, _public, admin) = bin.serve(&[]);
         let stored = listed_ids(admin).await;
         let missing: Vec<&String> = all_acked.iter().filter(|id| !stored.contains(*id)).collect();
-        assert!(missing.is_empty(), "round {round}: {} acknowledged notifications lost, e.g. {:?}", missing.len(), missing.first());
+        assert!(
+            missing.is_empty(),
+            "round {round}: {} acknowledged notifications lost, e.g. {:?}",
+            missing.len(),
+            missing.first()
+        );
         child.kill().unwrap();
         child.wait().unwrap();
     }

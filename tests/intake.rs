@@ -26,17 +26,32 @@ fn contact_body(id: &str) -> Vec<u8> {
 async fn published_vectors_and_reserialised_json() {
     let dir = tempfile::tempdir().unwrap();
     let app = spawn_app(dir.path()).await;
-    let r = app.post_with(DELETED.as_bytes(), Some("sha1=4a6af54a377a7e45719b1b4948f1421a9af54275")).await;
+    let r = app
+        .post_with(
+            DELETED.as_bytes(),
+            Some("sha1=4a6af54a377a7e45719b1b4948f1421a9af54275"),
+        )
+        .await;
     assert_eq!(r.status(), 200);
     // The same JSON re-serialised by Python: its HMAC is not the raw body's.
-    let r = app.post_with(DELETED.as_bytes(), Some("sha1=75aa54668698083fbb96fbbbdf88153248fd504d")).await;
+    let r = app
+        .post_with(
+            DELETED.as_bytes(),
+            Some("sha1=75aa54668698083fbb96fbbbdf88153248fd504d"),
+        )
+        .await;
     assert_eq!(r.status(), 401);
-    let r = app.post_with(PING.as_bytes(), Some("sha1=d8ae74615cdd65f7016505f81e61ade359d7df49")).await;
+    let r = app
+        .post_with(PING.as_bytes(), Some("sha1=d8ae74615cdd65f7016505f81e61ade359d7df49"))
+        .await;
     assert_eq!(r.status(), 200);
     let ev = app.wait_final("notif_0b6a3c1e-7d2f-4e59-9a61-3f2d8c4b5e70").await;
     assert_eq!(ev["status"], "processed");
     let stats = app.admin_json("/admin/stats").await;
-    assert_eq!(stats["events_by_status"]["processed"], 1, "the ping is not stored: {stats}");
+    assert_eq!(
+        stats["events_by_status"]["processed"], 1,
+        "the ping is not stored: {stats}"
+    );
     app.stop().await;
 }
 
@@ -50,12 +65,12 @@ async fn every_malformed_signature_is_401_and_stores_nothing() {
     let cases: Vec<Option<String>> = vec![
         None,
         Some(String::new()),
-        Some(hexpart.to_string()),                       // no prefix
-        Some(format!("sha256={hexpart}")),               // wrong prefix
-        Some(format!("sha1={}", &hexpart[..39])),        // too short
-        Some(format!("sha1={hexpart}0")),                // too long
-        Some(format!("sha1={}g", &hexpart[..39])),       // not hex
-        Some(sign("another-secret", &body)),             // wrong secret
+        Some(hexpart.to_string()),                 // no prefix
+        Some(format!("sha256={hexpart}")),         // wrong prefix
+        Some(format!("sha1={}", &hexpart[..39])),  // too short
+        Some(format!("sha1={hexpart}0")),          // too long
+        Some(format!("sha1={}g", &hexpart[..39])), // not hex
+        Some(sign("another-secret", &body)),       // wrong secret
     ];
     for sig in &cases {
         let r = app.post_with(&body, sig.as_deref()).await;
@@ -73,7 +88,15 @@ async fn every_malformed_signature_is_401_and_stores_nothing() {
     app.wait_final("notif_control").await;
     let r = app.admin_get("/admin/events/notif_bad-sigs").await;
     assert_eq!(r.status(), 404, "nothing was stored");
-    let metrics = app.client.get(format!("http://{}/metrics", app.admin)).send().await.unwrap().text().await.unwrap();
+    let metrics = app
+        .client
+        .get(format!("http://{}/metrics", app.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let failures: f64 = metrics
         .lines()
         .filter(|l| l.starts_with("intercom_webhooks_signature_failures_total"))
@@ -130,7 +153,11 @@ async fn oversize_non_json_ping_head_get_and_health() {
     // Signed, but not a notification: kept as invalid, answered 202.
     let r = app.post_signed(b"this is not json").await;
     assert_eq!(r.status(), 202);
-    let list = app.admin_until("/admin/events?status=invalid", |v| !v["events"].as_array().unwrap().is_empty()).await;
+    let list = app
+        .admin_until("/admin/events?status=invalid", |v| {
+            !v["events"].as_array().unwrap().is_empty()
+        })
+        .await;
     assert_eq!(list["events"].as_array().unwrap().len(), 1);
     // Valid JSON without a topic is not a notification either.
     assert_eq!(app.post_signed(br#"{"hello":"world"}"#).await.status(), 202);
@@ -141,11 +168,28 @@ async fn oversize_non_json_ping_head_get_and_health() {
     assert_eq!(app.client.head(app.url()).send().await.unwrap().status(), 200);
     assert_eq!(app.client.get(app.url()).send().await.unwrap().status(), 200);
     let base = format!("http://{}", app.addr);
-    assert_eq!(app.client.get(format!("{base}/healthz")).send().await.unwrap().status(), 200);
-    assert_eq!(app.client.get(format!("{base}/readyz")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        app.client.get(format!("{base}/healthz")).send().await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        app.client.get(format!("{base}/readyz")).send().await.unwrap().status(),
+        200
+    );
     // Admin routes are absent from the public listener.
-    assert_eq!(app.client.get(format!("{base}/admin/stats")).send().await.unwrap().status(), 404);
-    assert_eq!(app.client.get(format!("{base}/metrics")).send().await.unwrap().status(), 404);
+    assert_eq!(
+        app.client
+            .get(format!("{base}/admin/stats"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(
+        app.client.get(format!("{base}/metrics")).send().await.unwrap().status(),
+        404
+    );
     app.stop().await;
 }
 
@@ -162,7 +206,13 @@ async fn restart_keeps_events_and_their_dedup() {
     assert_eq!(app.post_signed(&body).await.status(), 200);
     let ev = app.wait_final("notif_restart").await;
     assert_eq!(ev["deliveries"], 2, "recognised as a duplicate after restart");
-    assert_eq!(app.admin_json("/admin/events").await["events"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        app.admin_json("/admin/events").await["events"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
     app.stop().await;
 }
 
@@ -179,7 +229,10 @@ async fn payloads_are_encrypted_at_rest() {
     assert_eq!(ev["payload"]["topic"], "contact.user.created");
     app.stop().await;
     // ...but no file in the data dir holds it in plaintext.
-    assert_absent_from_files(&dir.path().join("data"), &["zoe.example@example.org", "Zo\u{eb} Example", "+15550100"]);
+    assert_absent_from_files(
+        &dir.path().join("data"),
+        &["zoe.example@example.org", "Zo\u{eb} Example", "+15550100"],
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -189,7 +242,12 @@ async fn flood_of_bad_signatures_gets_429_but_valid_requests_pass() {
     let body = contact_body("notif_flood");
     let mut codes = Vec::new();
     for _ in 0..20 {
-        codes.push(app.post_with(&body, Some(&sign("forged", &body))).await.status().as_u16());
+        codes.push(
+            app.post_with(&body, Some(&sign("forged", &body)))
+                .await
+                .status()
+                .as_u16(),
+        );
     }
     assert!(codes.iter().take(5).all(|&c| c == 401), "{codes:?}");
     assert!(codes.iter().skip(5).all(|&c| c == 429), "{codes:?}");
@@ -204,21 +262,37 @@ async fn flood_of_bad_signatures_gets_429_but_valid_requests_pass() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_clients_are_cut_off() {
     let dir = tempfile::tempdir().unwrap();
-    let app = spawn_app_with(dir.path(), "[server]\nheader_timeout = \"1s\"\nbody_timeout = \"1s\"\n", test_env()).await;
+    let app = spawn_app_with(
+        dir.path(),
+        "[server]\nheader_timeout = \"1s\"\nbody_timeout = \"1s\"\n",
+        test_env(),
+    )
+    .await;
     // Headers never finished: the connection is closed.
     let mut s = tokio::net::TcpStream::connect(app.addr).await.unwrap();
-    s.write_all(b"POST /webhooks/intercom HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    s.write_all(b"POST /webhooks/intercom HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
     let mut buf = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
     assert!(read.is_ok(), "the server closed the stalled connection");
     // Body promised but never sent: 408.
     let mut s = tokio::net::TcpStream::connect(app.addr).await.unwrap();
-    s.write_all(b"POST /webhooks/intercom HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\nX-Hub-Signature: sha1=00\r\n\r\n{")
-        .await
-        .unwrap();
+    s.write_all(
+        b"POST /webhooks/intercom HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\nX-Hub-Signature: sha1=00\r\n\r\n{",
+    )
+    .await
+    .unwrap();
     let mut buf = vec![0u8; 64];
-    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"), "{}", String::from_utf8_lossy(&buf[..n]));
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
     // Meanwhile valid requests are served.
     assert_eq!(app.post_signed(&contact_body("notif_after-stall")).await.status(), 200);
     app.stop().await;
@@ -231,10 +305,19 @@ async fn admin_api_needs_the_token() {
     let base = format!("http://{}", app.admin);
     let r = app.client.get(format!("{base}/admin/stats")).send().await.unwrap();
     assert_eq!(r.status(), 401);
-    let r = app.client.get(format!("{base}/admin/stats")).bearer_auth("wrong").send().await.unwrap();
+    let r = app
+        .client
+        .get(format!("{base}/admin/stats"))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(app.admin_get("/admin/stats").await.status(), 200);
-    assert_eq!(app.client.get(format!("{base}/metrics")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        app.client.get(format!("{base}/metrics")).send().await.unwrap().status(),
+        200
+    );
     app.stop().await;
 
     // No admin token configured: every admin request is refused.
@@ -242,7 +325,13 @@ async fn admin_api_needs_the_token() {
     let mut env = test_env();
     env.0.remove("INTERCOM_WEBHOOKS_ADMIN_TOKEN");
     let app = spawn_app_with(dir.path(), "", env).await;
-    let r = app.client.get(format!("http://{}/admin/stats", app.admin)).bearer_auth("").send().await.unwrap();
+    let r = app
+        .client
+        .get(format!("http://{}/admin/stats", app.admin))
+        .bearer_auth("")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     app.stop().await;
 }

@@ -50,7 +50,13 @@ async fn expired_data_goes_newer_stays_dry_run_removes_nothing() {
     for n in 0..3 {
         assert_eq!(app.post_signed(&contact(n)).await.status(), 200);
     }
-    app.post_signed(&notification("notif_pdel", "contact.deleted", json!({"type":"contact","id":"65f0c0ffee0000000000dead","deleted":true}), 1767225600)).await;
+    app.post_signed(&notification(
+        "notif_pdel",
+        "contact.deleted",
+        json!({"type":"contact","id":"65f0c0ffee0000000000dead","deleted":true}),
+        1767225600,
+    ))
+    .await;
     app.wait_idle().await;
     let first_segments = segment_files(&app);
     assert_eq!(first_segments.len(), 1);
@@ -59,24 +65,46 @@ async fn expired_data_goes_newer_stays_dry_run_removes_nothing() {
     assert_eq!(app.post_signed(&contact(99)).await.status(), 200);
     app.wait_final("notif_p99").await;
 
-    let dry: Value = app.admin_post("/admin/purge", json!({"dry_run": true})).await.json().await.unwrap();
+    let dry: Value = app
+        .admin_post("/admin/purge", json!({"dry_run": true}))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(dry["dry_run"], true);
     assert_eq!(dry["removed"]["events"], 4, "{dry}");
     assert_eq!(dry["removed"]["contacts"], 3, "{dry}");
     assert_eq!(dry["removed"]["tombstones"], 1, "{dry}");
-    assert_eq!(app.admin_get("/admin/events/notif_p0").await.status(), 200, "dry run removed nothing");
-    assert_eq!(app.admin_get("/admin/contacts/65f0c0ffee00000000000000").await.status(), 200);
+    assert_eq!(
+        app.admin_get("/admin/events/notif_p0").await.status(),
+        200,
+        "dry run removed nothing"
+    );
+    assert_eq!(
+        app.admin_get("/admin/contacts/65f0c0ffee00000000000000").await.status(),
+        200
+    );
 
     let done: Value = app.admin_post("/admin/purge", json!({})).await.json().await.unwrap();
     assert_eq!(done["removed"]["events"], 4, "{done}");
     assert_eq!(done["removed"]["contacts"], 3, "{done}");
     assert_eq!(done["removed"]["tombstones"], 1, "{done}");
-    assert_eq!(done["removed"]["log_segments"], 1, "the closed, fully expired segment: {done}");
+    assert_eq!(
+        done["removed"]["log_segments"], 1,
+        "the closed, fully expired segment: {done}"
+    );
     for n in 0..3 {
         assert_eq!(app.admin_get(&format!("/admin/events/notif_p{n}")).await.status(), 404);
     }
-    assert_eq!(app.admin_get("/admin/events/notif_p99").await.status(), 200, "newer data stays");
-    assert_eq!(app.admin_get("/admin/contacts/65f0c0ffee00000000000099").await.status(), 200);
+    assert_eq!(
+        app.admin_get("/admin/events/notif_p99").await.status(),
+        200,
+        "newer data stays"
+    );
+    assert_eq!(
+        app.admin_get("/admin/contacts/65f0c0ffee00000000000099").await.status(),
+        200
+    );
 
     // The old segment file is gone and its key slot is zeroed: whatever
     // lingers on disk cannot be decrypted.
@@ -90,7 +118,10 @@ async fn expired_data_goes_newer_stays_dry_run_removes_nothing() {
     assert_eq!(app.post_signed(&contact(0)).await.status(), 200);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(app.admin_get("/admin/events/notif_p0").await.status(), 404);
-    assert_eq!(app.admin_get("/admin/contacts/65f0c0ffee00000000000000").await.status(), 404);
+    assert_eq!(
+        app.admin_get("/admin/contacts/65f0c0ffee00000000000000").await.status(),
+        404
+    );
 
     // One audit entry for the run, nothing personal, chain intact.
     let audit = app.admin_json("/admin/audit").await;
@@ -98,7 +129,10 @@ async fn expired_data_goes_newer_stays_dry_run_removes_nothing() {
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0]["action"], "purge");
     assert_eq!(entries[0]["details"]["removed"]["events"], 4);
-    assert!(!audit.to_string().contains("65f0c0ffee"), "no ids of people in the audit entry");
+    assert!(
+        !audit.to_string().contains("65f0c0ffee"),
+        "no ids of people in the audit entry"
+    );
     assert_eq!(app.admin_json("/admin/audit/verify").await["ok"], true);
     app.stop().await;
 }
@@ -118,18 +152,35 @@ async fn the_background_purge_runs_on_its_own() {
     // The open segment was closed and deleted too, once all of it expired.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !segment_files(&app).is_empty() {
-        assert!(std::time::Instant::now() < deadline, "segment never deleted: {:?}", segment_files(&app));
+        assert!(
+            std::time::Instant::now() < deadline,
+            "segment never deleted: {:?}",
+            segment_files(&app)
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let metrics = app.client.get(format!("http://{}/metrics", app.admin)).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("intercom_webhooks_purged_total{class=\"events\"} 1"), "{metrics}");
+    let metrics = app
+        .client
+        .get(format!("http://{}/metrics", app.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("intercom_webhooks_purged_total{class=\"events\"} 1"),
+        "{metrics}"
+    );
     app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn purge_during_intake_loses_no_new_event() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = SHORT.replace("events = \"1s\"", "events = \"5s\"").replace("segment_max_age = \"1s\"", "segment_max_age = \"200ms\"");
+    let cfg = SHORT
+        .replace("events = \"1s\"", "events = \"5s\"")
+        .replace("segment_max_age = \"1s\"", "segment_max_age = \"200ms\"");
     let app = std::sync::Arc::new(spawn_app_with(dir.path(), &cfg, test_env()).await);
     let purger = {
         let app = app.clone();
@@ -147,7 +198,13 @@ async fn purge_during_intake_loses_no_new_event() {
     purger.await.unwrap();
     app.wait_idle().await;
     for n in 0..300 {
-        assert_eq!(app.admin_get(&format!("/admin/events/notif_p{}", 1000 + n)).await.status(), 200, "event {n} lost");
+        assert_eq!(
+            app.admin_get(&format!("/admin/events/notif_p{}", 1000 + n))
+                .await
+                .status(),
+            200,
+            "event {n} lost"
+        );
     }
     let app = std::sync::Arc::try_unwrap(app).ok().unwrap();
     app.stop().await;

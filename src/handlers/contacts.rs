@@ -22,7 +22,9 @@ fn abort(msg: &str) -> TxError {
 
 fn load(tx: &CacheTx<'_>, id: &str) -> TxResult<Option<ContactRecord>> {
     match tx.get(KIND, id)? {
-        Some(bytes) => decode(&bytes).map(Some).ok_or_else(|| abort("cached contact is unreadable")),
+        Some(bytes) => decode(&bytes)
+            .map(Some)
+            .ok_or_else(|| abort("cached contact is unreadable")),
         None => Ok(None),
     }
 }
@@ -63,8 +65,13 @@ pub fn upsert(tx: &CacheTx<'_>, ctx: &Ctx<'_>, contact: &Value, archived: Option
     r.created_at = ts(contact, "created_at").or(r.created_at);
     r.updated_at = ts(contact, "updated_at").or(r.updated_at);
     r.signed_up_at = ts(contact, "signed_up_at").or(r.signed_up_at);
-    r.last_seen_at = ts(contact, "last_seen_at").or_else(|| ts(contact, "last_request_at")).or(r.last_seen_at);
-    for (key, legacy, set) in [("tags", "tags", &mut r.tags), ("companies", "companies", &mut r.companies)] {
+    r.last_seen_at = ts(contact, "last_seen_at")
+        .or_else(|| ts(contact, "last_request_at"))
+        .or(r.last_seen_at);
+    for (key, legacy, set) in [
+        ("tags", "tags", &mut r.tags),
+        ("companies", "companies", &mut r.companies),
+    ] {
         if let Some(ids) = list_ids(contact, key, legacy) {
             if list_is_partial(contact, key) {
                 ids.iter().for_each(|i| set.set(i, true, stamp));
@@ -85,7 +92,9 @@ pub fn upsert(tx: &CacheTx<'_>, ctx: &Ctx<'_>, contact: &Value, archived: Option
     if contact.get("custom_attributes").is_some() {
         r.custom_attributes = ctx.codec.seal_attributes(&r.id, contact.get("custom_attributes"));
     }
-    r.archived = archived.or_else(|| bool_field(contact, "archived")).unwrap_or(r.archived);
+    r.archived = archived
+        .or_else(|| bool_field(contact, "archived"))
+        .unwrap_or(r.archived);
     r.stamp = stamp;
     save(tx, ctx, &mut r, existing.as_ref())?;
     Ok(Applied::Updated)
@@ -100,7 +109,10 @@ pub fn archive(tx: &CacheTx<'_>, ctx: &Ctx<'_>, id: &str) -> TxResult<Applied> {
     if existing.as_ref().is_some_and(|e| e.stamp > stamp) {
         return Ok(Applied::Stale);
     }
-    let mut r = existing.clone().unwrap_or_else(|| ContactRecord { id: id.to_string(), ..ContactRecord::default() });
+    let mut r = existing.clone().unwrap_or_else(|| ContactRecord {
+        id: id.to_string(),
+        ..ContactRecord::default()
+    });
     r.app_id = ctx.app_id.map(str::to_string).or(r.app_id);
     r.archived = true;
     r.stamp = stamp;
@@ -138,14 +150,23 @@ pub enum Set {
 /// A tag or company added to / removed from a contact. The membership
 /// change is ordered by the event's time, the contact's other fields by its
 /// own `updated_at`.
-pub fn membership(tx: &CacheTx<'_>, ctx: &Ctx<'_>, contact: &Value, set: Set, member: &str, add: bool) -> TxResult<Applied> {
+pub fn membership(
+    tx: &CacheTx<'_>,
+    ctx: &Ctx<'_>,
+    contact: &Value,
+    set: Set,
+    member: &str,
+    add: bool,
+) -> TxResult<Applied> {
     let applied = upsert(tx, ctx, contact, None)?;
     if applied == Applied::Tombstoned {
         return Ok(applied);
     }
     let id = str_field(contact, "id").ok_or_else(|| abort("contact item has no id"))?;
     let existing = load(tx, &id)?;
-    let mut r = existing.clone().ok_or_else(|| abort("contact vanished inside its transaction"))?;
+    let mut r = existing
+        .clone()
+        .ok_or_else(|| abort("contact vanished inside its transaction"))?;
     let target = match set {
         Set::Tags => &mut r.tags,
         Set::Companies => &mut r.companies,

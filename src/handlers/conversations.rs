@@ -19,12 +19,19 @@ fn abort(msg: &str) -> TxError {
 
 fn load(tx: &CacheTx<'_>, id: &str) -> TxResult<Option<ConversationRecord>> {
     match tx.get(KIND, id)? {
-        Some(bytes) => decode(&bytes).map(Some).ok_or_else(|| abort("cached conversation is unreadable")),
+        Some(bytes) => decode(&bytes)
+            .map(Some)
+            .ok_or_else(|| abort("cached conversation is unreadable")),
         None => Ok(None),
     }
 }
 
-fn save(tx: &CacheTx<'_>, ctx: &Ctx<'_>, r: &mut ConversationRecord, prev: Option<&ConversationRecord>) -> TxResult<()> {
+fn save(
+    tx: &CacheTx<'_>,
+    ctx: &Ctx<'_>,
+    r: &mut ConversationRecord,
+    prev: Option<&ConversationRecord>,
+) -> TxResult<()> {
     r.written_ms = ctx.now_ms;
     tx.put(KIND, &r.id, &encode(r), r.written_ms, prev.map(|p| p.written_ms))
 }
@@ -80,8 +87,12 @@ pub fn upsert(tx: &CacheTx<'_>, ctx: &Ctx<'_>, c: &Value) -> TxResult<Applied> {
     if c.get("team_assignee_id").is_some() || c.get("assignee").is_some() {
         r.team_assignee_id = assignee(c, "team_assignee_id", "team");
     }
-    let contacts = list_ids(c, "contacts", "contacts")
-        .or_else(|| c.get("user").and_then(|u| u.get("id")).and_then(id_string).map(|u| vec![u]));
+    let contacts = list_ids(c, "contacts", "contacts").or_else(|| {
+        c.get("user")
+            .and_then(|u| u.get("id"))
+            .and_then(id_string)
+            .map(|u| vec![u])
+    });
     if let Some(ids) = contacts {
         r.contacts.replace(&ids, stamp);
     }
@@ -92,7 +103,11 @@ pub fn upsert(tx: &CacheTx<'_>, ctx: &Ctx<'_>, c: &Value) -> TxResult<Applied> {
         .get("statistics")
         .and_then(|s| s.get("count_conversation_parts"))
         .and_then(Value::as_u64)
-        .or_else(|| c.get("conversation_parts").and_then(|p| p.get("total_count")).and_then(Value::as_u64));
+        .or_else(|| {
+            c.get("conversation_parts")
+                .and_then(|p| p.get("total_count"))
+                .and_then(Value::as_u64)
+        });
     r.part_count = count.max(r.part_count);
     if let Some(rating) = c.get("conversation_rating") {
         r.rating = rating.get("rating").and_then(Value::as_i64);
@@ -116,14 +131,21 @@ pub fn delete(tx: &CacheTx<'_>, ctx: &Ctx<'_>, id: &str) -> TxResult<Applied> {
     Ok(Applied::Deleted)
 }
 
-pub fn contact(tx: &CacheTx<'_>, ctx: &Ctx<'_>, conversation_id: &str, contact_id: &str, attach: bool) -> TxResult<Applied> {
+pub fn contact(
+    tx: &CacheTx<'_>,
+    ctx: &Ctx<'_>,
+    conversation_id: &str,
+    contact_id: &str,
+    attach: bool,
+) -> TxResult<Applied> {
     if tx.tombstone(KIND, conversation_id)?.is_some() {
         return Ok(Applied::Tombstoned);
     }
     let existing = load(tx, conversation_id)?;
-    let mut r = existing
-        .clone()
-        .unwrap_or_else(|| ConversationRecord { id: conversation_id.to_string(), ..ConversationRecord::default() });
+    let mut r = existing.clone().unwrap_or_else(|| ConversationRecord {
+        id: conversation_id.to_string(),
+        ..ConversationRecord::default()
+    });
     r.app_id = ctx.app_id.map(str::to_string).or(r.app_id);
     r.contacts.set(contact_id, attach, ctx.event_stamp());
     save(tx, ctx, &mut r, existing.as_ref())?;

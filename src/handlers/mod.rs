@@ -62,15 +62,21 @@ pub fn apply(action: &Action, tx: &CacheTx<'_>, ctx: &Ctx<'_>) -> TxResult<Appli
         Action::ContactArchive { id } => contacts::archive(tx, ctx, id),
         Action::ContactDelete { id } => contacts::delete(tx, ctx, id),
         Action::ContactMerge { contact, merged_from } => contacts::merge(tx, ctx, contact, merged_from.as_deref()),
-        Action::ContactTag { contact, tag_id, add } => contacts::membership(tx, ctx, contact, contacts::Set::Tags, tag_id, *add),
-        Action::ContactCompany { contact, company_id, attach } => {
-            contacts::membership(tx, ctx, contact, contacts::Set::Companies, company_id, *attach)
+        Action::ContactTag { contact, tag_id, add } => {
+            contacts::membership(tx, ctx, contact, contacts::Set::Tags, tag_id, *add)
         }
+        Action::ContactCompany {
+            contact,
+            company_id,
+            attach,
+        } => contacts::membership(tx, ctx, contact, contacts::Set::Companies, company_id, *attach),
         Action::ConversationUpsert { conversation } => conversations::upsert(tx, ctx, conversation),
         Action::ConversationDelete { id } => conversations::delete(tx, ctx, id),
-        Action::ConversationContact { conversation_id, contact_id, attach } => {
-            conversations::contact(tx, ctx, conversation_id, contact_id, *attach)
-        }
+        Action::ConversationContact {
+            conversation_id,
+            contact_id,
+            attach,
+        } => conversations::contact(tx, ctx, conversation_id, contact_id, *attach),
     }
 }
 

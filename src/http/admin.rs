@@ -49,7 +49,10 @@ async fn count(State(app): State<AppState>, req: Request, next: Next) -> Respons
     let resp = next.run(req).await;
     app.metrics
         .requests
-        .get_or_create(&RouteCode { route, code: resp.status().as_u16() })
+        .get_or_create(&RouteCode {
+            route,
+            code: resp.status().as_u16(),
+        })
         .inc();
     resp
 }
@@ -130,7 +133,10 @@ async fn metrics(State(app): State<AppState>) -> Response {
     app.metrics.failed_events.set(failed as i64);
     app.metrics.fsyncs.set(app.store.fsync_stats().0 as i64);
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         app.metrics.encode(),
     )
         .into_response()
@@ -200,7 +206,9 @@ pub struct Confirm {
 
 async fn cache_clear(State(app): State<AppState>, Json(c): Json<Confirm>) -> AdminResult {
     if !c.yes {
-        return Err(AdminError(OpsError::BadRequest("cache clear removes every cached record: send {\"yes\":true}".into())));
+        return Err(AdminError(OpsError::BadRequest(
+            "cache clear removes every cached record: send {\"yes\":true}".into(),
+        )));
     }
     blocking(move || ops::cache_clear(&app.store)).await
 }

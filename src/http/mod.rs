@@ -37,11 +37,16 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(store: Store, settings: Arc<Settings>, metrics: Arc<Metrics>, shutdown: CancellationToken) -> Self {
-        let per_minute = std::num::NonZeroU32::new(settings.http.bad_signatures_per_minute).unwrap_or(std::num::NonZeroU32::MIN);
-        let admin_rps = std::num::NonZeroU32::new(settings.admin.requests_per_second).unwrap_or(std::num::NonZeroU32::MIN);
+        let per_minute =
+            std::num::NonZeroU32::new(settings.http.bad_signatures_per_minute).unwrap_or(std::num::NonZeroU32::MIN);
+        let admin_rps =
+            std::num::NonZeroU32::new(settings.admin.requests_per_second).unwrap_or(std::num::NonZeroU32::MIN);
         AppState {
             verifier: Arc::new(Verifier::new(&settings.client_secrets)),
-            codec: Arc::new(CacheCodec::new(store.keys().clone(), settings.cache.contact_custom_attributes.clone())),
+            codec: Arc::new(CacheCodec::new(
+                store.keys().clone(),
+                settings.cache.contact_custom_attributes.clone(),
+            )),
             bad_signatures: Arc::new(RateLimiter::keyed(Quota::per_minute(per_minute))),
             admin_limiter: Arc::new(RateLimiter::direct(Quota::per_second(admin_rps))),
             workers_running: Arc::new(AtomicBool::new(false)),

@@ -67,7 +67,10 @@ pub async fn receive(
     let (code, text) = handle(&app, peer, &headers, body).await;
     app.metrics
         .requests
-        .get_or_create(&RouteCode { route: "webhook", code: code.as_u16() })
+        .get_or_create(&RouteCode {
+            route: "webhook",
+            code: code.as_u16(),
+        })
         .inc();
     app.metrics.intake_latency.observe(started.elapsed().as_secs_f64());
     app.metrics.health.record(code.as_u16());
@@ -113,7 +116,9 @@ async fn handle(app: &AppState, peer: SocketAddr, headers: &HeaderMap, body: Bod
         Ok(outcome) => {
             app.metrics
                 .intake
-                .get_or_create(&OutcomeLabel { outcome: outcome.as_str() })
+                .get_or_create(&OutcomeLabel {
+                    outcome: outcome.as_str(),
+                })
                 .inc();
             match outcome {
                 Outcome::Stored => {

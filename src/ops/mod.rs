@@ -50,7 +50,10 @@ impl FilterQuery {
             None => None,
         };
         let bound = |v: &Option<String>| -> Result<Option<i64>, OpsError> {
-            v.as_deref().map(|s| parse_time_bound(s, now)).transpose().map_err(OpsError::BadRequest)
+            v.as_deref()
+                .map(|s| parse_time_bound(s, now))
+                .transpose()
+                .map_err(OpsError::BadRequest)
         };
         Ok(EventFilter {
             status,
@@ -88,7 +91,9 @@ pub fn list_events(store: &Store, q: &FilterQuery) -> Result<Value, OpsError> {
 }
 
 pub fn show_event(store: &Store, id: &str) -> Result<Value, OpsError> {
-    let m = store.get(id)?.ok_or_else(|| OpsError::NotFound(format!("no event with id {id}")))?;
+    let m = store
+        .get(id)?
+        .ok_or_else(|| OpsError::NotFound(format!("no event with id {id}")))?;
     let payload = match store.read_body(&m)? {
         Some(body) => match serde_json::from_slice::<Value>(&body) {
             Ok(v) => crate::redact::payload(&v),
@@ -139,7 +144,11 @@ pub fn stats(store: &Store, metrics: Option<&Metrics>) -> Result<Value, OpsError
     if let Some(m) = metrics {
         let failures: u64 = ["missing", "malformed", "mismatch"]
             .iter()
-            .map(|r| m.signature_failures.get_or_create(&crate::metrics::Reason { reason: r }).get())
+            .map(|r| {
+                m.signature_failures
+                    .get_or_create(&crate::metrics::Reason { reason: r })
+                    .get()
+            })
             .sum();
         let obj = doc.as_object_mut().expect("stats is an object");
         obj.insert("signature_failures_since_start".into(), json!(failures));
@@ -161,10 +170,17 @@ pub fn cache_show(store: &Store, codec: &CacheCodec, kind: CacheKind, id: &str) 
     let bytes = store
         .cache_get(kind, id)?
         .ok_or_else(|| OpsError::NotFound(format!("no cached {} with id {id}", kind.as_str())))?;
-    let unreadable = || OpsError::Store(StoreError::Corrupt(format!("cached {} {id} is unreadable", kind.as_str())));
+    let unreadable = || {
+        OpsError::Store(StoreError::Corrupt(format!(
+            "cached {} {id} is unreadable",
+            kind.as_str()
+        )))
+    };
     Ok(match kind {
         CacheKind::Contact => codec.contact_view(&decode::<ContactRecord>(&bytes).ok_or_else(unreadable)?),
-        CacheKind::Conversation => codec.conversation_view(&decode::<ConversationRecord>(&bytes).ok_or_else(unreadable)?),
+        CacheKind::Conversation => {
+            codec.conversation_view(&decode::<ConversationRecord>(&bytes).ok_or_else(unreadable)?)
+        }
     })
 }
 
@@ -187,15 +203,23 @@ pub struct ReplayRequest {
 /// (status `pending`, a `replayed` entry in its history). Returns the
 /// selected keys; the caller runs them (workers, or inline on a stopped
 /// store). Invalid events have no handler and are never selected.
-pub fn select_replay(store: &Store, req: &ReplayRequest, mut progress: impl FnMut(u64)) -> Result<(Vec<String>, u64), OpsError> {
+pub fn select_replay(
+    store: &Store,
+    req: &ReplayRequest,
+    mut progress: impl FnMut(u64),
+) -> Result<(Vec<String>, u64), OpsError> {
     let filtered = req.status.is_some() || req.topic.is_some() || req.since.is_some() || req.until.is_some();
     if req.ids.is_empty() && !filtered && !req.all {
-        return Err(OpsError::BadRequest("say what to replay: ids, a filter (status, topic, since, until) or all".into()));
+        return Err(OpsError::BadRequest(
+            "say what to replay: ids, a filter (status, topic, since, until) or all".into(),
+        ));
     }
     let mut keys = Vec::new();
     if !req.ids.is_empty() {
         for id in &req.ids {
-            let m = store.get(id)?.ok_or_else(|| OpsError::NotFound(format!("no event with id {id}")))?;
+            let m = store
+                .get(id)?
+                .ok_or_else(|| OpsError::NotFound(format!("no event with id {id}")))?;
             if m.status != Status::Invalid {
                 keys.push(m.key);
             }
@@ -224,7 +248,12 @@ pub fn select_replay(store: &Store, req: &ReplayRequest, mut progress: impl FnMu
                 m.attempts = 0;
                 m.retry_at_ms = None;
                 m.last_error = None;
-                m.push_history(crate::store::Attempt { at_ms: now, outcome: "replayed".into(), error: None, duration_us: None });
+                m.push_history(crate::store::Attempt {
+                    at_ms: now,
+                    outcome: "replayed".into(),
+                    error: None,
+                    duration_us: None,
+                });
             })?;
             replayed += 1;
             progress(replayed);

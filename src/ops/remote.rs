@@ -25,7 +25,11 @@ impl Remote {
             .timeout(std::time::Duration::from_secs(600))
             .build()
             .unwrap_or_default();
-        Remote { base: base.trim_end_matches('/').to_string(), token, client }
+        Remote {
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            client,
+        }
     }
 
     pub async fn get(&self, path: &str, query: &[(&str, String)]) -> Result<Value, RemoteError> {
@@ -55,6 +59,9 @@ impl Remote {
                 .unwrap_or_else(|| text.trim().to_string());
             return Err(RemoteError::Status { status, message });
         }
-        serde_json::from_str(&text).map_err(|_| RemoteError::Status { status, message: "the answer is not JSON".into() })
+        serde_json::from_str(&text).map_err(|_| RemoteError::Status {
+            status,
+            message: "the answer is not JSON".into(),
+        })
     }
 }

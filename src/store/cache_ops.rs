@@ -93,7 +93,10 @@ pub struct CacheTx<'a> {
 
 impl<'a> CacheTx<'a> {
     pub(crate) fn new(trees: &'a Trees) -> Self {
-        CacheTx { trees, seen: RefCell::new(HashMap::new()) }
+        CacheTx {
+            trees,
+            seen: RefCell::new(HashMap::new()),
+        }
     }
 
     fn tree(&self, kind: CacheKind) -> &sled::Tree {
@@ -129,12 +132,21 @@ impl<'a> CacheTx<'a> {
 
     /// Writes a record read earlier in this attempt; `written_ms` and
     /// `prev_written_ms` keep the expiry index in step.
-    pub fn put(&self, kind: CacheKind, id: &str, value: &[u8], written_ms: i64, prev_written_ms: Option<i64>) -> TxResult<()> {
+    pub fn put(
+        &self,
+        kind: CacheKind,
+        id: &str,
+        value: &[u8],
+        written_ms: i64,
+        prev_written_ms: Option<i64>,
+    ) -> TxResult<()> {
         self.swap(kind, id, Some(value))?;
         if let Some(prev) = prev_written_ms.filter(|&p| p != written_ms) {
             self.trees.cache_time.remove(cache_time_key(kind.tag(), prev, id))?;
         }
-        self.trees.cache_time.insert(cache_time_key(kind.tag(), written_ms, id), &[])?;
+        self.trees
+            .cache_time
+            .insert(cache_time_key(kind.tag(), written_ms, id), &[])?;
         Ok(())
     }
 
@@ -168,11 +180,15 @@ impl<'a> CacheTx<'a> {
             if let Some(b) = old.get(8..16) {
                 let prev = i64::from_be_bytes(b.try_into().unwrap_or([0; 8]));
                 if prev != written_ms {
-                    self.trees.cache_time.remove(cache_time_key(kind.tomb_tag(), prev, id))?;
+                    self.trees
+                        .cache_time
+                        .remove(cache_time_key(kind.tomb_tag(), prev, id))?;
                 }
             }
         }
-        self.trees.cache_time.insert(cache_time_key(kind.tomb_tag(), written_ms, id), &[])?;
+        self.trees
+            .cache_time
+            .insert(cache_time_key(kind.tomb_tag(), written_ms, id), &[])?;
         Ok(())
     }
 
@@ -180,19 +196,25 @@ impl<'a> CacheTx<'a> {
         if let Some(old) = self.trees.tombstones.remove(tomb_key(kind, id))? {
             if let Some(b) = old.get(8..16) {
                 let prev = i64::from_be_bytes(b.try_into().unwrap_or([0; 8]));
-                self.trees.cache_time.remove(cache_time_key(kind.tomb_tag(), prev, id))?;
+                self.trees
+                    .cache_time
+                    .remove(cache_time_key(kind.tomb_tag(), prev, id))?;
             }
         }
         Ok(())
     }
 
     pub fn index_email(&self, email_hash: &str, contact_id: &str) -> TxResult<()> {
-        self.trees.email_index.insert(format!("{email_hash}:{contact_id}").as_bytes(), &[])?;
+        self.trees
+            .email_index
+            .insert(format!("{email_hash}:{contact_id}").as_bytes(), &[])?;
         Ok(())
     }
 
     pub fn unindex_email(&self, email_hash: &str, contact_id: &str) -> TxResult<()> {
-        self.trees.email_index.remove(format!("{email_hash}:{contact_id}").as_bytes())?;
+        self.trees
+            .email_index
+            .remove(format!("{email_hash}:{contact_id}").as_bytes())?;
         Ok(())
     }
 }
@@ -207,5 +229,7 @@ pub(crate) fn run<T>(trees: &Trees, f: impl Fn(&CacheTx<'_>) -> TxResult<T>) -> 
             Err(TxError::Storage(e)) => return Err(e),
         }
     }
-    Err(StoreError::Unavailable("a cache record kept changing under its handler".into()))
+    Err(StoreError::Unavailable(
+        "a cache record kept changing under its handler".into(),
+    ))
 }

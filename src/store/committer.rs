@@ -44,7 +44,7 @@ pub(super) struct Indexed {
 }
 
 pub(super) enum Cmd {
-    Append(AppendReq),
+    Append(Box<AppendReq>),
     /// Close the open segment (the next append opens a new one).
     Roll(oneshot::Sender<()>),
     /// Finish what is queued, then exit.
@@ -91,7 +91,7 @@ impl Committer {
                 match cmd {
                     Cmd::Append(req) => {
                         bytes += req.body.len();
-                        batch.push(req);
+                        batch.push(*req);
                     }
                     Cmd::Roll(reply) => rolls.push(reply),
                     Cmd::Stop(reply) => stop = Some(reply),
@@ -212,7 +212,10 @@ impl Committer {
             items.push((req.meta, req.claim));
         }
         // Blocks when the indexer is far behind: back-pressure on intake.
-        let _ = self.index_tx.send(Indexed { items, end: (s.seq, s.len) });
+        let _ = self.index_tx.send(Indexed {
+            items,
+            end: (s.seq, s.len),
+        });
     }
 
     fn fail_batch(&self, batch: &mut Vec<AppendReq>, e: &StoreError) {
@@ -234,7 +237,9 @@ pub(super) fn index(trees: Trees, shared: Arc<Shared>, rx: Receiver<Indexed>, wo
                 }
                 Ok(_) => {}
                 // The record is in the log; the next open re-applies it.
-                Err(e) => tracing::error!(webhook_id = %meta.key, error = %e, "Could not index a stored event; it is re-indexed at the next start."),
+                Err(e) => {
+                    tracing::error!(webhook_id = %meta.key, error = %e, "Could not index a stored event; it is re-indexed at the next start.")
+                }
             }
             shared.release(&meta.key, &claim);
         }

@@ -167,7 +167,11 @@ mod tests {
             last_error: None,
             history: vec![],
             body_len: 10,
-            loc: Some(Location { seg: 1, off: 32, len: 50 }),
+            loc: Some(Location {
+                seg: 1,
+                off: 32,
+                len: 50,
+            }),
         };
         let bytes = m.encode();
         assert_eq!(bytes[0], META_VERSION);

@@ -147,7 +147,11 @@ pub fn scan(path: &Path, cipher: &SegmentCipher, seq: u64, from: u64) -> Result<
     let mut off = from.max(HEADER_LEN);
     let mut records = Vec::new();
     if data.len() < HEADER_LEN as usize || &data[..8] != MAGIC {
-        return Ok(ScanResult { records, good_end: HEADER_LEN.min(file_len), file_len });
+        return Ok(ScanResult {
+            records,
+            good_end: HEADER_LEN.min(file_len),
+            file_len,
+        });
     }
     while off + FRAME_LEN <= file_len {
         let o = off as usize;
@@ -164,10 +168,18 @@ pub fn scan(path: &Path, cipher: &SegmentCipher, seq: u64, from: u64) -> Result<
         let plain = cipher
             .decrypt(off, &seq.to_le_bytes(), ct)
             .map_err(|_| LogError::Decrypt { seg: seq, off })?;
-        records.push(Scanned { off, len: (end - off) as u32, plain });
+        records.push(Scanned {
+            off,
+            len: (end - off) as u32,
+            plain,
+        });
         off = end;
     }
-    Ok(ScanResult { records, good_end: off, file_len })
+    Ok(ScanResult {
+        records,
+        good_end: off,
+        file_len,
+    })
 }
 
 #[cfg(test)]

@@ -14,7 +14,13 @@ impl Store {
     /// (receipt ms, key).
     pub(crate) fn expired_events(&self, before_ms: i64, limit: usize) -> Result<Vec<(i64, String)>, StoreError> {
         let mut out = Vec::new();
-        for kv in self.inner.trees.by_time.range(time_key(0, "")..time_key(before_ms, "")).take(limit) {
+        for kv in self
+            .inner
+            .trees
+            .by_time
+            .range(time_key(0, "")..time_key(before_ms, ""))
+            .take(limit)
+        {
             let (k, _) = kv?;
             match split_time_key(&k) {
                 Some((ms, key)) => out.push((ms, key.to_string())),
@@ -40,7 +46,11 @@ impl Store {
     }
 
     pub(crate) fn count_expired_markers(&self, before_ms: i64) -> Result<u64, StoreError> {
-        Self::count_range(&self.inner.trees.markers_by_time, time_key(0, ""), time_key(before_ms, ""))
+        Self::count_range(
+            &self.inner.trees.markers_by_time,
+            time_key(0, ""),
+            time_key(before_ms, ""),
+        )
     }
 
     pub(crate) fn count_cache_expired(&self, tag: &str, before_ms: i64) -> Result<u64, StoreError> {
@@ -97,7 +107,11 @@ impl Store {
         let mut out = Vec::new();
         for kv in self.inner.trees.segments.iter() {
             let (k, v) = kv?;
-            let seq = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| StoreError::Corrupt("segment key".into()))?);
+            let seq = u64::from_be_bytes(
+                k.as_ref()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("segment key".into()))?,
+            );
             if let Some(info) = SegmentInfo::decode(&v) {
                 out.push((seq, info));
             }
@@ -133,7 +147,10 @@ impl Store {
     pub(crate) fn audit_append(&self, make: impl FnOnce(Option<(u64, Vec<u8>)>) -> Vec<u8>) -> Result<u64, StoreError> {
         let _guard = self.inner.audit_lock.lock().unwrap_or_else(|p| p.into_inner());
         let t = &self.inner.trees;
-        let last = t.audit.last()?.map(|(k, v)| (u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8])), v.to_vec()));
+        let last = t
+            .audit
+            .last()?
+            .map(|(k, v)| (u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8])), v.to_vec()));
         let last = match last {
             Some(l) => Some(l),
             None => t.state.get(AUDIT_ANCHOR)?.map(|v| {
@@ -159,14 +176,21 @@ impl Store {
     /// The last removed entry (its sequence and bytes): the chain's anchor
     /// once old entries have expired.
     pub(crate) fn audit_anchor(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
-        Ok(self.inner.trees.state.get(AUDIT_ANCHOR)?.map(|v| {
-            (u64::from_be_bytes(v[..8].try_into().unwrap_or([0; 8])), v[8..].to_vec())
-        }))
+        Ok(self
+            .inner
+            .trees
+            .state
+            .get(AUDIT_ANCHOR)?
+            .map(|v| (u64::from_be_bytes(v[..8].try_into().unwrap_or([0; 8])), v[8..].to_vec())))
     }
 
     /// Removes the oldest audit entries for which `expired` holds, keeping
     /// the last removed one as the anchor. Returns how many went.
-    pub(crate) fn audit_remove_expired(&self, expired: impl Fn(&[u8]) -> bool, limit: usize) -> Result<u64, StoreError> {
+    pub(crate) fn audit_remove_expired(
+        &self,
+        expired: impl Fn(&[u8]) -> bool,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
         let _guard = self.inner.audit_lock.lock().unwrap_or_else(|p| p.into_inner());
         let t = &self.inner.trees;
         let mut n = 0;

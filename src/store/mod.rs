@@ -37,10 +37,10 @@ use tokio::sync::{oneshot, watch};
 use crate::config::StoreSettings;
 use crate::crypto::{Keys, SegmentCipher};
 
-pub use cache_ops::{CacheKind, CacheTx, TxError, TxResult};
 pub(crate) use cache_ops::{cache_time_key, split_cache_time_key};
-pub use event::{time_key, Attempt, EventMeta, Location, Status};
+pub use cache_ops::{CacheKind, CacheTx, TxError, TxResult};
 use committer::{AppendReq, Cmd, Committer};
+pub use event::{time_key, Attempt, EventMeta, Location, Status};
 use keyring::{Keyring, KeyringError};
 
 const NEXT_SEQ: &[u8] = b"next_seq";
@@ -144,9 +144,12 @@ impl SegmentInfo {
     }
 }
 
+/// An open segment file and its key.
+type Reader = Arc<(File, Arc<SegmentCipher>)>;
+
 /// Open segment files and their keys, for reading payloads back.
 pub(crate) struct Readers {
-    map: Mutex<HashMap<u64, Arc<(File, Arc<SegmentCipher>)>>>,
+    map: Mutex<HashMap<u64, Reader>>,
 }
 
 impl Readers {
@@ -163,7 +166,7 @@ impl Readers {
         self.map.lock().unwrap_or_else(|p| p.into_inner()).remove(&seq);
     }
 
-    fn get(&self, seq: u64) -> Option<Arc<(File, Arc<SegmentCipher>)>> {
+    fn get(&self, seq: u64) -> Option<Reader> {
         self.map.lock().unwrap_or_else(|p| p.into_inner()).get(&seq).cloned()
     }
 }
@@ -292,16 +295,17 @@ pub(crate) fn apply_new(trees: &Trees, meta: &EventMeta) -> Result<bool, StoreEr
     if trees.markers.contains_key(meta.key.as_bytes())? {
         return Ok(false);
     }
-    let (fresh, indexed) = match trees
-        .events
-        .compare_and_swap(meta.key.as_bytes(), None as Option<&[u8]>, Some(meta.encode()))?
-    {
-        Ok(()) => (true, meta.clone()),
-        Err(current) => match current.current.as_deref().and_then(EventMeta::decode) {
-            Some(existing) => (false, existing),
-            None => return Ok(false),
-        },
-    };
+    let (fresh, indexed) =
+        match trees
+            .events
+            .compare_and_swap(meta.key.as_bytes(), None as Option<&[u8]>, Some(meta.encode()))?
+        {
+            Ok(()) => (true, meta.clone()),
+            Err(current) => match current.current.as_deref().and_then(EventMeta::decode) {
+                Some(existing) => (false, existing),
+                None => return Ok(false),
+            },
+        };
     let tk = time_key(indexed.received_ms, &indexed.key);
     trees.by_time.insert(&tk, &[])?;
     if indexed.status.is_queued() {
@@ -317,6 +321,9 @@ pub struct Completion {
     pub attempt: Attempt,
     pub retry_at_ms: Option<i64>,
 }
+
+/// Events by status, by topic, and duplicate deliveries seen.
+pub type Counts = (HashMap<Status, u64>, HashMap<String, u64>, u64);
 
 /// Filter for listing events.
 #[derive(Debug, Clone, Default)]
@@ -348,7 +355,9 @@ impl Store {
             .mode(sled::Mode::HighThroughput)
             .open()
             .map_err(|e| match e {
-                sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") => {
+                sled::Error::Io(ref io)
+                    if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") =>
+                {
                     StoreError::Locked(dir.display().to_string())
                 }
                 other => StoreError::from(other),
@@ -376,7 +385,9 @@ impl Store {
         let next_seq = stored_next.max(segs.last().map_or(1, |s| s + 1));
         let shared = Arc::new(Shared {
             keyring,
-            readers: Readers { map: Mutex::new(HashMap::new()) },
+            readers: Readers {
+                map: Mutex::new(HashMap::new()),
+            },
             next_seq: AtomicU64::new(next_seq),
             applied: Mutex::new((0, 0)),
             write_failed: AtomicBool::new(false),
@@ -407,17 +418,27 @@ impl Store {
             .spawn(move || committer.run())?];
         {
             let (trees, shared, work_tx) = (trees.clone(), shared.clone(), work_tx.clone());
-            threads.push(std::thread::Builder::new().name("intake-indexer".into()).spawn(move || committer::index(trees, shared, index_rx, work_tx))?);
+            threads.push(
+                std::thread::Builder::new()
+                    .name("intake-indexer".into())
+                    .spawn(move || committer::index(trees, shared, index_rx, work_tx))?,
+            );
         }
         {
             let (trees, shared, dir) = (trees.clone(), shared.clone(), dir.to_path_buf());
-            threads.push(std::thread::Builder::new().name("index-checkpoint".into()).spawn(move || {
-                while let Err(crossbeam_channel::RecvTimeoutError::Timeout) = stop_rx.recv_timeout(Duration::from_secs(1)) {
-                    if let Err(e) = checkpoint(&trees, &shared, &dir) {
-                        tracing::error!(error = %e, "Index checkpoint failed.");
-                    }
-                }
-            })?);
+            threads.push(
+                std::thread::Builder::new()
+                    .name("index-checkpoint".into())
+                    .spawn(move || {
+                        while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
+                            stop_rx.recv_timeout(Duration::from_secs(1))
+                        {
+                            if let Err(e) = checkpoint(&trees, &shared, &dir) {
+                                tracing::error!(error = %e, "Index checkpoint failed.");
+                            }
+                        }
+                    })?,
+            );
         }
         let store = Store {
             inner: Arc::new(Inner {
@@ -528,7 +549,13 @@ impl Store {
             return Err(StoreError::Closed);
         }
         let (reply, rx) = oneshot::channel();
-        if let Err(crossbeam_channel::SendError(Cmd::Append(req))) = self.inner.cmd_tx.send(Cmd::Append(AppendReq { meta, body, reply, claim })) {
+        let req = Box::new(AppendReq {
+            meta,
+            body,
+            reply,
+            claim,
+        });
+        if let Err(crossbeam_channel::SendError(Cmd::Append(req))) = self.inner.cmd_tx.send(Cmd::Append(req)) {
             shared.release(&req.meta.key, &req.claim);
             return Err(StoreError::Closed);
         }
@@ -537,7 +564,8 @@ impl Store {
 
     /// Known as an event or as a dedup marker of a purged one.
     pub fn is_known(&self, key: &str) -> Result<bool, StoreError> {
-        Ok(self.inner.trees.events.contains_key(key.as_bytes())? || self.inner.trees.markers.contains_key(key.as_bytes())?)
+        Ok(self.inner.trees.events.contains_key(key.as_bytes())?
+            || self.inner.trees.markers.contains_key(key.as_bytes())?)
     }
 
     fn note_duplicate(&self, key: &str, now: i64) -> Result<(), StoreError> {
@@ -562,11 +590,18 @@ impl Store {
     pub fn update(&self, key: &str, f: impl Fn(&mut EventMeta)) -> Result<Option<EventMeta>, StoreError> {
         let trees = &self.inner.trees;
         loop {
-            let Some(old) = trees.events.get(key.as_bytes())? else { return Ok(None) };
-            let mut m = EventMeta::decode(&old).ok_or_else(|| StoreError::Corrupt(format!("event {key} has an unreadable record")))?;
+            let Some(old) = trees.events.get(key.as_bytes())? else {
+                return Ok(None);
+            };
+            let mut m = EventMeta::decode(&old)
+                .ok_or_else(|| StoreError::Corrupt(format!("event {key} has an unreadable record")))?;
             let was_queued = m.status.is_queued();
             f(&mut m);
-            if trees.events.compare_and_swap(key.as_bytes(), Some(&old), Some(m.encode()))?.is_ok() {
+            if trees
+                .events
+                .compare_and_swap(key.as_bytes(), Some(&old), Some(m.encode()))?
+                .is_ok()
+            {
                 sync_pending(&trees.pending, &m, was_queued)?;
                 return Ok(Some(m));
             }
@@ -579,12 +614,17 @@ impl Store {
         let reader = match self.inner.shared.readers.get(loc.seg) {
             Some(r) => r,
             None => {
-                let Some(cipher) = self.inner.shared.keyring.get(loc.seg)? else { return Ok(None) };
+                let Some(cipher) = self.inner.shared.keyring.get(loc.seg)? else {
+                    return Ok(None);
+                };
                 let path = log::segment_path(&self.inner.log_dir, loc.seg);
                 if !path.exists() {
                     return Ok(None);
                 }
-                self.inner.shared.readers.register(loc.seg, &self.inner.log_dir, Arc::new(cipher))?;
+                self.inner
+                    .shared
+                    .readers
+                    .register(loc.seg, &self.inner.log_dir, Arc::new(cipher))?;
                 self.inner.shared.readers.get(loc.seg).ok_or(StoreError::Closed)?
             }
         };
@@ -597,13 +637,22 @@ impl Store {
     /// Applies a handler's cache changes, then records the worker's
     /// outcome. If the process dies between the two, the event is still
     /// queued and runs again: handlers are idempotent.
-    pub fn complete<T>(&self, key: &str, completion: &Completion, cache: impl Fn(&CacheTx<'_>) -> TxResult<T>) -> Result<Option<T>, StoreError> {
+    pub fn complete<T>(
+        &self,
+        key: &str,
+        completion: &Completion,
+        cache: impl Fn(&CacheTx<'_>) -> TxResult<T>,
+    ) -> Result<Option<T>, StoreError> {
         let out = cache_ops::run(&self.inner.trees, cache)?;
         let updated = self.update(key, |m| {
             m.status = completion.status;
             m.retry_at_ms = completion.retry_at_ms;
             m.last_error = completion.attempt.error.clone();
-            m.attempts = if completion.status.is_queued() || completion.status == Status::Failed { m.attempts + 1 } else { 0 };
+            m.attempts = if completion.status.is_queued() || completion.status == Status::Failed {
+                m.attempts + 1
+            } else {
+                0
+            };
             m.push_history(completion.attempt.clone());
         })?;
         Ok(updated.map(|_| out))
@@ -616,7 +665,12 @@ impl Store {
 
     /// Ids in the cache expiry index of class `tag` written before
     /// `before_ms`, oldest first, at most `limit`.
-    pub(crate) fn cache_expired(&self, tag: &str, before_ms: i64, limit: usize) -> Result<Vec<(i64, String)>, StoreError> {
+    pub(crate) fn cache_expired(
+        &self,
+        tag: &str,
+        before_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
         let lower = cache_time_key(tag, 0, "");
         let upper = cache_time_key(tag, before_ms, "");
         let mut out = Vec::new();
@@ -672,12 +726,22 @@ impl Store {
 
     /// Received time of the oldest queued event.
     pub fn oldest_pending_ms(&self) -> Result<Option<i64>, StoreError> {
-        Ok(self.inner.trees.pending.first()?.and_then(|(k, _)| event::split_time_key(&k).map(|(ms, _)| ms)))
+        Ok(self
+            .inner
+            .trees
+            .pending
+            .first()?
+            .and_then(|(k, _)| event::split_time_key(&k).map(|(ms, _)| ms)))
     }
 
     /// Events matching `filter`, newest first, after the cursor `after` (a
     /// previous page's last `cursor`), at most `limit`.
-    pub fn list(&self, filter: &EventFilter, after: Option<&str>, limit: usize) -> Result<(Vec<EventMeta>, Option<String>), StoreError> {
+    pub fn list(
+        &self,
+        filter: &EventFilter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<EventMeta>, Option<String>), StoreError> {
         let upper: Vec<u8> = match after {
             Some(c) => hex::decode(c).map_err(|_| StoreError::Corrupt("bad cursor".into()))?,
             None => match filter.until_ms {
@@ -690,7 +754,9 @@ impl Store {
         let mut cursor = None;
         for kv in self.inner.trees.by_time.range(lower..upper).rev() {
             let (k, _) = kv?;
-            let Some((_, key)) = event::split_time_key(&k) else { continue };
+            let Some((_, key)) = event::split_time_key(&k) else {
+                continue;
+            };
             if let Some(m) = self.get(key)? {
                 if filter.matches(&m) {
                     out.push(m);
@@ -705,7 +771,11 @@ impl Store {
     }
 
     /// Calls `f` for every event matching `filter`, oldest first.
-    pub fn for_each(&self, filter: &EventFilter, mut f: impl FnMut(EventMeta) -> Result<(), StoreError>) -> Result<(), StoreError> {
+    pub fn for_each(
+        &self,
+        filter: &EventFilter,
+        mut f: impl FnMut(EventMeta) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
         let lower = time_key(filter.since_ms.unwrap_or(0), "");
         let upper = match filter.until_ms {
             Some(u) => time_key(u.saturating_add(1), ""),
@@ -713,7 +783,9 @@ impl Store {
         };
         for kv in self.inner.trees.by_time.range(lower..upper) {
             let (k, _) = kv?;
-            let Some((_, key)) = event::split_time_key(&k) else { continue };
+            let Some((_, key)) = event::split_time_key(&k) else {
+                continue;
+            };
             if let Some(m) = self.get(key)? {
                 if filter.matches(&m) {
                     f(m)?;
@@ -725,7 +797,7 @@ impl Store {
 
     /// Counts of events by status and by topic, and the duplicate
     /// deliveries they received.
-    pub fn counts(&self) -> Result<(HashMap<Status, u64>, HashMap<String, u64>, u64), StoreError> {
+    pub fn counts(&self) -> Result<Counts, StoreError> {
         let mut by_status = HashMap::new();
         let mut by_topic = HashMap::new();
         let mut duplicates = 0u64;
@@ -741,7 +813,12 @@ impl Store {
     }
 
     pub fn last_received_ms(&self) -> Result<Option<i64>, StoreError> {
-        Ok(self.inner.trees.by_time.last()?.and_then(|(k, _)| event::split_time_key(&k).map(|(ms, _)| ms)))
+        Ok(self
+            .inner
+            .trees
+            .by_time
+            .last()?
+            .and_then(|(k, _)| event::split_time_key(&k).map(|(ms, _)| ms)))
     }
 
     /// Bytes on disk under the data dir.
@@ -799,7 +876,10 @@ fn recover(trees: &Trees, shared: &Shared, log_dir: &Path, segs: &[u64]) -> Resu
             )
         })
         .unwrap_or((0, 0));
-    let mut rec = Recovery { segments: segs.len(), ..Recovery::default() };
+    let mut rec = Recovery {
+        segments: segs.len(),
+        ..Recovery::default()
+    };
     for (i, &seq) in segs.iter().enumerate() {
         if seq < cp_seg {
             continue;
@@ -817,12 +897,25 @@ fn recover(trees: &Trees, shared: &Shared, log_dir: &Path, segs: &[u64]) -> Resu
             .segments
             .get(seq.to_be_bytes())?
             .and_then(|v| SegmentInfo::decode(&v))
-            .unwrap_or(SegmentInfo { first_ms: i64::MAX, last_ms: 0, records: 0, bytes: 0, closed: true });
+            .unwrap_or(SegmentInfo {
+                first_ms: i64::MAX,
+                last_ms: 0,
+                records: 0,
+                bytes: 0,
+                closed: true,
+            });
         for r in &scan.records {
             let Some((mut meta, _)) = log::split_plaintext(&r.plain) else {
-                return Err(StoreError::Corrupt(format!("segment {seq} offset {} holds a malformed record", r.off)));
+                return Err(StoreError::Corrupt(format!(
+                    "segment {seq} offset {} holds a malformed record",
+                    r.off
+                )));
             };
-            meta.loc = Some(Location { seg: seq, off: r.off, len: r.len });
+            meta.loc = Some(Location {
+                seg: seq,
+                off: r.off,
+                len: r.len,
+            });
             if apply_new(trees, &meta)? {
                 rec.reapplied += 1;
                 info.records += 1;
@@ -833,11 +926,22 @@ fn recover(trees: &Trees, shared: &Shared, log_dir: &Path, segs: &[u64]) -> Resu
         if scan.good_end < scan.file_len {
             let torn = scan.file_len - scan.good_end;
             if i + 1 == segs.len() {
-                tracing::warn!(segment = seq, torn_bytes = torn, "Cut a torn record off the intake log (an interrupted write that was never acknowledged).");
-                std::fs::OpenOptions::new().write(true).open(&path)?.set_len(scan.good_end)?;
+                tracing::warn!(
+                    segment = seq,
+                    torn_bytes = torn,
+                    "Cut a torn record off the intake log (an interrupted write that was never acknowledged)."
+                );
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)?
+                    .set_len(scan.good_end)?;
                 rec.torn_bytes += torn;
             } else {
-                tracing::error!(segment = seq, bad_bytes = torn, "Intake log segment has unreadable bytes before its end; they were skipped.");
+                tracing::error!(
+                    segment = seq,
+                    bad_bytes = torn,
+                    "Intake log segment has unreadable bytes before its end; they were skipped."
+                );
             }
         }
         if info.first_ms == i64::MAX {

@@ -260,7 +260,10 @@ impl Binary {
                 ("INTERCOM_CLIENT_SECRET".into(), SECRET.into()),
                 ("INTERCOM_WEBHOOKS_ADMIN_TOKEN".into(), ADMIN_TOKEN.into()),
                 ("INTERCOM_WEBHOOKS_DATA_KEY".into(), DATA_KEY.into()),
-                ("INTERCOM_WEBHOOKS_DATA_DIR".into(), dir.join("data").to_str().unwrap().into()),
+                (
+                    "INTERCOM_WEBHOOKS_DATA_DIR".into(),
+                    dir.join("data").to_str().unwrap().into(),
+                ),
             ],
         }
     }
@@ -291,10 +294,22 @@ impl Binary {
         let public = free_port();
         let admin = free_port();
         let mut cmd = self.command();
-        cmd.args(["serve", "--listen", &public.to_string(), "--admin-listen", &admin.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("serve.log")).unwrap());
+        cmd.args([
+            "serve",
+            "--listen",
+            &public.to_string(),
+            "--admin-listen",
+            &admin.to_string(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.dir.join("serve.log"))
+                .unwrap(),
+        );
         for (k, v) in extra_env {
             cmd.env(k, v);
         }

@@ -1,0 +1,87 @@
+//! The deploy files stay in step with the binary: manifests parse, and the
+//! ports, probe paths and environment names they use are the binary's.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read(rel: &str) -> String {
+    std::fs::read_to_string(root().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+/// Environment names the binary reads (from its own source).
+fn known_env_names() -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for file in ["src/cli.rs", "src/config.rs"] {
+        let text = read(file);
+        for (i, _) in text.match_indices("\"INTERCOM_") {
+            let rest = &text[i + 1..];
+            let end = rest.find('"').unwrap();
+            names.insert(rest[..end].to_string());
+        }
+    }
+    // Secrets are read as NAME or NAME_FILE.
+    let with_file: Vec<String> = names.iter().map(|n| format!("{n}_FILE")).collect();
+    names.extend(with_file);
+    names
+}
+
+fn env_names_in(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for (i, _) in text.match_indices("INTERCOM_") {
+        let name: String = text[i..].chars().take_while(|c| c.is_ascii_uppercase() || *c == '_').collect();
+        out.insert(name);
+    }
+    out
+}
+
+#[test]
+fn kubernetes_manifests_parse_and_match_the_binary() {
+    let text = read("deploy/kubernetes/intercom-webhooks.yaml");
+    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).expect("valid YAML"))
+        .collect();
+    let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    for k in ["StatefulSet", "Service", "Secret", "NetworkPolicy"] {
+        assert!(kinds.contains(&k), "{k} missing: {kinds:?}");
+    }
+    let sts = docs.iter().find(|d| d["kind"] == "StatefulSet").unwrap();
+    assert_eq!(sts["spec"]["replicas"], 1);
+    let c = &sts["spec"]["template"]["spec"]["containers"][0];
+    let ports: Vec<u64> = c["ports"].as_sequence().unwrap().iter().map(|p| p["containerPort"].as_u64().unwrap()).collect();
+    assert_eq!(ports, [8080, 9090]);
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    let listen = c["env"].as_sequence().unwrap().iter().find(|e| e["name"] == "INTERCOM_WEBHOOKS_LISTEN").unwrap();
+    assert_eq!(listen["value"], "0.0.0.0:8080");
+    let known = known_env_names();
+    for name in env_names_in(&text) {
+        assert!(known.contains(&name), "{name} is not read by the binary");
+    }
+    let np = docs.iter().find(|d| d["kind"] == "NetworkPolicy").unwrap();
+    assert!(serde_yaml::to_string(np).unwrap().contains("9090"));
+}
+
+#[test]
+fn systemd_container_and_proxy_match_the_binary() {
+    let known = known_env_names();
+    for file in ["deploy/systemd/intercom-webhooks.service", "deploy/systemd/intercom-webhooks.env.example", "deploy/Dockerfile"] {
+        for name in env_names_in(&read(file)) {
+            assert!(known.contains(&name), "{file}: {name} is not read by the binary");
+        }
+    }
+    let unit = read("deploy/systemd/intercom-webhooks.service");
+    for line in ["StateDirectory=intercom-webhooks", "ProtectSystem=strict", "ExecStart=/usr/local/bin/intercom-webhooks serve", "NoNewPrivileges=yes"] {
+        assert!(unit.contains(line), "unit lacks {line}");
+    }
+    let docker = read("deploy/Dockerfile");
+    assert!(docker.contains("EXPOSE 8080 9090") && docker.contains("/healthz") && docker.contains("USER 10001"));
+    for proxy in ["deploy/proxy/Caddyfile", "deploy/proxy/nginx.conf"] {
+        let text = read(proxy);
+        assert!(text.contains("/webhooks/intercom") && text.contains("127.0.0.1:8080"), "{proxy}");
+        assert!(!text.contains("9090"), "{proxy} must not expose the admin listener");
+    }
+}
