@@ -47,6 +47,10 @@ const NEXT_SEQ: &[u8] = b"next_seq";
 const CHECKPOINT: &[u8] = b"checkpoint";
 const SCHEMA: &[u8] = b"schema";
 const SCHEMA_VERSION: u8 = 1;
+/// How often the index is made durable (sled flush + fsync). Longer means
+/// fewer disk flushes competing with intake fsyncs, and a longer tail of the
+/// log to re-apply after a crash.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -351,7 +355,7 @@ impl Store {
         std::fs::create_dir_all(&log_dir)?;
         let db = sled::Config::new()
             .path(dir.join("index"))
-            .flush_every_ms(Some(500))
+            .flush_every_ms(None)
             .mode(sled::Mode::HighThroughput)
             .open()
             .map_err(|e| match e {
@@ -431,7 +435,7 @@ impl Store {
                     .name("index-checkpoint".into())
                     .spawn(move || {
                         while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
-                            stop_rx.recv_timeout(Duration::from_secs(1))
+                            stop_rx.recv_timeout(CHECKPOINT_EVERY)
                         {
                             if let Err(e) = checkpoint(&trees, &shared, &dir) {
                                 tracing::error!(error = %e, "Index checkpoint failed.");
