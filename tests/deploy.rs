@@ -32,7 +32,10 @@ fn known_env_names() -> BTreeSet<String> {
 fn env_names_in(text: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for (i, _) in text.match_indices("INTERCOM_") {
-        let name: String = text[i..].chars().take_while(|c| c.is_ascii_uppercase() || *c == '_').collect();
+        let name: String = text[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_uppercase() || *c == '_')
+            .collect();
         out.insert(name);
     }
     out
@@ -51,11 +54,21 @@ fn kubernetes_manifests_parse_and_match_the_binary() {
     let sts = docs.iter().find(|d| d["kind"] == "StatefulSet").unwrap();
     assert_eq!(sts["spec"]["replicas"], 1);
     let c = &sts["spec"]["template"]["spec"]["containers"][0];
-    let ports: Vec<u64> = c["ports"].as_sequence().unwrap().iter().map(|p| p["containerPort"].as_u64().unwrap()).collect();
+    let ports: Vec<u64> = c["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|p| p["containerPort"].as_u64().unwrap())
+        .collect();
     assert_eq!(ports, [8080, 9090]);
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
-    let listen = c["env"].as_sequence().unwrap().iter().find(|e| e["name"] == "INTERCOM_WEBHOOKS_LISTEN").unwrap();
+    let listen = c["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "INTERCOM_WEBHOOKS_LISTEN")
+        .unwrap();
     assert_eq!(listen["value"], "0.0.0.0:8080");
     let known = known_env_names();
     for name in env_names_in(&text) {
@@ -68,20 +81,32 @@ fn kubernetes_manifests_parse_and_match_the_binary() {
 #[test]
 fn systemd_container_and_proxy_match_the_binary() {
     let known = known_env_names();
-    for file in ["deploy/systemd/intercom-webhooks.service", "deploy/systemd/intercom-webhooks.env.example", "deploy/Dockerfile"] {
+    for file in [
+        "deploy/systemd/intercom-webhooks.service",
+        "deploy/systemd/intercom-webhooks.env.example",
+        "deploy/Dockerfile",
+    ] {
         for name in env_names_in(&read(file)) {
             assert!(known.contains(&name), "{file}: {name} is not read by the binary");
         }
     }
     let unit = read("deploy/systemd/intercom-webhooks.service");
-    for line in ["StateDirectory=intercom-webhooks", "ProtectSystem=strict", "ExecStart=/usr/local/bin/intercom-webhooks serve", "NoNewPrivileges=yes"] {
+    for line in [
+        "StateDirectory=intercom-webhooks",
+        "ProtectSystem=strict",
+        "ExecStart=/usr/local/bin/intercom-webhooks serve",
+        "NoNewPrivileges=yes",
+    ] {
         assert!(unit.contains(line), "unit lacks {line}");
     }
     let docker = read("deploy/Dockerfile");
     assert!(docker.contains("EXPOSE 8080 9090") && docker.contains("/healthz") && docker.contains("USER 10001"));
     for proxy in ["deploy/proxy/Caddyfile", "deploy/proxy/nginx.conf"] {
         let text = read(proxy);
-        assert!(text.contains("/webhooks/intercom") && text.contains("127.0.0.1:8080"), "{proxy}");
+        assert!(
+            text.contains("/webhooks/intercom") && text.contains("127.0.0.1:8080"),
+            "{proxy}"
+        );
         assert!(!text.contains("9090"), "{proxy} must not expose the admin listener");
     }
 }
