@@ -86,6 +86,10 @@ pub enum Command {
     /// Inspect or clear the data-minimised cache.
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// Erase a person's data in Intercom and every local copy. Needs --yes.
+    Erase(EraseArgs),
+    /// Data-subject access export: what Intercom and we hold about a person.
+    Export(ExportArgs),
     /// The audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -179,6 +183,36 @@ pub enum CacheCommand {
 pub enum CacheKind {
     Contact,
     Conversation,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("subject").required(true).args(["email", "contact_id"])))]
+pub struct EraseArgs {
+    #[arg(long)]
+    pub email: Option<String>,
+    #[arg(long)]
+    pub contact_id: Option<String>,
+    /// Say exactly what would be erased; change nothing.
+    #[arg(long, conflicts_with = "yes")]
+    pub dry_run: bool,
+    /// Erase.
+    #[arg(long)]
+    pub yes: bool,
+    /// Only local copies; leave Intercom alone.
+    #[arg(long)]
+    pub local_only: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("subject").required(true).args(["email", "contact_id"])))]
+pub struct ExportArgs {
+    #[arg(long)]
+    pub email: Option<String>,
+    #[arg(long)]
+    pub contact_id: Option<String>,
+    /// Write the export here (mode 0600) instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -190,6 +190,8 @@ pub async fn run(cli: Cli, settings: Settings) -> CmdResult {
             print_doc(&doc, json_out, |d| format!("removed {} cached records", d["removed"]));
             Ok(())
         }
+        Command::Erase(args) => erase(&settings, args, json_out).await,
+        Command::Export(args) => export(&settings, args).await,
         Command::Audit(cmd) => {
             let verify = matches!(cmd, AuditCommand::Verify);
             let doc = match access(&settings)? {
@@ -482,4 +484,77 @@ fn render_audit(d: &Value) -> String {
         out.push_str("(no audit entries)");
     }
     out.trim_end().to_string()
+}
+
+fn intercom_client(settings: &Settings) -> Option<crate::client::IntercomClient> {
+    crate::client::IntercomClient::new(&settings.api_base_url, settings.access_token.clone(), None).ok()
+}
+
+fn privacy_failure(e: crate::privacy::PrivacyError) -> Failure {
+    match e {
+        crate::privacy::PrivacyError::BadRequest(m) => Failure::new(2, m),
+        other => Failure::new(1, other.to_string()),
+    }
+}
+
+async fn erase(settings: &Settings, args: crate::cli::EraseArgs, json_out: bool) -> CmdResult {
+    // Without --yes it is a dry run that says so and exits 2.
+    let dry_run = args.dry_run || !args.yes;
+    let body =
+        json!({"email": args.email, "contact_id": args.contact_id, "dry_run": dry_run, "local_only": args.local_only});
+    let doc = match access(settings)? {
+        Access::Remote(r) => r.post("/admin/erase", &body).await?,
+        Access::Local(store) => {
+            let subject = crate::privacy::Subject::from_parts(args.email, args.contact_id).map_err(privacy_failure)?;
+            let codec =
+                crate::cache::CacheCodec::new(store.keys().clone(), settings.cache.contact_custom_attributes.clone());
+            let client = intercom_client(settings);
+            crate::privacy::erase(&store, &codec, client.as_ref(), subject, dry_run, args.local_only)
+                .await
+                .map_err(privacy_failure)?
+        }
+    };
+    print_doc(&doc, json_out, |d| serde_json::to_string_pretty(d).unwrap_or_default());
+    if !args.yes && !args.dry_run {
+        eprintln!("Nothing was erased: the above is what would go. Run again with --yes to erase.");
+        return Err(Failure::new(2, "not confirmed: add --yes"));
+    }
+    Ok(())
+}
+
+async fn export(settings: &Settings, args: crate::cli::ExportArgs) -> CmdResult {
+    let body = json!({"email": args.email, "contact_id": args.contact_id});
+    let doc = match access(settings)? {
+        Access::Remote(r) => r.post("/admin/export", &body).await?,
+        Access::Local(store) => {
+            let subject = crate::privacy::Subject::from_parts(args.email, args.contact_id).map_err(privacy_failure)?;
+            let codec =
+                crate::cache::CacheCodec::new(store.keys().clone(), settings.cache.contact_custom_attributes.clone());
+            let client = intercom_client(settings);
+            crate::privacy::export(&store, &codec, client.as_ref(), subject)
+                .await
+                .map_err(privacy_failure)?
+        }
+    };
+    let text = serde_json::to_string_pretty(&doc).unwrap_or_default();
+    match args.out {
+        Some(path) => {
+            use std::io::Write;
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                opts.mode(0o600);
+            }
+            let mut f = opts
+                .open(&path)
+                .map_err(|e| Failure::new(1, format!("cannot write {}: {e}", path.display())))?;
+            f.write_all(text.as_bytes())
+                .map_err(|e| Failure::new(1, format!("cannot write {}: {e}", path.display())))?;
+            eprintln!("export written to {}", path.display());
+        }
+        None => println!("{text}"),
+    }
+    Ok(())
 }

@@ -93,6 +93,10 @@ pub fn process(ctx: &WorkerCtx, key: &str) -> Result<Processed, StoreError> {
             };
             match ctx.store.cache_txn(|tx| handlers::apply(&action, tx, &hctx)) {
                 Ok(applied) => {
+                    // A contact deleted in Intercom is erased here too.
+                    if let crate::dispatch::Action::ContactDelete { id } = &action {
+                        crate::privacy::erase_on_webhook(&ctx.store, &ctx.codec, id, key)?;
+                    }
                     let outcome = match applied {
                         Applied::Updated => "processed".to_string(),
                         other => format!("processed:{}", other.as_str()),

@@ -29,6 +29,8 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/contacts/{id}", get(contact))
         .route("/admin/conversations/{id}", get(conversation))
         .route("/admin/cache/clear", post(cache_clear))
+        .route("/admin/erase", post(erase))
+        .route("/admin/export", post(export))
         .route("/admin/audit", get(audit_list))
         .route("/admin/audit/verify", get(audit_verify))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
@@ -219,4 +221,46 @@ async fn audit_list(State(app): State<AppState>) -> AdminResult {
 
 async fn audit_verify(State(app): State<AppState>) -> AdminResult {
     blocking(move || crate::audit::verify(&app.store).map_err(OpsError::from)).await
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PrivacyRequest {
+    pub email: Option<String>,
+    pub contact_id: Option<String>,
+    #[serde(default)]
+    pub dry_run: bool,
+    #[serde(default)]
+    pub local_only: bool,
+}
+
+fn privacy_error(e: crate::privacy::PrivacyError) -> Response {
+    use crate::privacy::PrivacyError;
+    match e {
+        PrivacyError::BadRequest(m) => error(StatusCode::BAD_REQUEST, &m),
+        PrivacyError::Intercom(e) => error(StatusCode::BAD_GATEWAY, &e.to_string()),
+        PrivacyError::Store(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+async fn erase(State(app): State<AppState>, Json(req): Json<PrivacyRequest>) -> Response {
+    let subject = match crate::privacy::Subject::from_parts(req.email, req.contact_id) {
+        Ok(s) => s,
+        Err(e) => return privacy_error(e),
+    };
+    let client = app.intercom.as_deref();
+    match crate::privacy::erase(&app.store, &app.codec, client, subject, req.dry_run, req.local_only).await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => privacy_error(e),
+    }
+}
+
+async fn export(State(app): State<AppState>, Json(req): Json<PrivacyRequest>) -> Response {
+    let subject = match crate::privacy::Subject::from_parts(req.email, req.contact_id) {
+        Ok(s) => s,
+        Err(e) => return privacy_error(e),
+    };
+    match crate::privacy::export(&app.store, &app.codec, app.intercom.as_deref(), subject).await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => privacy_error(e),
+    }
 }

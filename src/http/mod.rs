@@ -33,6 +33,8 @@ pub struct AppState {
     pub admin_limiter: Arc<DefaultDirectRateLimiter>,
     pub workers_running: Arc<AtomicBool>,
     pub shutdown: CancellationToken,
+    /// `None` without `INTERCOM_ACCESS_TOKEN`.
+    pub intercom: Option<Arc<crate::client::IntercomClient>>,
 }
 
 impl AppState {
@@ -50,6 +52,13 @@ impl AppState {
             bad_signatures: Arc::new(RateLimiter::keyed(Quota::per_minute(per_minute))),
             admin_limiter: Arc::new(RateLimiter::direct(Quota::per_second(admin_rps))),
             workers_running: Arc::new(AtomicBool::new(false)),
+            intercom: crate::client::IntercomClient::new(
+                &settings.api_base_url,
+                settings.access_token.clone(),
+                Some(metrics.clone()),
+            )
+            .ok()
+            .map(Arc::new),
             store,
             settings,
             metrics,

@@ -99,6 +99,10 @@ pub struct EventMeta {
     #[serde(default)]
     pub history: Vec<Attempt>,
     pub body_len: u32,
+    /// Contact ids the notification concerns (erasure and export find the
+    /// events of a person through them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub contact_ids: Vec<String>,
     /// `None` once the payload has been purged.
     pub loc: Option<Location>,
 }
@@ -167,6 +171,7 @@ mod tests {
             last_error: None,
             history: vec![],
             body_len: 10,
+            contact_ids: vec![],
             loc: Some(Location {
                 seg: 1,
                 off: 32,

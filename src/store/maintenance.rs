@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 
 use super::event::{split_time_key, time_key};
-use super::{log, SegmentInfo, Store, StoreError};
+use super::{log, EventMeta, SegmentInfo, Store, StoreError};
 
 const AUDIT_ANCHOR: &[u8] = b"audit_anchor";
 
@@ -69,7 +69,10 @@ impl Store {
         let t = &self.inner.trees;
         let tk = time_key(ms, key);
         let existed = match t.events.get(key.as_bytes())? {
-            Some(_) => {
+            Some(v) => {
+                for c in EventMeta::decode(&v).map(|m| m.contact_ids).unwrap_or_default() {
+                    t.subjects.remove(super::subject_key(&c, key))?;
+                }
                 t.markers.insert(key.as_bytes(), &ms.to_be_bytes())?;
                 t.markers_by_time.insert(tk.clone(), &[])?;
                 t.events.remove(key.as_bytes())?;

@@ -17,6 +17,7 @@
 
 mod cache_ops;
 mod committer;
+mod erasure;
 pub mod event;
 pub mod keyring;
 pub mod log;
@@ -104,6 +105,8 @@ pub(crate) struct Trees {
     pub cache_time: sled::Tree,
     /// email hash + contact id → () : find contacts by email without the email
     pub email_index: sled::Tree,
+    /// contact id + 0 + event key → () : the events that concern a person
+    pub subjects: sled::Tree,
     /// sequence (big-endian) → audit entry
     pub audit: sled::Tree,
     pub state: sled::Tree,
@@ -123,6 +126,7 @@ impl Trees {
             tombstones: db.open_tree("tombstones")?,
             cache_time: db.open_tree("cache_time")?,
             email_index: db.open_tree("email_index")?,
+            subjects: db.open_tree("subjects")?,
             audit: db.open_tree("audit")?,
             state: db.open_tree("state")?,
             db,
@@ -315,7 +319,18 @@ pub(crate) fn apply_new(trees: &Trees, meta: &EventMeta) -> Result<bool, StoreEr
     if indexed.status.is_queued() {
         trees.pending.insert(&tk, &[])?;
     }
+    for c in &indexed.contact_ids {
+        trees.subjects.insert(subject_key(c, &indexed.key), &[])?;
+    }
     Ok(fresh)
+}
+
+pub(crate) fn subject_key(contact_id: &str, key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(contact_id.len() + 1 + key.len());
+    k.extend_from_slice(contact_id.as_bytes());
+    k.push(0);
+    k.extend_from_slice(key.as_bytes());
+    k
 }
 
 /// The outcome a worker records for an event.
@@ -828,6 +843,14 @@ impl Store {
     /// Bytes on disk under the data dir.
     pub fn size_on_disk(&self) -> u64 {
         dir_size(&self.inner.dir)
+    }
+
+    /// The same, from a thread that is not async (CLI, workers, admin
+    /// handlers inside `spawn_blocking`).
+    pub(crate) fn roll_segment_blocking(&self) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner.cmd_tx.send(Cmd::Roll(tx)).map_err(|_| StoreError::Closed)?;
+        rx.blocking_recv().map_err(|_| StoreError::Closed)
     }
 
     /// Closes the open intake segment so it can expire as a whole.

@@ -1,0 +1,340 @@
+//! The Intercom REST client for privacy operations (facts.md §4): base URL
+//! by region or `INTERCOM_API_BASE_URL`, bearer token, a pinned
+//! `Intercom-Version`, timeouts, retries with exponential backoff and jitter
+//! on network errors and 5xx, and on `429` a wait until `X-RateLimit-Reset`.
+//! A governor limiter keeps us at a share (default 80%) of the limit
+//! Intercom reports in `X-RateLimit-Limit`. `error.list` bodies become
+//! [`ApiError::Api`]. Nothing here logs a token, a request body or a
+//! response body.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use rand::Rng;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::config::INTERCOM_API_VERSION;
+use crate::metrics::{IntercomCall, Metrics};
+use crate::secret::Secret;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("not found")]
+    NotFound,
+    #[error("Intercom refused the access token ({0})")]
+    Unauthorized(String),
+    #[error("Intercom answered {status}: {code}: {message}")]
+    Api { status: u16, code: String, message: String },
+    #[error("Intercom kept answering 429 (rate limited)")]
+    RateLimited,
+    #[error("Intercom could not be reached: {0}")]
+    Network(String),
+    #[error("Intercom's answer was not the JSON expected")]
+    Decode,
+    #[error("INTERCOM_ACCESS_TOKEN is not set")]
+    NoToken,
+}
+
+pub struct IntercomClient {
+    http: reqwest::Client,
+    base: String,
+    token: Secret,
+    share: f64,
+    max_retries: u32,
+    backoff_base: Duration,
+    /// Built from the first `X-RateLimit-Limit` Intercom reports.
+    limiter: Mutex<Option<(u32, Arc<DefaultDirectRateLimiter>)>>,
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl IntercomClient {
+    pub fn new(base: &str, token: Option<Secret>, metrics: Option<Arc<Metrics>>) -> Result<Self, ApiError> {
+        let token = token.ok_or(ApiError::NoToken)?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30))
+            .user_agent(concat!("intercom-webhooks/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ApiError::Network(e.to_string()))?;
+        Ok(IntercomClient {
+            http,
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            share: 0.8,
+            max_retries: 5,
+            backoff_base: Duration::from_millis(500),
+            limiter: Mutex::new(None),
+            metrics,
+        })
+    }
+
+    /// Shorter waits (tests against a local stand-in).
+    pub fn with_backoff(mut self, base: Duration) -> Self {
+        self.backoff_base = base;
+        self
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let d = self
+            .backoff_base
+            .saturating_mul(1 << attempt.min(6))
+            .min(Duration::from_secs(30));
+        d / 2 + Duration::from_millis(rand::thread_rng().gen_range(0..=(d.as_millis() as u64 / 2).max(1)))
+    }
+
+    fn note_limit(&self, headers: &reqwest::header::HeaderMap) {
+        let Some(limit) = headers
+            .get("x-ratelimit-limit")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u32>().ok())
+        else {
+            return;
+        };
+        let mut guard = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.as_ref().is_some_and(|(l, _)| *l == limit) {
+            return;
+        }
+        // Intercom's limits are per minute, enforced in 10-second windows.
+        let per_minute = ((f64::from(limit) * self.share) as u32).max(1);
+        let per_window = std::num::NonZeroU32::new((per_minute / 6).max(1)).unwrap_or(std::num::NonZeroU32::MIN);
+        let quota = Quota::with_period(Duration::from_secs(60) / per_minute)
+            .unwrap_or_else(|| Quota::per_second(std::num::NonZeroU32::MIN))
+            .allow_burst(per_window);
+        *guard = Some((limit, Arc::new(RateLimiter::direct(quota))));
+    }
+
+    fn count(&self, endpoint: &'static str, status: u16) {
+        if let Some(m) = &self.metrics {
+            m.intercom_calls.get_or_create(&IntercomCall { endpoint, status }).inc();
+        }
+    }
+
+    /// One API call with retries. `endpoint` is a fixed label for metrics
+    /// and logs (never the path, which can hold ids).
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        endpoint: &'static str,
+    ) -> Result<Value, ApiError> {
+        let mut attempt = 0;
+        loop {
+            let limiter = self
+                .limiter
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .map(|(_, l)| l.clone());
+            if let Some(l) = limiter {
+                l.until_ready().await;
+            }
+            let mut req = self
+                .http
+                .request(method.clone(), format!("{}{path}", self.base))
+                .bearer_auth(self.token.expose())
+                .header("Intercom-Version", INTERCOM_API_VERSION)
+                .header("Accept", "application/json");
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            let resp = match req.send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    self.count(endpoint, 0);
+                    if attempt >= self.max_retries {
+                        return Err(ApiError::Network(e.without_url().to_string()));
+                    }
+                    tracing::warn!(endpoint, attempt, "Intercom API unreachable; retrying.");
+                    tokio::time::sleep(self.backoff(attempt)).await;
+                    attempt += 1;
+                    continue;
+                }
+            };
+            let status = resp.status();
+            self.count(endpoint, status.as_u16());
+            self.note_limit(resp.headers());
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                if attempt >= self.max_retries {
+                    return Err(ApiError::RateLimited);
+                }
+                let wait = resp
+                    .headers()
+                    .get("x-ratelimit-reset")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<i64>().ok())
+                    .map(|reset| Duration::from_secs((reset - crate::timefmt::now_ms() / 1000).clamp(0, 60) as u64))
+                    .unwrap_or_else(|| self.backoff(attempt));
+                tracing::warn!(
+                    endpoint,
+                    wait_ms = wait.as_millis() as u64,
+                    "Intercom rate limit reached; waiting for the reset."
+                );
+                tokio::time::sleep(wait).await;
+                attempt += 1;
+                continue;
+            }
+            if status.is_server_error() {
+                if attempt >= self.max_retries {
+                    return Err(api_error(status, resp.text().await.unwrap_or_default()));
+                }
+                tracing::warn!(
+                    endpoint,
+                    status = status.as_u16(),
+                    attempt,
+                    "Intercom server error; retrying."
+                );
+                tokio::time::sleep(self.backoff(attempt)).await;
+                attempt += 1;
+                continue;
+            }
+            if status == StatusCode::NOT_FOUND {
+                return Err(ApiError::NotFound);
+            }
+            let text = resp.text().await.map_err(|_| ApiError::Decode)?;
+            if status == StatusCode::UNAUTHORIZED {
+                return Err(ApiError::Unauthorized(first_error(&text).1));
+            }
+            if !status.is_success() {
+                return Err(api_error(status, text));
+            }
+            return serde_json::from_str(&text).map_err(|_| ApiError::Decode);
+        }
+    }
+
+    // ---- the endpoints privacy work needs ----
+
+    /// Every contact with this email (search, all pages).
+    pub async fn search_contacts_by_email(&self, email: &str) -> Result<Vec<Value>, ApiError> {
+        let query = json!({"field": "email", "operator": "=", "value": email.trim()});
+        self.search("/contacts/search", query, "data", "contacts.search").await
+    }
+
+    /// Ids of every conversation a contact takes part in (search, all pages).
+    pub async fn search_conversations_by_contact(&self, contact_id: &str) -> Result<Vec<Value>, ApiError> {
+        let query = json!({"field": "contact_ids", "operator": "=", "value": contact_id});
+        self.search("/conversations/search", query, "conversations", "conversations.search")
+            .await
+    }
+
+    async fn search(
+        &self,
+        path: &str,
+        query: Value,
+        list_key: &str,
+        endpoint: &'static str,
+    ) -> Result<Vec<Value>, ApiError> {
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut pagination = json!({"per_page": 150});
+            if let Some(c) = &cursor {
+                pagination["starting_after"] = json!(c);
+            }
+            let body = json!({"query": query, "pagination": pagination});
+            let page = self.call(Method::POST, path, Some(&body), endpoint).await?;
+            out.extend(
+                page.get(list_key)
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default(),
+            );
+            match page.pointer("/pages/next/starting_after").and_then(Value::as_str) {
+                Some(next) if Some(next) != cursor.as_deref() => cursor = Some(next.to_string()),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    pub async fn get_contact(&self, id: &str) -> Result<Value, ApiError> {
+        self.call(Method::GET, &format!("/contacts/{}", seg(id)), None, "contacts.get")
+            .await
+    }
+
+    /// `GET /contacts/{id}/<what>` (tags, companies, segments, notes), all pages.
+    pub async fn contact_list(&self, id: &str, what: &str, endpoint: &'static str) -> Result<Vec<Value>, ApiError> {
+        let mut out = Vec::new();
+        let mut page_no = 1u32;
+        loop {
+            let path = format!("/contacts/{}/{what}?per_page=50&page={page_no}", seg(id));
+            let page = self.call(Method::GET, &path, None, endpoint).await?;
+            let items = page.get("data").and_then(Value::as_array).cloned().unwrap_or_default();
+            let empty = items.is_empty();
+            out.extend(items);
+            let total_pages = page.pointer("/pages/total_pages").and_then(Value::as_u64).unwrap_or(1);
+            if empty || u64::from(page_no) >= total_pages {
+                return Ok(out);
+            }
+            page_no += 1;
+        }
+    }
+
+    pub async fn get_conversation(&self, id: &str) -> Result<Value, ApiError> {
+        self.call(
+            Method::GET,
+            &format!("/conversations/{}?display_as=plaintext", seg(id)),
+            None,
+            "conversations.get",
+        )
+        .await
+    }
+
+    /// `DELETE /contacts/{id}`: the 2.x permanent delete (7-day grace).
+    /// `Ok(false)` when Intercom has no such contact (already gone).
+    pub async fn delete_contact(&self, id: &str) -> Result<bool, ApiError> {
+        match self
+            .call(
+                Method::DELETE,
+                &format!("/contacts/{}", seg(id)),
+                None,
+                "contacts.delete",
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(ApiError::NotFound) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// A path segment with anything but safe characters percent-encoded.
+fn seg(id: &str) -> String {
+    id.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// (code, message) of the first error in an `error.list` body, masked.
+fn first_error(text: &str) -> (String, String) {
+    let v: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+    let e = v.pointer("/errors/0");
+    let code = e
+        .and_then(|e| e.get("code"))
+        .and_then(Value::as_str)
+        .unwrap_or("unknown")
+        .to_string();
+    let message = e
+        .and_then(|e| e.get("message"))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    (code, crate::redact::mask(&message).into_owned())
+}
+
+fn api_error(status: StatusCode, text: String) -> ApiError {
+    let (code, message) = first_error(&text);
+    ApiError::Api {
+        status: status.as_u16(),
+        code,
+        message,
+    }
+}

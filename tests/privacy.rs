@@ -1,0 +1,461 @@
+//! Export and erasure end to end, against a local stand-in for Intercom's
+//! REST API that answers as its OpenAPI description says (error.list bodies,
+//! 404 on unknown contacts, 429 with rate-limit headers, a 500, pagination).
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use common::*;
+use serde_json::{json, Value};
+
+const EMAIL: &str = "zoe.example@example.org";
+const C1: &str = "65f0c0ffee0000000000e001";
+const C2: &str = "65f0c0ffee0000000000e002";
+
+#[derive(Default)]
+struct Fake {
+    calls: Mutex<HashMap<String, u32>>,
+    deleted: Mutex<Vec<String>>,
+    bad_headers: Mutex<u32>,
+}
+
+impl Fake {
+    fn hit(&self, name: &str, headers: &HeaderMap) -> u32 {
+        let ok = headers.get("authorization").and_then(|v| v.to_str().ok()) == Some("Bearer fake-token")
+            && headers.get("intercom-version").and_then(|v| v.to_str().ok()) == Some("2.14");
+        if !ok {
+            *self.bad_headers.lock().unwrap() += 1;
+        }
+        let mut calls = self.calls.lock().unwrap();
+        let n = calls.entry(name.to_string()).or_insert(0);
+        *n += 1;
+        *n
+    }
+    fn count(&self, name: &str) -> u32 {
+        self.calls.lock().unwrap().get(name).copied().unwrap_or(0)
+    }
+}
+
+fn error_list(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        Json(json!({"type":"error.list","request_id":"req-1","errors":[{"code":code,"message":message}]})),
+    )
+        .into_response()
+}
+
+fn contact_json(id: &str) -> Value {
+    json!({"type":"contact","id":id,"role":"user","email":EMAIL,"name":"Zoë Example","phone":"+15550100","created_at":1767225600,"updated_at":1767225600})
+}
+
+async fn search_contacts(State(f): State<Arc<Fake>>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
+    f.hit("contacts.search", &headers);
+    assert_eq!(body["query"]["field"], "email");
+    // Two pages: the cursor of the first leads to the second.
+    if body["pagination"]["starting_after"].is_null() {
+        Json(json!({"type":"list","data":[contact_json(C1)],"total_count":2,
+            "pages":{"type":"pages","page":1,"per_page":1,"total_pages":2,"next":{"per_page":1,"starting_after":"cursor-2"}}}))
+        .into_response()
+    } else {
+        Json(json!({"type":"list","data":[contact_json(C2)],"total_count":2,
+            "pages":{"type":"pages","page":2,"per_page":1,"total_pages":2,"next":null}}))
+        .into_response()
+    }
+}
+
+async fn get_contact(State(f): State<Arc<Fake>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    f.hit("contacts.get", &headers);
+    if f.deleted.lock().unwrap().contains(&id) || id == C2 {
+        return error_list(StatusCode::NOT_FOUND, "not_found", "Contact Not Found");
+    }
+    Json(contact_json(&id)).into_response()
+}
+
+async fn contact_list(
+    State(f): State<Arc<Fake>>,
+    headers: HeaderMap,
+    Path((id, what)): Path<(String, String)>,
+) -> Response {
+    f.hit(&format!("contacts.{what}"), &headers);
+    if id == C2 {
+        return error_list(StatusCode::NOT_FOUND, "not_found", "Contact Not Found");
+    }
+    let data = match what.as_str() {
+        "tags" => json!([{"type":"tag","id":"t1","name":"vip"}]),
+        "companies" => json!([{"type":"company","id":"co1","name":"Example GmbH"}]),
+        "segments" => json!([{"type":"segment","id":"s1","name":"Active"}]),
+        "notes" => json!([{"type":"note","id":"n1","created_at":1767225600,"contact":{"type":"contact","id":id},
+                            "author":{"type":"admin","id":"a1","name":"Agent Smith","email":"agent@example.com"},
+                            "body":"<p>Called Zoë about her refund</p>"}]),
+        _ => return error_list(StatusCode::NOT_FOUND, "not_found", "Resource Not Found"),
+    };
+    Json(json!({"type":"list","data":data,"pages":{"type":"pages","page":1,"per_page":50,"total_pages":1}}))
+        .into_response()
+}
+
+async fn search_conversations(State(f): State<Arc<Fake>>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
+    let n = f.hit("conversations.search", &headers);
+    // The first call is rate limited: wait for the reset, then succeed.
+    if n == 1 {
+        let reset = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 1;
+        let mut resp = error_list(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_exceeded",
+            "Exceeded rate limit",
+        );
+        let h = resp.headers_mut();
+        h.insert("x-ratelimit-limit", "1000".parse().unwrap());
+        h.insert("x-ratelimit-remaining", "0".parse().unwrap());
+        h.insert("x-ratelimit-reset", reset.to_string().parse().unwrap());
+        return resp;
+    }
+    let cid = body["query"]["value"].as_str().unwrap_or("");
+    let conversations = if cid == C1 {
+        json!([{"type":"conversation","id":"7001"}])
+    } else {
+        json!([])
+    };
+    Json(json!({"type":"conversation.list","conversations":conversations,"total_count":1,"pages":{"type":"pages","next":null}})).into_response()
+}
+
+async fn get_conversation(State(f): State<Arc<Fake>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    // The first call fails with a 500: retried.
+    if f.hit("conversations.get", &headers) == 1 {
+        return error_list(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "Something went wrong",
+        );
+    }
+    Json(json!({"type":"conversation","id":id,"state":"open","source":{"body":"<p>Hi</p>"}})).into_response()
+}
+
+async fn delete_contact(State(f): State<Arc<Fake>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    f.hit("contacts.delete", &headers);
+    if id == C2 || f.deleted.lock().unwrap().contains(&id) {
+        return error_list(StatusCode::NOT_FOUND, "not_found", "Contact Not Found");
+    }
+    f.deleted.lock().unwrap().push(id.clone());
+    Json(json!({"type":"contact","id":id,"external_id":null,"deleted":true})).into_response()
+}
+
+async fn spawn_fake() -> (String, Arc<Fake>) {
+    let fake = Arc::new(Fake::default());
+    let app = Router::new()
+        .route("/contacts/search", post(search_contacts))
+        .route("/contacts/{id}", get(get_contact).delete(delete_contact))
+        .route("/contacts/{id}/{what}", get(contact_list))
+        .route("/conversations/search", post(search_conversations))
+        .route("/conversations/{id}", get(get_conversation))
+        .with_state(fake.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}"), fake)
+}
+
+fn privacy_env() -> MapEnv {
+    let mut env = test_env();
+    env.0.insert("INTERCOM_ACCESS_TOKEN", "fake-token".into());
+    env
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_then_erase_end_to_end() {
+    let (base, fake) = spawn_fake().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = format!("[intercom]\napi_base_url = \"{base}\"\n");
+    let app = spawn_app_with(dir.path(), &cfg, privacy_env()).await;
+
+    // What we hold: a contact and a conversation with them.
+    let contact = notification("notif_e1", "contact.user.created", contact_json(C1), 1767225600);
+    let conv = notification(
+        "notif_e2",
+        "conversation.user.replied",
+        json!({"type":"conversation","id":"7001","updated_at":1767226000,"state":"open",
+               "contacts":{"type":"contact.list","contacts":[{"type":"contact","id":C1}]},
+               "source":{"body":"<p>I am Zoë, call +15550100</p>","author":{"email":EMAIL}}}),
+        1767226000,
+    );
+    let mut someone_else = contact_json("65f0c0ffee0000000000f999");
+    someone_else["email"] = json!("someone.else@example.net");
+    let other = notification("notif_other", "contact.user.created", someone_else, 1767225600);
+    for b in [&contact, &conv, &other] {
+        assert_eq!(app.post_signed(b).await.status(), 200);
+    }
+    for id in ["notif_e1", "notif_e2", "notif_other"] {
+        app.wait_final(id).await;
+    }
+    let segments_before: Vec<String> = std::fs::read_dir(app.data_dir().join("log"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+
+    // Export.
+    let r = app.admin_post("/admin/export", json!({"email": EMAIL})).await;
+    assert_eq!(r.status(), 200);
+    let doc: Value = r.json().await.unwrap();
+    assert_eq!(doc["format"], "intercom-webhooks/export/v1");
+    let contacts = doc["contacts"].as_array().unwrap();
+    assert_eq!(contacts.len(), 2, "both search pages followed: {doc}");
+    let c1 = contacts.iter().find(|c| c["id"] == C1).unwrap();
+    assert_eq!(
+        c1["intercom"]["contact"]["email"], EMAIL,
+        "the person gets their own data"
+    );
+    assert_eq!(c1["intercom"]["tags"][0]["id"], "t1");
+    assert_eq!(c1["intercom"]["segments"][0]["id"], "s1");
+    assert_eq!(c1["intercom"]["notes"][0]["id"], "n1");
+    assert!(c1["intercom"]["notes"][0].get("body").is_none() && c1["intercom"]["notes"][0].get("author").is_none());
+    assert_eq!(
+        c1["intercom"]["conversations"][0]["id"], "7001",
+        "after a 429 and a 500"
+    );
+    assert_eq!(c1["local"]["cached_contact"]["id"], C1);
+    assert_eq!(c1["local"]["cached_conversations"][0]["id"], "7001");
+    assert_eq!(c1["local"]["events"].as_array().unwrap().len(), 2);
+    let c2 = contacts.iter().find(|c| c["id"] == C2).unwrap();
+    assert_eq!(
+        c2["intercom"]["contact"],
+        Value::Null,
+        "404 is an empty answer, not a failure"
+    );
+    assert_eq!(
+        fake.count("conversations.search"),
+        3,
+        "one 429, then one search per contact"
+    );
+    assert_eq!(fake.count("conversations.get"), 2, "one 500, then success");
+    assert_eq!(
+        *fake.bad_headers.lock().unwrap(),
+        0,
+        "bearer token and Intercom-Version on every call"
+    );
+
+    // Dry run: says what would go, changes nothing.
+    let dry: Value = app
+        .admin_post("/admin/erase", json!({"email": EMAIL, "dry_run": true}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(
+        dry["would_erase"]["local"]["events"].as_array().unwrap().len(),
+        2,
+        "{dry}"
+    );
+    assert_eq!(dry["would_erase"]["local"]["cached_conversations"], json!(["7001"]));
+    assert_eq!(fake.count("contacts.delete"), 0);
+    assert_eq!(app.admin_get(&format!("/admin/contacts/{C1}")).await.status(), 200);
+
+    // Erase.
+    let done: Value = app
+        .admin_post("/admin/erase", json!({"email": EMAIL}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(done["intercom"]["deleted"], 1, "{done}");
+    assert_eq!(
+        done["intercom"]["already_absent"], 1,
+        "a 404 on delete means already gone"
+    );
+    assert_eq!(done["local"]["events"], 2);
+    assert_eq!(done["local"]["cached_contacts"], 1);
+    assert_eq!(done["local"]["cached_conversations"], 1);
+    assert_eq!(app.admin_get(&format!("/admin/contacts/{C1}")).await.status(), 404);
+    assert_eq!(app.admin_get("/admin/conversations/7001").await.status(), 404);
+    assert_eq!(app.admin_get("/admin/events/notif_e1").await.status(), 404);
+    assert_eq!(app.admin_get("/admin/events/notif_e2").await.status(), 404);
+    assert_eq!(
+        app.admin_get("/admin/events/notif_other").await.status(),
+        200,
+        "other people's events stay"
+    );
+    assert_eq!(
+        app.admin_get("/admin/contacts/65f0c0ffee0000000000f999").await.status(),
+        200
+    );
+    // The segment that held their payloads was rewritten: its old key is gone.
+    let ring = std::fs::read(app.data_dir().join("keyring.bin")).unwrap();
+    for name in &segments_before {
+        let seq = u64::from_str_radix(name.trim_end_matches(".seg"), 16).unwrap() as usize;
+        assert!(
+            ring[seq * 128..seq * 128 + 128].iter().all(|&b| b == 0),
+            "old segment {name} key destroyed"
+        );
+        assert!(!app.data_dir().join("log").join(name).exists());
+    }
+    // The other person's payload is still readable from its new segment.
+    let other_ev = app.admin_json("/admin/events/notif_other").await;
+    assert_eq!(other_ev["payload_stored"], true);
+    assert_eq!(other_ev["payload"]["topic"], "contact.user.created");
+
+    // Late or replayed events cannot bring them back.
+    assert_eq!(
+        app.post_signed(&contact).await.status(),
+        200,
+        "a re-delivery is a duplicate"
+    );
+    let late = notification("notif_e3", "contact.user.updated", contact_json(C1), 1767229999);
+    assert_eq!(app.post_signed(&late).await.status(), 200);
+    app.wait_final("notif_e3").await;
+    assert_eq!(app.admin_get(&format!("/admin/contacts/{C1}")).await.status(), 404);
+
+    // Idempotent: a second erasure finds nothing more locally.
+    let again: Value = app
+        .admin_post("/admin/erase", json!({"contact_id": C1, "local_only": true}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again["local"]["cached_contacts"], 0, "{again}");
+
+    // The audit log: entries with hashes and counts only, chain intact.
+    let audit = app.admin_json("/admin/audit").await;
+    let actions: Vec<&str> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["export", "erase", "erase"]);
+    let text = audit.to_string();
+    assert!(
+        !text.contains(EMAIL) && !text.contains(C1),
+        "no identifiers in the audit log"
+    );
+    assert_eq!(app.admin_json("/admin/audit/verify").await["ok"], true);
+    app.stop().await;
+    assert_absent_from_files(&dir.path().join("data"), &[EMAIL, "Zo\u{eb} Example", "+15550100"]);
+
+    // Altering one entry breaks the chain at that entry.
+    let s = settings(dir.path(), &cfg, &privacy_env());
+    let key = intercom_webhooks::crypto::DataKey::parse(DATA_KEY).unwrap();
+    let (store, _) =
+        intercom_webhooks::store::Store::open(&s.data_dir, intercom_webhooks::crypto::Keys::derive(&key), &s.store)
+            .unwrap();
+    let entries = intercom_webhooks::audit::list(&store).unwrap();
+    let seq = entries["entries"][1]["seq"].as_u64().unwrap();
+    let mut raw: Value = serde_json::to_value(&entries["entries"][1]).unwrap();
+    raw["details"] = json!({"local": {"events": 0}});
+    let tampered = json!({"seq": seq, "at_ms": 0, "action": "erase", "details": raw["details"], "prev_hash": "x", "hash": entries["entries"][1]["hash"]});
+    store
+        .audit_overwrite(seq, &serde_json::to_vec(&tampered).unwrap())
+        .unwrap();
+    let v = intercom_webhooks::audit::verify(&store).unwrap();
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["first_bad_seq"], seq);
+    store.close().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contact_deleted_webhook_erases_local_copies() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn_app(dir.path()).await;
+    app.post_signed(&notification(
+        "notif_w1",
+        "contact.user.created",
+        contact_json(C1),
+        1767225600,
+    ))
+    .await;
+    app.wait_final("notif_w1").await;
+    app.post_signed(&notification(
+        "notif_w2",
+        "contact.deleted",
+        json!({"type":"contact","id":C1,"deleted":true}),
+        1767229200,
+    ))
+    .await;
+    app.wait_final("notif_w2").await;
+    assert_eq!(
+        app.admin_get("/admin/events/notif_w1").await.status(),
+        404,
+        "their stored notification is gone"
+    );
+    assert_eq!(app.admin_get(&format!("/admin/contacts/{C1}")).await.status(), 404);
+    let audit = app.admin_json("/admin/audit").await;
+    assert_eq!(audit["entries"][0]["action"], "erase");
+    assert_eq!(audit["entries"][0]["details"]["local"]["events"], 1);
+    app.stop().await;
+}
+
+#[test]
+fn cli_export_and_erase_log_nothing_personal() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (base, _fake) = rt.block_on(spawn_fake());
+    let dir = tempfile::tempdir().unwrap();
+    let mut bin = Binary::new(dir.path());
+    bin.env.push(("INTERCOM_ACCESS_TOKEN".into(), "fake-token".into()));
+    bin.env.push(("INTERCOM_API_BASE_URL".into(), base));
+    bin.env.push(("RUST_LOG".into(), "trace".into()));
+    // Make a store with their data, then stop the server.
+    let (mut child, public, _) = bin.serve(&[]);
+    let rt2 = tokio::runtime::Runtime::new().unwrap();
+    rt2.block_on(async {
+        let body = notification("notif_x1", "contact.user.created", contact_json(C1), 1767225600);
+        let sig = intercom_webhooks::verify::sign(SECRET, &body);
+        let r = ::reqwest::Client::new()
+            .post(format!("http://{public}/webhooks/intercom"))
+            .header("x-hub-signature", sig)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    child.wait().unwrap();
+
+    let out = dir.path().join("export.json");
+    let (code, _, err_export) = bin.run(&["export", "--email", EMAIL, "--out", out.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err_export}");
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(doc["contacts"].as_array().unwrap().len(), 2);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    let (code, _, err_dry) = bin.run(&["erase", "--email", EMAIL]);
+    assert_eq!(code, 2, "without --yes nothing is erased: {err_dry}");
+    let (code, stdout, err_erase) = bin.run(&["erase", "--email", EMAIL, "--yes", "--json"]);
+    assert_eq!(code, 0, "{err_erase}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&stdout).unwrap()["intercom"]["deleted"],
+        1
+    );
+    for log in [&err_export, &err_dry, &err_erase] {
+        for pii in [
+            EMAIL,
+            "Zo\u{eb}",
+            "+15550100",
+            "fake-token",
+            "Agent Smith",
+            "agent@example.com",
+        ] {
+            assert!(!log.contains(pii), "log contains {pii}");
+        }
+    }
+    assert!(
+        err_erase.contains("TRACE") || err_erase.contains("DEBUG") || err_erase.contains("INFO"),
+        "trace logging was on"
+    );
+}
