@@ -513,6 +513,11 @@ async fn every_captured_payload_is_accepted_and_no_personal_data_reaches_disk() 
     app.wait_idle().await;
     let mut by_status = std::collections::HashMap::new();
     for (path, id) in &ids {
+        // A captured contact.deleted erases the stored events of its contact.
+        if app.admin_get(&format!("/admin/events/{id}")).await.status() == 404 {
+            *by_status.entry("erased".to_string()).or_insert(0) += 1;
+            continue;
+        }
         let ev = app.wait_final(id).await;
         let st = ev["status"].as_str().unwrap().to_string();
         assert!(
@@ -524,6 +529,7 @@ async fn every_captured_payload_is_accepted_and_no_personal_data_reaches_disk() 
         *by_status.entry(st).or_insert(0) += 1;
     }
     assert!(by_status["processed"] >= 40, "{by_status:?}");
+    assert!(by_status.get("erased").copied().unwrap_or(0) <= 10, "{by_status:?}");
     assert!(by_status["skipped"] >= 20, "{by_status:?}");
     app.stop().await;
     pii.sort();
