@@ -529,7 +529,11 @@ async fn every_captured_payload_is_accepted_and_no_personal_data_reaches_disk() 
         *by_status.entry(st).or_insert(0) += 1;
     }
     assert!(by_status["processed"] >= 40, "{by_status:?}");
-    assert!(by_status.get("erased").copied().unwrap_or(0) <= 10, "{by_status:?}");
+    let erased = by_status.get("erased").copied().unwrap_or(0);
+    assert!(
+        (1..=20).contains(&erased),
+        "the captured deletions erase their contacts' events: {by_status:?}"
+    );
     assert!(by_status["skipped"] >= 20, "{by_status:?}");
     app.stop().await;
     pii.sort();

@@ -69,7 +69,13 @@ pub async fn spawn_app(dir: &Path) -> TestApp {
 }
 
 pub async fn spawn_app_with(dir: &Path, toml: &str, env: MapEnv) -> TestApp {
-    let s = settings(dir, toml, &env);
+    // Tests poll the admin API far faster than an operator would.
+    let toml = if toml.contains("[admin]") {
+        toml.to_string()
+    } else {
+        format!("{toml}\n[admin]\nrequests_per_second = 100000\n")
+    };
+    let s = settings(dir, &toml, &env);
     let public = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (addr, admin_addr) = (public.local_addr().unwrap(), admin.local_addr().unwrap());
@@ -155,14 +161,17 @@ impl TestApp {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             let r = self.admin_get(&format!("/admin/events/{id}")).await;
-            if r.status() == 200 {
+            let code = r.status();
+            let mut last = Value::Null;
+            if code == 200 {
                 let v: Value = r.json().await.unwrap();
                 let st = v["status"].as_str().unwrap_or("").to_string();
                 if st != "pending" && st != "retrying" {
                     return v;
                 }
+                last = v;
             }
-            assert!(Instant::now() < deadline, "event {id} never finished");
+            assert!(Instant::now() < deadline, "event {id} never finished: {code} {last}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
