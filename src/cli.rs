@@ -93,6 +93,16 @@ pub enum Command {
     /// The audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Write a consistent copy of the store (running or stopped) to a file.
+    Backup {
+        #[arg(long, value_name = "FILE")]
+        out: std::path::PathBuf,
+    },
+    /// Load a backup into an empty data dir.
+    Restore {
+        #[arg(long, value_name = "FILE")]
+        from: std::path::PathBuf,
+    },
     /// Configuration.
     #[command(subcommand)]
     Config(ConfigCommand),

@@ -191,6 +191,25 @@ pub async fn run(cli: Cli, settings: Settings) -> CmdResult {
             Ok(())
         }
         Command::Erase(args) => erase(&settings, args, json_out).await,
+        Command::Backup { out } => backup(&settings, &out, json_out).await,
+        Command::Restore { from } => {
+            let mut input = std::io::BufReader::new(
+                std::fs::File::open(&from)
+                    .map_err(|e| Failure::new(1, format!("cannot read {}: {e}", from.display())))?,
+            );
+            let (entries, files) = crate::store::restore(&mut input, &settings.data_dir)?;
+            let doc =
+                json!({"data_dir": settings.data_dir.display().to_string(), "index_entries": entries, "files": files});
+            print_doc(&doc, json_out, |d| {
+                format!(
+                    "restored {} index entries and {} files into {}",
+                    d["index_entries"],
+                    d["files"],
+                    d["data_dir"].as_str().unwrap_or("")
+                )
+            });
+            Ok(())
+        }
         Command::Export(args) => export(&settings, args).await,
         Command::Audit(cmd) => {
             let verify = matches!(cmd, AuditCommand::Verify);
@@ -556,5 +575,44 @@ async fn export(settings: &Settings, args: crate::cli::ExportArgs) -> CmdResult 
         }
         None => println!("{text}"),
     }
+    Ok(())
+}
+
+async fn backup(settings: &Settings, out: &std::path::Path, json_out: bool) -> CmdResult {
+    let create = || {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        opts.open(out)
+            .map_err(|e| Failure::new(1, format!("cannot write {}: {e}", out.display())))
+    };
+    let doc = match access(settings)? {
+        Access::Remote(r) => {
+            let mut file = std::io::BufWriter::new(create()?);
+            let bytes = r.download("/admin/backup", &mut file).await?;
+            use std::io::Write;
+            file.flush().map_err(|e| Failure::new(1, e.to_string()))?;
+            json!({"out": out.display().to_string(), "bytes": bytes, "via": "admin API"})
+        }
+        Access::Local(store) => {
+            let file = create()?;
+            let path = out.to_path_buf();
+            blocking(move || {
+                let mut w = std::io::BufWriter::new(file);
+                let (entries, files) = store.backup(&mut w)?;
+                use std::io::Write;
+                w.flush().map_err(|e| Failure::new(1, e.to_string()))?;
+                Ok(json!({"out": path.display().to_string(), "index_entries": entries, "files": files, "via": "store"}))
+            })
+            .await?
+        }
+    };
+    print_doc(&doc, json_out, |d| {
+        format!("backup written to {}", d["out"].as_str().unwrap_or(""))
+    });
     Ok(())
 }

@@ -31,6 +31,7 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/cache/clear", post(cache_clear))
         .route("/admin/erase", post(erase))
         .route("/admin/export", post(export))
+        .route("/admin/backup", get(backup))
         .route("/admin/audit", get(audit_list))
         .route("/admin/audit/verify", get(audit_verify))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
@@ -262,5 +263,40 @@ async fn export(State(app): State<AppState>, Json(req): Json<PrivacyRequest>) ->
     match crate::privacy::export(&app.store, &app.codec, app.intercom.as_deref(), subject).await {
         Ok(v) => Json(v).into_response(),
         Err(e) => privacy_error(e),
+    }
+}
+
+/// Streams a backup: written to a temporary file in the data dir first (so
+/// the index export is not held open by a slow client), then sent.
+async fn backup(State(app): State<AppState>) -> Response {
+    let store = app.store.clone();
+    let made = tokio::task::spawn_blocking(move || -> Result<std::fs::File, crate::store::StoreError> {
+        let path = store.dir().join(format!("backup-{}.tmp", crate::timefmt::now_ms()));
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        let res = store.backup(&mut std::io::BufWriter::new(&mut file));
+        // Unlinked now; the open handle keeps it readable until sent.
+        let _ = std::fs::remove_file(&path);
+        res?;
+        use std::io::Seek;
+        file.rewind()?;
+        Ok(file)
+    })
+    .await;
+    match made {
+        Ok(Ok(file)) => {
+            tracing::info!("Backup sent through the admin API.");
+            let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file));
+            (
+                [(header::CONTENT_TYPE, "application/octet-stream")],
+                axum::body::Body::from_stream(stream),
+            )
+                .into_response()
+        }
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
 }

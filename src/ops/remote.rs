@@ -42,6 +42,36 @@ impl Remote {
         self.send(req).await
     }
 
+    /// Downloads a binary answer into `out`; returns the bytes written.
+    pub async fn download(&self, path: &str, out: &mut (impl std::io::Write + Send)) -> Result<u64, RemoteError> {
+        use futures_util::StreamExt;
+        let mut req = self.client.get(format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t.expose());
+        }
+        let unreachable = |e: reqwest::Error| RemoteError::Unreachable {
+            url: self.base.clone(),
+            reason: e.without_url().to_string(),
+        };
+        let resp = req.send().await.map_err(unreachable)?;
+        let status = resp.status().as_u16();
+        if !(200..300).contains(&status) {
+            let message = resp.text().await.unwrap_or_default();
+            return Err(RemoteError::Status { status, message });
+        }
+        let mut stream = resp.bytes_stream();
+        let mut n = 0;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(unreachable)?;
+            out.write_all(&chunk).map_err(|e| RemoteError::Status {
+                status,
+                message: e.to_string(),
+            })?;
+            n += chunk.len() as u64;
+        }
+        Ok(n)
+    }
+
     async fn send(&self, mut req: reqwest::RequestBuilder) -> Result<Value, RemoteError> {
         if let Some(t) = &self.token {
             req = req.bearer_auth(t.expose());

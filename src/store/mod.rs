@@ -15,6 +15,7 @@
 //! duplicate waits until the winner's record is durable before it is
 //! answered, so no id is acknowledged twice before it is on disk.
 
+mod backup;
 mod cache_ops;
 mod committer;
 mod erasure;
@@ -38,6 +39,7 @@ use tokio::sync::{oneshot, watch};
 use crate::config::StoreSettings;
 use crate::crypto::{Keys, SegmentCipher};
 
+pub use backup::restore;
 pub(crate) use cache_ops::{cache_time_key, split_cache_time_key};
 pub use cache_ops::{CacheKind, CacheTx, TxError, TxResult};
 use committer::{AppendReq, Cmd, Committer};
