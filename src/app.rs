@@ -35,7 +35,8 @@ pub fn open_store(settings: &Settings) -> anyhow::Result<Store> {
             "No INTERCOM_WEBHOOKS_DATA_KEY given: generated a data key file. Back it up: without it the stored data cannot be read."
         );
     }
-    let (store, recovery) = Store::open(&settings.data_dir, Keys::derive(&key), &settings.store)?;
+    let root = crate::crypto::load_or_create_root(&settings.data_dir, &key)?;
+    let (store, recovery) = Store::open(&settings.data_dir, Keys::derive(&root), &settings.store)?;
     if recovery.reapplied > 0 || recovery.torn_bytes > 0 {
         tracing::warn!(
             reapplied = recovery.reapplied,

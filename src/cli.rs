@@ -98,6 +98,8 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         out: std::path::PathBuf,
     },
+    /// Re-wrap the store under INTERCOM_WEBHOOKS_NEW_DATA_KEY (server stopped).
+    RotateDataKey,
     /// Load a backup into an empty data dir.
     Restore {
         #[arg(long, value_name = "FILE")]

@@ -192,6 +192,7 @@ pub async fn run(cli: Cli, settings: Settings) -> CmdResult {
         }
         Command::Erase(args) => erase(&settings, args, json_out).await,
         Command::Backup { out } => backup(&settings, &out, json_out).await,
+        Command::RotateDataKey => rotate_data_key(&settings, json_out),
         Command::Restore { from } => {
             let mut input = std::io::BufReader::new(
                 std::fs::File::open(&from)
@@ -613,6 +614,57 @@ async fn backup(settings: &Settings, out: &std::path::Path, json_out: bool) -> C
     };
     print_doc(&doc, json_out, |d| {
         format!("backup written to {}", d["out"].as_str().unwrap_or(""))
+    });
+    Ok(())
+}
+
+fn rotate_data_key(settings: &Settings, json_out: bool) -> CmdResult {
+    use crate::crypto::{self, DataKey};
+    let new = settings.new_data_key.as_ref().ok_or_else(|| {
+        Failure::new(
+            2,
+            "INTERCOM_WEBHOOKS_NEW_DATA_KEY (or _FILE) is not set: give the new 32-byte key, hex or base64",
+        )
+    })?;
+    let new = DataKey::parse(new.expose()).map_err(|_| {
+        Failure::new(
+            2,
+            "INTERCOM_WEBHOOKS_NEW_DATA_KEY must be 32 bytes as 64 hex characters or base64",
+        )
+    })?;
+    if !settings.data_dir.join(crypto::ROOT_FILE).exists() {
+        return Err(Failure::new(
+            1,
+            format!("there is no store in {}", settings.data_dir.display()),
+        ));
+    }
+    // Opening the store proves the old key works and that no server holds it.
+    match open_store(settings) {
+        Ok(store) => store.close()?,
+        Err(e) => match e.downcast_ref::<StoreError>() {
+            Some(StoreError::Locked(_)) => {
+                return Err(Failure::new(
+                    1,
+                    "the store is in use: stop the server before rotating the data key",
+                ))
+            }
+            _ => return Err(Failure::new(1, e.to_string())),
+        },
+    }
+    let (old, source) = DataKey::load_or_create(settings.data_key.as_ref(), &settings.data_dir)
+        .map_err(|e| Failure::new(1, e.to_string()))?;
+    crypto::rotate_root(&settings.data_dir, &old, &new).map_err(|e| Failure::new(1, e.to_string()))?;
+    let key_file = source != crypto::KeySource::Configured;
+    if key_file {
+        crypto::replace_key_file(&settings.data_dir, &new).map_err(|e| Failure::new(1, e.to_string()))?;
+    }
+    let doc = json!({"rotated": true, "key_file_updated": key_file});
+    print_doc(&doc, json_out, |_| {
+        if key_file {
+            "data key rotated; data.key now holds the new key".to_string()
+        } else {
+            "data key rotated: set INTERCOM_WEBHOOKS_DATA_KEY to the new key before the next start".to_string()
+        }
     });
     Ok(())
 }

@@ -41,6 +41,8 @@ pub struct Settings {
     pub admin_token: Option<Secret>,
     /// The data key as given (hex or base64); `None` means the key file.
     pub data_key: Option<Secret>,
+    /// The key `rotate-data-key` re-wraps the store under.
+    pub new_data_key: Option<Secret>,
     pub http: HttpSettings,
     pub retention: Retention,
     pub purge: PurgeSettings,
@@ -385,6 +387,7 @@ impl Settings {
             access_token: secret_var(env, "INTERCOM_ACCESS_TOKEN")?,
             admin_token: secret_var(env, "INTERCOM_WEBHOOKS_ADMIN_TOKEN")?,
             data_key: secret_var(env, "INTERCOM_WEBHOOKS_DATA_KEY")?,
+            new_data_key: secret_var(env, "INTERCOM_WEBHOOKS_NEW_DATA_KEY")?,
             http,
             retention,
             purge,

@@ -18,6 +18,9 @@ use sha2::Sha256;
 use crate::secret::Secret;
 
 pub const KEY_FILE: &str = "data.key";
+/// The data dir's root key, wrapped by the data key (see [`load_or_create_root`]).
+pub const ROOT_FILE: &str = "root.key";
+const ROOT_AAD: &[u8] = b"intercom-webhooks/root-key/v1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CryptoError {
@@ -29,6 +32,8 @@ pub enum CryptoError {
     KeyFileIo { path: String, source: std::io::Error },
     #[error("decryption failed: wrong data key, or the data was altered")]
     Decrypt,
+    #[error("the data key does not open {0}: INTERCOM_WEBHOOKS_DATA_KEY (or data.key) is not the key this data dir was written with")]
+    WrongDataKey(String),
 }
 
 /// The 32-byte root key. `Debug` never prints it.
@@ -112,6 +117,85 @@ impl DataKey {
         mac.update(label.as_bytes());
         mac.finalize().into_bytes().into()
     }
+}
+
+/// The data dir's root key: random, made once per data dir, and stored only
+/// wrapped (encrypted) by the data key. Every purpose key derives from it,
+/// so rotating the data key re-wraps this one file and nothing else.
+pub fn load_or_create_root(data_dir: &Path, data_key: &DataKey) -> Result<DataKey, CryptoError> {
+    let path = data_dir.join(ROOT_FILE);
+    match std::fs::read(&path) {
+        Ok(sealed) => {
+            let root = open(&data_key.0, ROOT_AAD, &sealed)
+                .map_err(|_| CryptoError::WrongDataKey(path.display().to_string()))?;
+            let root: [u8; 32] = root
+                .try_into()
+                .map_err(|_| CryptoError::WrongDataKey(path.display().to_string()))?;
+            Ok(DataKey(root))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let root = random_key();
+            write_root(data_dir, data_key, &root)?;
+            Ok(DataKey(root))
+        }
+        Err(source) => Err(CryptoError::KeyFileIo {
+            path: path.display().to_string(),
+            source,
+        }),
+    }
+}
+
+/// Writes the wrapped root key atomically (temp file, fsync, rename, fsync dir).
+fn write_root(data_dir: &Path, data_key: &DataKey, root: &[u8; 32]) -> Result<(), CryptoError> {
+    let path = data_dir.join(ROOT_FILE);
+    let tmp = data_dir.join(format!("{ROOT_FILE}.tmp"));
+    let io = |source| CryptoError::KeyFileIo {
+        path: path.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(data_dir).map_err(io)?;
+    let mut opts = OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(&tmp).map_err(io)?;
+    f.write_all(&seal(&data_key.0, ROOT_AAD, root)).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, &path).map_err(io)?;
+    std::fs::File::open(data_dir).and_then(|d| d.sync_all()).map_err(io)?;
+    Ok(())
+}
+
+/// Re-wraps the root key under a new data key. The old key stops opening
+/// the data dir; copies taken before the rotation still open with it.
+pub fn rotate_root(data_dir: &Path, old: &DataKey, new: &DataKey) -> Result<(), CryptoError> {
+    let root = load_or_create_root(data_dir, old)?;
+    write_root(data_dir, new, &root.0)
+}
+
+/// Replaces the generated key file (used when no key is configured).
+pub fn replace_key_file(data_dir: &Path, key: &DataKey) -> Result<(), CryptoError> {
+    let path = data_dir.join(KEY_FILE);
+    let tmp = data_dir.join(format!("{KEY_FILE}.tmp"));
+    let io = |source| CryptoError::KeyFileIo {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut opts = OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(&tmp).map_err(io)?;
+    f.write_all(hex::encode(key.0).as_bytes()).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, &path).map_err(io)?;
+    Ok(())
 }
 
 /// The keys the running program uses, derived once from the data key.
@@ -252,6 +336,20 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+    }
+
+    #[test]
+    fn root_key_is_wrapped_and_rotates() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, new) = (DataKey::from_bytes([1; 32]), DataKey::from_bytes([2; 32]));
+        let root = load_or_create_root(dir.path(), &old).unwrap();
+        assert_eq!(load_or_create_root(dir.path(), &old).unwrap().0, root.0);
+        rotate_root(dir.path(), &old, &new).unwrap();
+        assert_eq!(load_or_create_root(dir.path(), &new).unwrap().0, root.0);
+        assert!(matches!(
+            load_or_create_root(dir.path(), &old),
+            Err(CryptoError::WrongDataKey(_))
+        ));
     }
 
     #[test]

@@ -336,3 +336,42 @@ fn backup_and_restore_round_trip_running_and_stopped() {
         }
     }
 }
+
+#[test]
+fn rotating_the_data_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = Binary::new(dir.path());
+    let (mut child, public, _) = bin.serve(&[]);
+    assert_eq!(post(public, &contact("65f0c0ffee00000000000a77", "notif_rot1")), 200);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let new_key = "6b".repeat(32);
+    let mut rotate = Binary::new(dir.path());
+    rotate
+        .env
+        .push(("INTERCOM_WEBHOOKS_NEW_DATA_KEY".into(), new_key.clone()));
+    let (code, _, err) = rotate.run(&["rotate-data-key"]);
+    assert_eq!(code, 1, "refused while the server runs");
+    assert!(err.contains("stop the server"), "{err}");
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    child.wait().unwrap();
+    let (code, out, err) = rotate.run(&["rotate-data-key"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("INTERCOM_WEBHOOKS_DATA_KEY"), "{out}");
+    // The old key no longer opens the store; the new one reads everything.
+    let (code, _, err) = bin.run(&["events", "show", "notif_rot1"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("data key"), "{err}");
+    let mut with_new = Binary::new(dir.path());
+    with_new.env.retain(|(k, _)| k != "INTERCOM_WEBHOOKS_DATA_KEY");
+    with_new.env.push(("INTERCOM_WEBHOOKS_DATA_KEY".into(), new_key));
+    let shown = json_of(&with_new.run(&["events", "show", "notif_rot1", "--json"]).1);
+    assert_eq!(shown["payload"]["topic"], "contact.user.created");
+    let c = json_of(
+        &with_new
+            .run(&["cache", "show", "contact", "65f0c0ffee00000000000a77", "--json"])
+            .1,
+    );
+    assert_eq!(c["tag_ids"], json!(["t1"]));
+}

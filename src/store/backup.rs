@@ -63,8 +63,11 @@ impl Store {
         }
         let keyring = std::fs::read(self.inner.dir.join("keyring.bin"))?;
         section(out, FILE, "keyring.bin", &keyring)?;
+        // The root key, wrapped by the data key (which is not in the backup).
+        let root = std::fs::read(self.inner.dir.join(crate::crypto::ROOT_FILE))?;
+        section(out, FILE, crate::crypto::ROOT_FILE, &root)?;
         out.flush()?;
-        Ok((entries, files + 1))
+        Ok((entries, files + 2))
     }
 }
 
@@ -127,6 +130,7 @@ pub fn restore(input: &mut impl Read, dir: &Path) -> Result<(u64, u64), StoreErr
             }
             FILE => {
                 let safe = name == "keyring.bin"
+                    || name == crate::crypto::ROOT_FILE
                     || (name.starts_with("log/") && name.ends_with(".seg") && !name.contains(".."));
                 if !safe {
                     return Err(StoreError::Corrupt(format!("unexpected file {name} in backup")));

@@ -299,7 +299,7 @@ impl Binary {
     }
 
     /// Starts `serve` on free ports; returns the child and the two addresses.
-    pub fn serve(&self, extra_env: &[(&str, &str)]) -> (Child, SocketAddr, SocketAddr) {
+    pub fn serve(&self, extra_env: &[(&str, &str)]) -> (Server, SocketAddr, SocketAddr) {
         let public = free_port();
         let admin = free_port();
         let mut cmd = self.command();
@@ -322,9 +322,34 @@ impl Binary {
         for (k, v) in extra_env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().unwrap();
+        let child = Server(cmd.spawn().unwrap());
         wait_ready_blocking(public);
         (child, public, admin)
+    }
+}
+
+/// A `serve` child process that is killed if a failing test drops it.
+pub struct Server(pub Child);
+
+impl std::ops::Deref for Server {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Server {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
     }
 }
 

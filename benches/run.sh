@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Benchmarks, run by hand (not in CI): intake, processing, replay and purge.
+#   bash benches/run.sh [intake|replay|purge|all]
+# Needs a release build: cargo build --release --examples --bins
+# Prints figures; the machine, load generator included, is whatever runs it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=target/release/intercom-webhooks
+LOADGEN=target/release/examples/loadgen
+WORK=${BENCH_DIR:-/tmp/iw-bench}
+PUBLIC=127.0.0.1:18090
+ADMIN=127.0.0.1:19090
+export INTERCOM_CLIENT_SECRET=test-client-secret
+export INTERCOM_WEBHOOKS_ADMIN_TOKEN=bench-token
+export INTERCOM_WEBHOOKS_DATA_KEY=$(printf '5a%.0s' {1..32})
+export INTERCOM_WEBHOOKS_ADMIN_URL=http://$ADMIN
+export RUST_LOG=warn
+URL=http://$PUBLIC/webhooks/intercom
+
+start() { # $1 = config file (optional)
+  rm -rf "$WORK/data"; mkdir -p "$WORK"
+  local cfg=()
+  [ -n "${1:-}" ] && cfg=(--config "$1")
+  "$BIN" "${cfg[@]}" --data-dir "$WORK/data" serve --listen $PUBLIC --admin-listen $ADMIN 2>"$WORK/server.log" &
+  SERVER=$!
+  for _ in $(seq 100); do curl -sf http://$PUBLIC/readyz >/dev/null && return; sleep 0.1; done
+  echo "server did not start"; exit 1
+}
+stop() { kill -TERM $SERVER; wait $SERVER || true; }
+admin() { curl -sf -H "Authorization: Bearer bench-token" "$@"; }
+metric() { admin http://$ADMIN/metrics | awk -v m="$1" '$1==m {print $2}'; }
+wait_idle() { while [ "$(admin http://$ADMIN/admin/stats | python3 -c 'import json,sys;print(json.load(sys.stdin)["pending_depth"])')" != "0" ]; do sleep 0.2; done; }
+
+intake() {
+  echo "== intake, 64 connections, 10 s"
+  start; $LOADGEN --url $URL --connections 64 --seconds 10 --bodies 150000 2>/dev/null
+  echo "pending depth right after: $(metric intercom_webhooks_pending_depth)"
+  local t0=$(date +%s.%N); wait_idle; local t1=$(date +%s.%N)
+  echo "drained the backlog in $(python3 -c "print(round($t1-$t0,2))") s"
+  admin http://$ADMIN/metrics | grep -E '^intercom_webhooks_processing_latency_seconds_(bucket|count|sum)' > "$WORK/proc.txt"
+  python3 - "$WORK/proc.txt" <<'PY'
+import sys,re
+b=[];c=0
+for l in open(sys.argv[1]):
+    m=re.match(r'.*_bucket\{le="([^"]+)"\} (\S+)',l)
+    if m: b.append((float('inf') if m.group(1)=='+Inf' else float(m.group(1)), float(m.group(2))))
+    if '_count' in l: c=float(l.split()[-1])
+def q(p):
+    for le,n in b:
+        if n>=p*c: return le
+print(f"200 -> processed latency (histogram upper bounds): p50 <= {q(0.5)} s, p99 <= {q(0.99)} s over {int(c)} events")
+PY
+  stop
+  echo "== intake, steady 1000 req/s, 10 s"
+  start; $LOADGEN --url $URL --connections 16 --rate 1000 --seconds 10 --bodies 20000 2>/dev/null; stop
+}
+
+replay() {
+  echo "== replay of 100,000 stored events"
+  start; $LOADGEN --url $URL --connections 64 --seconds 60 --bodies 100000 2>/dev/null | sed -n 1p; wait_idle
+  local t0=$(date +%s.%N)
+  admin -X POST -H 'content-type: application/json' -d '{"all":true}' http://$ADMIN/admin/replay; echo
+  $LOADGEN --url $URL --connections 16 --rate 1000 --seconds 8 --bodies 10000 2>/dev/null | tail -1 | sed 's/^/intake during replay: /'
+  wait_idle; local t1=$(date +%s.%N)
+  echo "replay throughput: $(python3 -c "print(round(100000/($t1-$t0)))") events/s (queue + handlers)"
+  stop
+}
+
+purge() {
+  echo "== purge of N expired notifications (N = 4 fills of 250,000)"
+  cat > "$WORK/purge.toml" <<'TOML'
+[retention]
+events = "20s"
+markers = "1d"
+[purge]
+interval = "1000d"
+[store]
+segment_max_age = "10s"
+TOML
+  start "$WORK/purge.toml"
+  for i in 1 2 3 4; do $LOADGEN --url $URL --connections 64 --seconds 60 --bodies 250000 2>/dev/null | sed -n 1p; done
+  wait_idle
+  local raw=$(admin http://$ADMIN/admin/stats | python3 -c 'import json,sys;print(json.load(sys.stdin)["events_by_status"])')
+  echo "stored: $raw; store size $(du -sh $WORK/data | cut -f1)"
+  sleep 21
+  $LOADGEN --url $URL --connections 16 --rate 1000 --seconds 8 --bodies 10000 2>/dev/null | tail -1 | sed 's/^/intake p99 without purge: /'
+  ( $LOADGEN --url $URL --connections 16 --rate 1000 --seconds 20 --bodies 25000 2>/dev/null | tail -1 | sed 's/^/intake during purge: /' ) &
+  LG=$!
+  sleep 1
+  local t0=$(date +%s.%N)
+  admin -X POST -H 'content-type: application/json' -d '{}' http://$ADMIN/admin/purge; echo
+  local t1=$(date +%s.%N)
+  echo "purge took $(python3 -c "print(round($t1-$t0,1))") s"
+  wait $LG
+  echo "store size after fill-and-purge: $(du -sb $WORK/data | cut -f1) bytes ($(du -sh $WORK/data/index | cut -f1) index, $(du -sh $WORK/data/log | cut -f1) log)"
+  stop
+}
+
+case "${1:-all}" in
+  intake) intake ;;
+  replay) replay ;;
+  purge) purge ;;
+  all) intake; replay; purge ;;
+esac
