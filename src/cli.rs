@@ -130,8 +130,9 @@ pub enum EventsCommand {
     Show { id: String },
 }
 
+/// Which events: by status, topic and receipt time.
 #[derive(Debug, Args, Clone, Default)]
-pub struct EventFilterArgs {
+pub struct Selection {
     /// pending, processed, skipped, retrying, failed or invalid.
     #[arg(long)]
     pub status: Option<String>,
@@ -144,6 +145,12 @@ pub struct EventFilterArgs {
     /// RFC 3339 time or a duration ago (2h).
     #[arg(long)]
     pub until: Option<String>,
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct EventFilterArgs {
+    #[command(flatten)]
+    pub select: Selection,
     /// At most this many [default: 50].
     #[arg(long)]
     pub limit: Option<usize>,
@@ -157,14 +164,8 @@ pub struct ReplayArgs {
     /// Replay these notification ids.
     #[arg(long = "id", value_name = "ID")]
     pub ids: Vec<String>,
-    #[arg(long)]
-    pub status: Option<String>,
-    #[arg(long)]
-    pub topic: Option<String>,
-    #[arg(long)]
-    pub since: Option<String>,
-    #[arg(long)]
-    pub until: Option<String>,
+    #[command(flatten)]
+    pub select: Selection,
     /// Every stored notification.
     #[arg(long)]
     pub all: bool,

@@ -121,10 +121,10 @@ pub async fn run(cli: Cli, settings: Settings) -> CmdResult {
         Command::Simulate(args) => simulate(&settings, args, json_out).await,
         Command::Events(EventsCommand::List(f)) => {
             let q = FilterQuery {
-                status: f.status,
-                topic: f.topic,
-                since: f.since,
-                until: f.until,
+                status: f.select.status,
+                topic: f.select.topic,
+                since: f.select.since,
+                until: f.select.until,
                 limit: f.limit,
                 after: f.after,
             };
@@ -288,10 +288,10 @@ fn encode_path(id: &str) -> String {
 async fn replay(settings: &Settings, args: ReplayArgs, json_out: bool) -> CmdResult {
     let req = ReplayRequest {
         ids: args.ids,
-        status: args.status,
-        topic: args.topic,
-        since: args.since,
-        until: args.until,
+        status: args.select.status,
+        topic: args.select.topic,
+        since: args.select.since,
+        until: args.select.until,
         all: args.all,
         dry_run: args.dry_run,
     };
@@ -560,15 +560,7 @@ async fn export(settings: &Settings, args: crate::cli::ExportArgs) -> CmdResult 
     match args.out {
         Some(path) => {
             use std::io::Write;
-            let mut opts = std::fs::OpenOptions::new();
-            opts.write(true).create(true).truncate(true);
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::OpenOptionsExt;
-                opts.mode(0o600);
-            }
-            let mut f = opts
-                .open(&path)
+            let mut f = crate::fsutil::private_file(&path, false)
                 .map_err(|e| Failure::new(1, format!("cannot write {}: {e}", path.display())))?;
             f.write_all(text.as_bytes())
                 .map_err(|e| Failure::new(1, format!("cannot write {}: {e}", path.display())))?;
@@ -581,14 +573,7 @@ async fn export(settings: &Settings, args: crate::cli::ExportArgs) -> CmdResult 
 
 async fn backup(settings: &Settings, out: &std::path::Path, json_out: bool) -> CmdResult {
     let create = || {
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        opts.open(out)
+        crate::fsutil::private_file(out, false)
             .map_err(|e| Failure::new(1, format!("cannot write {}: {e}", out.display())))
     };
     let doc = match access(settings)? {

@@ -4,7 +4,6 @@
 //! a label), so the email hash key, the cache key and the key that wraps the
 //! intake log's per-segment keys are independent of each other.
 
-use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::Path;
 
@@ -94,14 +93,7 @@ impl DataKey {
                 std::fs::create_dir_all(data_dir).map_err(io)?;
                 let mut bytes = [0u8; 32];
                 OsRng.fill_bytes(&mut bytes);
-                let mut opts = OpenOptions::new();
-                opts.write(true).create_new(true);
-                #[cfg(unix)]
-                {
-                    use std::os::unix::fs::OpenOptionsExt;
-                    opts.mode(0o600);
-                }
-                let mut f = opts.open(&path).map_err(io)?;
+                let mut f = crate::fsutil::private_file(&path, true).map_err(io)?;
                 f.write_all(hex::encode(bytes).as_bytes()).map_err(io)?;
                 f.sync_all().map_err(io)?;
                 Ok((DataKey(bytes), KeySource::GeneratedFile))
@@ -145,28 +137,15 @@ pub fn load_or_create_root(data_dir: &Path, data_key: &DataKey) -> Result<DataKe
     }
 }
 
-/// Writes the wrapped root key atomically (temp file, fsync, rename, fsync dir).
+/// Writes the wrapped root key atomically.
 fn write_root(data_dir: &Path, data_key: &DataKey, root: &[u8; 32]) -> Result<(), CryptoError> {
     let path = data_dir.join(ROOT_FILE);
-    let tmp = data_dir.join(format!("{ROOT_FILE}.tmp"));
     let io = |source| CryptoError::KeyFileIo {
         path: path.display().to_string(),
         source,
     };
     std::fs::create_dir_all(data_dir).map_err(io)?;
-    let mut opts = OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(&tmp).map_err(io)?;
-    f.write_all(&seal(&data_key.0, ROOT_AAD, root)).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, &path).map_err(io)?;
-    std::fs::File::open(data_dir).and_then(|d| d.sync_all()).map_err(io)?;
-    Ok(())
+    crate::fsutil::replace_private(&path, &seal(&data_key.0, ROOT_AAD, root)).map_err(io)
 }
 
 /// Re-wraps the root key under a new data key. The old key stops opening
@@ -179,23 +158,10 @@ pub fn rotate_root(data_dir: &Path, old: &DataKey, new: &DataKey) -> Result<(), 
 /// Replaces the generated key file (used when no key is configured).
 pub fn replace_key_file(data_dir: &Path, key: &DataKey) -> Result<(), CryptoError> {
     let path = data_dir.join(KEY_FILE);
-    let tmp = data_dir.join(format!("{KEY_FILE}.tmp"));
-    let io = |source| CryptoError::KeyFileIo {
+    crate::fsutil::replace_private(&path, hex::encode(key.0).as_bytes()).map_err(|source| CryptoError::KeyFileIo {
         path: path.display().to_string(),
         source,
-    };
-    let mut opts = OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(&tmp).map_err(io)?;
-    f.write_all(hex::encode(key.0).as_bytes()).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, &path).map_err(io)?;
-    Ok(())
+    })
 }
 
 /// The keys the running program uses, derived once from the data key.

@@ -40,6 +40,7 @@ pub mod config;
 pub mod crypto;
 pub mod dispatch;
 pub mod envelope;
+pub mod fsutil;
 pub mod handlers;
 pub mod http;
 pub mod ingest;
