@@ -127,8 +127,7 @@ fn commands_on_a_running_server_and_on_a_stopped_store() {
     assert_eq!(shown["payload"]["data"]["item"]["email"], "[redacted]");
     assert!(!shown.to_string().contains("Zo\u{eb}"));
     assert_eq!(bin.run(&["events", "show", "notif_nope"]).0, 3, "unknown id");
-    let stats = json_of(&bin.run(&["stats", "--json"]).1);
-    assert_eq!(stats["events_by_status"]["processed"], 3, "{stats}");
+    let stats = until(&bin, &["stats", "--json"], |v| v["events_by_status"]["processed"] == 3);
     assert!(stats["webhook_health"]["consecutive_errors"].is_number());
     let (code, out, _) = bin.run(&["cache", "show", "contact", "65f0c0ffee0000000000c001", "--json"]);
     assert_eq!(code, 0);
