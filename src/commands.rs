@@ -313,7 +313,7 @@ async fn replay(settings: &Settings, args: ReplayArgs, json_out: bool) -> CmdRes
                 runtime: tokio::runtime::Handle::current(),
             };
             blocking(move || {
-                let (keys, _) = ops::select_replay(&store, &req, |_| {})?;
+                let (keys, _) = ops::select_replay(&store, &req)?;
                 if req.dry_run {
                     return Ok(json!({"matched": keys.len(), "replayed": 0, "ids": keys}));
                 }

@@ -144,11 +144,11 @@ fn finish(
         retry_at_ms: None,
     };
     ctx.store.complete(&meta.key, &completion, |_| Ok(()))?;
-    record(ctx, meta, status, started);
+    record(ctx, meta, status);
     Ok(Processed::Done(status))
 }
 
-fn record(ctx: &WorkerCtx, meta: &crate::store::EventMeta, status: Status, _started: Instant) {
+fn record(ctx: &WorkerCtx, meta: &crate::store::EventMeta, status: Status) {
     ctx.metrics
         .processed
         .get_or_create(&OutcomeLabel {
@@ -190,7 +190,7 @@ fn retry_or_fail(
             schedule(ctx, &meta.key, Duration::from_millis((at - now).max(0) as u64));
         }
         None => {
-            record(ctx, meta, Status::Failed, started);
+            record(ctx, meta, Status::Failed);
             tracing::error!(webhook_id = %meta.key, topic = %meta.topic, attempts, error = %error, "Handler failed for good; event marked failed.");
         }
     }

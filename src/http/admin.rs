@@ -159,7 +159,7 @@ async fn show_event(State(app): State<AppState>, Path(id): Path<String>) -> Admi
 
 async fn replay(State(app): State<AppState>, Json(req): Json<ReplayRequest>) -> AdminResult {
     blocking(move || {
-        let (keys, replayed) = ops::select_replay(&app.store, &req, |_| {})?;
+        let (keys, replayed) = ops::select_replay(&app.store, &req)?;
         if !req.dry_run {
             for k in &keys {
                 app.store.enqueue(k.clone());

@@ -203,11 +203,7 @@ pub struct ReplayRequest {
 /// (status `pending`, a `replayed` entry in its history). Returns the
 /// selected keys; the caller runs them (workers, or inline on a stopped
 /// store). Invalid events have no handler and are never selected.
-pub fn select_replay(
-    store: &Store,
-    req: &ReplayRequest,
-    mut progress: impl FnMut(u64),
-) -> Result<(Vec<String>, u64), OpsError> {
+pub fn select_replay(store: &Store, req: &ReplayRequest) -> Result<(Vec<String>, u64), OpsError> {
     let filtered = req.status.is_some() || req.topic.is_some() || req.since.is_some() || req.until.is_some();
     if req.ids.is_empty() && !filtered && !req.all {
         return Err(OpsError::BadRequest(
@@ -256,7 +252,6 @@ pub fn select_replay(
                 });
             })?;
             replayed += 1;
-            progress(replayed);
         }
     }
     Ok((keys, replayed))
