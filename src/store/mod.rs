@@ -554,7 +554,15 @@ impl Store {
                 // A concurrent copy is being written: answer only once it is
                 // durable (then it is Known), or take over if it failed.
                 Role::Wait(mut rx) => {
-                    let _ = rx.wait_for(|done| *done).await;
+                    if rx.wait_for(|done| *done).await.is_err() {
+                        // The claim's holder vanished without releasing it
+                        // (a request dropped at shutdown): clear it so the
+                        // next round can take the claim.
+                        let mut inflight = self.inner.shared.inflight.lock().unwrap_or_else(|p| p.into_inner());
+                        if inflight.get(&key).is_some_and(|r| r.same_channel(&rx)) {
+                            inflight.remove(&key);
+                        }
+                    }
                 }
                 // The committer (or, on failure, whoever fails it) releases
                 // the claim, so a client that hangs up cannot strand it.
