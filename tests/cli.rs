@@ -95,10 +95,8 @@ fn config_check_hides_secrets_and_bad_config_exits_2() {
 fn commands_on_a_running_server_and_on_a_stopped_store() {
     let dir = tempfile::tempdir().unwrap();
     let bin = Binary::new(dir.path());
-    let (mut child, public, admin) = bin.serve(&[]);
-    let mut bin = bin;
-    bin.env
-        .push(("INTERCOM_WEBHOOKS_ADMIN_URL".into(), format!("http://{admin}")));
+    let (child, public, admin) = bin.serve(&[]);
+    let bin = bin.with_admin(admin);
 
     // simulate signs and posts a sample.
     let url = format!("http://{public}/webhooks/intercom");
@@ -145,12 +143,7 @@ fn commands_on_a_running_server_and_on_a_stopped_store() {
     assert_eq!(json_of(&out)["matched"], 1);
 
     // SIGTERM: stops cleanly with exit 0.
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(child.terminate(), Some(0));
 
     // The same commands on the stopped store, directly.
     let list = json_of(&bin.run(&["events", "list", "--json"]).1);
@@ -194,7 +187,7 @@ fn commands_on_a_running_server_and_on_a_stopped_store() {
 fn trace_logs_carry_no_personal_data() {
     let dir = tempfile::tempdir().unwrap();
     let bin = Binary::new(dir.path());
-    let (mut child, public, _admin) = bin.serve(&[("RUST_LOG", "trace"), ("INTERCOM_WEBHOOKS_LOG_FORMAT", "json")]);
+    let (child, public, _admin) = bin.serve(&[("RUST_LOG", "trace"), ("INTERCOM_WEBHOOKS_LOG_FORMAT", "json")]);
     assert_eq!(post(public, &contact("65f0c0ffee0000000000d001", "notif_log1")), 200);
     let conv = notification(
         "notif_log2",
@@ -213,10 +206,7 @@ fn trace_logs_carry_no_personal_data() {
     );
     assert_eq!(post(public, &bad), 200);
     std::thread::sleep(std::time::Duration::from_millis(1500));
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    child.wait().unwrap();
+    child.terminate();
     let log = std::fs::read_to_string(dir.path().join("serve.log")).unwrap();
     assert!(
         log.contains("notif_log1"),
@@ -241,10 +231,8 @@ fn trace_logs_carry_no_personal_data() {
 fn backup_and_restore_round_trip_running_and_stopped() {
     let dir = tempfile::tempdir().unwrap();
     let bin = Binary::new(dir.path());
-    let (mut child, public, admin) = bin.serve(&[]);
-    let mut bin = bin;
-    bin.env
-        .push(("INTERCOM_WEBHOOKS_ADMIN_URL".into(), format!("http://{admin}")));
+    let (child, public, admin) = bin.serve(&[]);
+    let bin = bin.with_admin(admin);
     for i in 0..5 {
         assert_eq!(
             post(
@@ -268,10 +256,7 @@ fn backup_and_restore_round_trip_running_and_stopped() {
     let (code, out, err) = bin.run(&["backup", "--out", running.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("backup written"), "{out}");
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    child.wait().unwrap();
+    child.terminate();
     let stopped = dir.path().join("stopped.bak");
     assert_eq!(bin.run(&["backup", "--out", stopped.to_str().unwrap()]).0, 0);
 
@@ -340,7 +325,7 @@ fn backup_and_restore_round_trip_running_and_stopped() {
 fn rotating_the_data_key() {
     let dir = tempfile::tempdir().unwrap();
     let bin = Binary::new(dir.path());
-    let (mut child, public, _) = bin.serve(&[]);
+    let (child, public, _) = bin.serve(&[]);
     assert_eq!(post(public, &contact("65f0c0ffee00000000000a77", "notif_rot1")), 200);
     std::thread::sleep(std::time::Duration::from_millis(300));
     let new_key = "6b".repeat(32);
@@ -351,10 +336,7 @@ fn rotating_the_data_key() {
     let (code, _, err) = rotate.run(&["rotate-data-key"]);
     assert_eq!(code, 1, "refused while the server runs");
     assert!(err.contains("stop the server"), "{err}");
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    child.wait().unwrap();
+    child.terminate();
     let (code, out, err) = rotate.run(&["rotate-data-key"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("INTERCOM_WEBHOOKS_DATA_KEY"), "{out}");

@@ -88,15 +88,7 @@ async fn every_malformed_signature_is_401_and_stores_nothing() {
     app.wait_final("notif_control").await;
     let r = app.admin_get("/admin/events/notif_bad-sigs").await;
     assert_eq!(r.status(), 404, "nothing was stored");
-    let metrics = app
-        .client
-        .get(format!("http://{}/metrics", app.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     let failures: f64 = metrics
         .lines()
         .filter(|l| l.starts_with("intercom_webhooks_signature_failures_total"))

@@ -404,7 +404,7 @@ fn cli_export_and_erase_log_nothing_personal() {
     bin.env.push(("INTERCOM_API_BASE_URL".into(), base));
     bin.env.push(("RUST_LOG".into(), "trace".into()));
     // Make a store with their data, then stop the server.
-    let (mut child, public, _) = bin.serve(&[]);
+    let (child, public, _) = bin.serve(&[]);
     let rt2 = tokio::runtime::Runtime::new().unwrap();
     rt2.block_on(async {
         let body = notification("notif_x1", "contact.user.created", contact_json(C1), 1767225600);
@@ -419,10 +419,7 @@ fn cli_export_and_erase_log_nothing_personal() {
         assert_eq!(r.status(), 200);
     });
     std::thread::sleep(std::time::Duration::from_millis(500));
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    child.wait().unwrap();
+    child.terminate();
 
     let out = dir.path().join("export.json");
     let (code, _, err_export) = bin.run(&["export", "--email", EMAIL, "--out", out.to_str().unwrap()]);

@@ -167,15 +167,7 @@ async fn the_background_purge_runs_on_its_own() {
     // The run's metrics are recorded once it has finished (after its audit entry).
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let metrics = app
-            .client
-            .get(format!("http://{}/metrics", app.admin))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = app.metrics().await;
         if metrics.contains("intercom_webhooks_purged_total{class=\"events\"} 1") {
             break;
         }

@@ -102,21 +102,19 @@ pub fn show_event(store: &Store, id: &str) -> Result<Value, OpsError> {
         None => Value::Null,
     };
     let mut doc = summary(&m);
-    let obj = doc.as_object_mut().expect("summary is an object");
-    obj.insert("app_id".into(), json!(m.app_id));
-    obj.insert("last_delivery_at".into(), json!(format_ms(m.last_delivery_ms)));
-    obj.insert("retry_at".into(), json!(m.retry_at_ms.map(format_ms)));
-    obj.insert("body_bytes".into(), json!(m.body_len));
-    obj.insert("payload_stored".into(), json!(m.loc.is_some()));
-    obj.insert(
-        "history".into(),
-        json!(m
-            .history
-            .iter()
-            .map(|a| json!({"at": format_ms(a.at_ms), "outcome": a.outcome, "error": a.error, "duration_us": a.duration_us}))
-            .collect::<Vec<_>>()),
-    );
-    obj.insert("payload".into(), payload);
+    doc["app_id"] = json!(m.app_id);
+    doc["last_delivery_at"] = json!(format_ms(m.last_delivery_ms));
+    doc["retry_at"] = json!(m.retry_at_ms.map(format_ms));
+    doc["body_bytes"] = json!(m.body_len);
+    doc["payload_stored"] = json!(m.loc.is_some());
+    doc["history"] = m
+        .history
+        .iter()
+        .map(
+            |a| json!({"at": format_ms(a.at_ms), "outcome": a.outcome, "error": a.error, "duration_us": a.duration_us}),
+        )
+        .collect();
+    doc["payload"] = payload;
     Ok(doc)
 }
 
@@ -150,18 +148,14 @@ pub fn stats(store: &Store, metrics: Option<&Metrics>) -> Result<Value, OpsError
                     .get()
             })
             .sum();
-        let obj = doc.as_object_mut().expect("stats is an object");
-        obj.insert("signature_failures_since_start".into(), json!(failures));
+        doc["signature_failures_since_start"] = json!(failures);
         let last = m.health.last_2xx_ms();
-        obj.insert(
-            "webhook_health".into(),
-            json!({
+        doc["webhook_health"] = json!({
                 "consecutive_errors": m.health.consecutive_errors(),
                 "last_2xx_at": (last > 0).then(|| format_ms(last)),
                 "seconds_since_last_2xx": m.health.seconds_since_2xx(),
                 "note": "Intercom pauses a subscription after 1000 consecutive errors within 15 minutes and suspends it after 7 days of errors",
-            }),
-        );
+        });
     }
     Ok(doc)
 }

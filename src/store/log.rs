@@ -37,6 +37,11 @@ pub enum LogError {
     Decrypt { seg: u64, off: u64 },
 }
 
+/// A little-endian u32 from the 4 bytes at `at` (callers check the length).
+fn le_u32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
 pub fn segment_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("{seq:016x}.seg"))
 }
@@ -111,8 +116,8 @@ pub fn read_record(file: &File, cipher: &SegmentCipher, seq: u64, off: u64, len:
     }
     let mut buf = vec![0u8; len as usize];
     file.read_exact_at(&mut buf, off)?;
-    let ct_len = u32::from_le_bytes(buf[..4].try_into().expect("4 bytes")) as u64;
-    let crc = u32::from_le_bytes(buf[4..8].try_into().expect("4 bytes"));
+    let ct_len = u64::from(le_u32(&buf, 0));
+    let crc = le_u32(&buf, 4);
     let ct = &buf[FRAME_LEN as usize..];
     if ct_len != ct.len() as u64 || crc32fast::hash(ct) != crc {
         return Err(LogError::Corrupt { seg: seq, off });
@@ -155,8 +160,8 @@ pub fn scan(path: &Path, cipher: &SegmentCipher, seq: u64, from: u64) -> Result<
     }
     while off + FRAME_LEN <= file_len {
         let o = off as usize;
-        let ct_len = u32::from_le_bytes(data[o..o + 4].try_into().expect("4 bytes"));
-        let crc = u32::from_le_bytes(data[o + 4..o + 8].try_into().expect("4 bytes"));
+        let ct_len = le_u32(&data, o);
+        let crc = le_u32(&data, o + 4);
         let end = off + FRAME_LEN + u64::from(ct_len);
         if ct_len == 0 || ct_len > MAX_RECORD || end > file_len {
             break;

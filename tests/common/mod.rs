@@ -146,6 +146,18 @@ impl TestApp {
         r.json().await.unwrap()
     }
 
+    /// The Prometheus text of the admin listener's `/metrics`.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(format!("http://{}/metrics", self.admin))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub async fn admin_post(&self, path: &str, body: Value) -> reqwest::Response {
         self.client
             .post(format!("http://{}{path}", self.admin))
@@ -277,6 +289,13 @@ impl Binary {
         }
     }
 
+    /// The same binary, pointed at a running server's admin API.
+    pub fn with_admin(mut self, admin: SocketAddr) -> Self {
+        self.env
+            .push(("INTERCOM_WEBHOOKS_ADMIN_URL".into(), format!("http://{admin}")));
+        self
+    }
+
     pub fn command(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_intercom-webhooks"));
         c.env_clear();
@@ -330,6 +349,18 @@ impl Binary {
 
 /// A `serve` child process that is killed if a failing test drops it.
 pub struct Server(pub Child);
+
+impl Server {
+    /// Sends SIGTERM and waits; returns the exit code.
+    pub fn terminate(mut self) -> Option<i32> {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        self.0.wait().unwrap().code()
+    }
+}
 
 impl std::ops::Deref for Server {
     type Target = Child;
