@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::Path;
 
 use base64::Engine;
-use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
+use chacha20poly1305::aead::{Aead, AeadCore, AeadInPlace, KeyInit, OsRng, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, XChaCha20Poly1305, XNonce};
 use hmac::{Hmac, Mac};
 use rand::RngCore;
@@ -264,6 +264,15 @@ impl SegmentCipher {
             .expect("encryption of an in-memory buffer cannot fail")
     }
 
+    /// Encrypts `buf` where it lies and returns the tag: the same bytes as
+    /// [`encrypt`](Self::encrypt) gives (`buf` then the tag), no copy.
+    pub fn encrypt_in_place(&self, offset: u64, aad: &[u8], buf: &mut [u8]) -> [u8; 16] {
+        self.0
+            .encrypt_in_place_detached(&Self::nonce(offset), aad, buf)
+            .expect("encryption of an in-memory buffer cannot fail")
+            .into()
+    }
+
     pub fn decrypt(&self, offset: u64, aad: &[u8], ciphertext: &[u8]) -> Result<Vec<u8>, CryptoError> {
         self.0
             .decrypt(&Self::nonce(offset), Payload { msg: ciphertext, aad })
@@ -334,6 +343,10 @@ mod tests {
         let c = SegmentCipher::new(&key);
         let ct = c.encrypt(42, b"s", b"payload");
         assert_eq!(c.decrypt(42, b"s", &ct).unwrap(), b"payload");
+        let mut in_place = b"payload".to_vec();
+        let tag = c.encrypt_in_place(42, b"s", &mut in_place);
+        in_place.extend_from_slice(&tag);
+        assert_eq!(in_place, ct);
         assert!(c.decrypt(43, b"s", &ct).is_err());
     }
 }

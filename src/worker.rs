@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use rand::Rng;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -18,7 +19,7 @@ use crate::config::WorkerSettings;
 use crate::dispatch::route;
 use crate::handlers::{self, Applied, Ctx};
 use crate::metrics::{Metrics, OutcomeLabel};
-use crate::store::{Attempt, Completion, Status, Store, StoreError};
+use crate::store::{Attempt, Completion, EventMeta, Snapshot, Status, Store, StoreError, Work};
 use crate::timefmt::now_ms;
 
 #[derive(Clone)]
@@ -46,12 +47,13 @@ pub fn spawn(ctx: WorkerCtx, shutdown: CancellationToken) -> std::io::Result<Vec
 fn run(ctx: WorkerCtx, shutdown: CancellationToken) {
     let queue = ctx.store.work_queue();
     while !shutdown.is_cancelled() {
-        let key = match queue.recv_timeout(Duration::from_millis(100)) {
-            Ok(k) => k,
+        let work = match queue.recv_timeout(Duration::from_millis(100)) {
+            Ok(w) => w,
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
         };
-        if let Err(e) = process(&ctx, &key) {
+        let key = work.key.clone();
+        if let Err(e) = process_work(&ctx, work) {
             // The event stays queued; it is tried again at the next start or
             // replay. Store errors say nothing personal.
             tracing::error!(webhook_id = %key, error = %e, "Could not record an event's outcome.");
@@ -69,9 +71,24 @@ pub enum Processed {
 
 /// Runs the handler for one queued event and records the outcome.
 pub fn process(ctx: &WorkerCtx, key: &str) -> Result<Processed, StoreError> {
-    let Some(meta) = ctx.store.get(key)? else {
-        return Ok(Processed::NotDue);
+    process_work(
+        ctx,
+        Work {
+            key: key.to_string(),
+            fresh: None,
+        },
+    )
+}
+
+fn process_work(ctx: &WorkerCtx, work: Work) -> Result<Processed, StoreError> {
+    let (seen, body) = match work.fresh {
+        Some(f) => (f.seen, Some(f.body)),
+        None => match ctx.store.snapshot(&work.key)? {
+            Some(seen) => (seen, None),
+            None => return Ok(Processed::NotDue),
+        },
     };
+    let (meta, key) = (&seen.meta, work.key.as_str());
     if !meta.status.is_queued() {
         return Ok(Processed::NotDue);
     }
@@ -81,9 +98,9 @@ pub fn process(ctx: &WorkerCtx, key: &str) -> Result<Processed, StoreError> {
         return Ok(Processed::NotDue);
     }
     let started = Instant::now();
-    let failure = match prepare(ctx, &meta) {
+    let failure = match prepare(ctx, meta, body) {
         Err(reason) => reason,
-        Ok(None) => return finish(ctx, &meta, Status::Skipped, "skipped".into(), started),
+        Ok(None) => return finish(ctx, &seen, Status::Skipped, "skipped".into(), started),
         Ok(Some(action)) => {
             let hctx = Ctx {
                 codec: &ctx.codec,
@@ -101,34 +118,49 @@ pub fn process(ctx: &WorkerCtx, key: &str) -> Result<Processed, StoreError> {
                         Applied::Updated => "processed".to_string(),
                         other => format!("processed:{}", other.as_str()),
                     };
-                    return finish(ctx, &meta, Status::Processed, outcome, started);
+                    return finish(ctx, &seen, Status::Processed, outcome, started);
                 }
                 Err(StoreError::Rejected(msg)) => msg,
                 Err(e) => e.to_string(),
             }
         }
     };
-    retry_or_fail(ctx, &meta, failure, started)
+    retry_or_fail(ctx, &seen, failure, started)
 }
 
-/// Reads, parses and routes an event. `Ok(None)`: no handler for its topic.
-fn prepare(ctx: &WorkerCtx, meta: &crate::store::EventMeta) -> Result<Option<crate::dispatch::Action>, String> {
-    let body = ctx
-        .store
-        .read_body(meta)
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| "the payload is no longer stored (purged)".to_string())?;
-    let v: Value = serde_json::from_slice(&body).map_err(|_| "the payload is not JSON".to_string())?;
-    let item = v
-        .get("data")
-        .and_then(|d| d.get("item"))
+/// Reads (unless it came with the work), parses and routes an event.
+/// `Ok(None)`: no handler for its topic.
+fn prepare(ctx: &WorkerCtx, meta: &EventMeta, body: Option<Bytes>) -> Result<Option<crate::dispatch::Action>, String> {
+    let body = match body {
+        Some(b) => b,
+        None => ctx
+            .store
+            .read_body(meta)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "the payload is no longer stored (purged)".to_string())?,
+    };
+    // Only `data.item` is kept: the rest of the envelope is skipped
+    // without being built.
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        data: Option<Data>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Data {
+        item: Option<Value>,
+    }
+    let envelope: Envelope =
+        serde_json::from_slice(&body).map_err(|_| "the payload is not a JSON notification".to_string())?;
+    let item = envelope
+        .data
+        .and_then(|d| d.item)
         .ok_or_else(|| "no data.item".to_string())?;
-    route(&meta.topic, item).map_err(|e| e.to_string())
+    route(&meta.topic, &item).map_err(|e| e.to_string())
 }
 
 fn finish(
     ctx: &WorkerCtx,
-    meta: &crate::store::EventMeta,
+    seen: &Snapshot,
     status: Status,
     outcome: String,
     started: Instant,
@@ -143,12 +175,12 @@ fn finish(
         },
         retry_at_ms: None,
     };
-    ctx.store.complete(&meta.key, &completion, |_| Ok(()))?;
-    record(ctx, meta, status);
+    ctx.store.complete(seen, &completion)?;
+    record(ctx, &seen.meta, status);
     Ok(Processed::Done(status))
 }
 
-fn record(ctx: &WorkerCtx, meta: &crate::store::EventMeta, status: Status) {
+fn record(ctx: &WorkerCtx, meta: &EventMeta, status: Status) {
     ctx.metrics
         .processed
         .get_or_create(&OutcomeLabel {
@@ -159,12 +191,8 @@ fn record(ctx: &WorkerCtx, meta: &crate::store::EventMeta, status: Status) {
     ctx.metrics.processing_latency.observe(latency);
 }
 
-fn retry_or_fail(
-    ctx: &WorkerCtx,
-    meta: &crate::store::EventMeta,
-    error: String,
-    started: Instant,
-) -> Result<Processed, StoreError> {
+fn retry_or_fail(ctx: &WorkerCtx, seen: &Snapshot, error: String, started: Instant) -> Result<Processed, StoreError> {
+    let meta = &seen.meta;
     let attempts = meta.attempts + 1;
     let now = now_ms();
     let (status, retry_at) = if attempts >= ctx.settings.max_attempts {
@@ -183,7 +211,7 @@ fn retry_or_fail(
         },
         retry_at_ms: retry_at,
     };
-    ctx.store.complete(&meta.key, &completion, |_| Ok(()))?;
+    ctx.store.complete(seen, &completion)?;
     match retry_at {
         Some(at) => {
             tracing::warn!(webhook_id = %meta.key, topic = %meta.topic, attempt = attempts, error = %error, "Handler failed; will retry.");

@@ -25,8 +25,8 @@ use crate::crypto::SegmentCipher;
 use crate::timefmt::now_ms;
 
 use super::event::{EventMeta, Location};
-use super::log::{create_segment, frame_record, record_plaintext, HEADER_LEN};
-use super::{Shared, StoreError, Trees};
+use super::log::{create_segment, frame_event, HEADER_LEN};
+use super::{Fresh, Shared, StoreError, Trees, Work, FRESH_QUEUE_LIMIT};
 
 pub(super) struct AppendReq {
     pub meta: EventMeta,
@@ -38,7 +38,7 @@ pub(super) struct AppendReq {
 
 /// A durable batch on its way to the index.
 pub(super) struct Indexed {
-    pub items: Vec<(EventMeta, watch::Sender<bool>)>,
+    pub items: Vec<(EventMeta, Bytes, watch::Sender<bool>)>,
     /// (segment, end offset) once the batch is indexed.
     pub end: (u64, u64),
 }
@@ -181,8 +181,7 @@ impl Committer {
         let mut locs = Vec::with_capacity(batch.len());
         for req in batch.iter() {
             let off = s.len + buf.len() as u64;
-            let plain = record_plaintext(&req.meta, &req.body);
-            let len = frame_record(&s.cipher, s.seq, off, &plain, buf);
+            let len = frame_event(&s.cipher, s.seq, off, &req.meta, &req.body, buf);
             locs.push(Location { seg: s.seq, off, len });
         }
         let started = Instant::now();
@@ -209,7 +208,7 @@ impl Committer {
         let mut items = Vec::with_capacity(batch.len());
         for req in batch.drain(..) {
             let _ = req.reply.send(Ok(()));
-            items.push((req.meta, req.claim));
+            items.push((req.meta, req.body, req.claim));
         }
         // Blocks when the indexer is far behind: back-pressure on intake.
         let _ = self.index_tx.send(Indexed {
@@ -228,12 +227,16 @@ impl Committer {
 
 /// The indexer thread: applies durable batches to sled, releases their
 /// claims and hands new events to the workers.
-pub(super) fn index(trees: Trees, shared: Arc<Shared>, rx: Receiver<Indexed>, work_tx: Sender<String>) {
+pub(super) fn index(trees: Trees, shared: Arc<Shared>, rx: Receiver<Indexed>, work_tx: Sender<Work>) {
     while let Ok(batch) = rx.recv() {
-        for (meta, claim) in batch.items {
+        for (meta, body, claim) in batch.items {
             match super::apply_new(&trees, &meta) {
-                Ok(true) if meta.status.is_queued() => {
-                    let _ = work_tx.send(meta.key.clone());
+                Ok(Some(seen)) if meta.status.is_queued() => {
+                    let fresh = (work_tx.len() < FRESH_QUEUE_LIMIT).then(|| Box::new(Fresh { seen, body }));
+                    let _ = work_tx.send(Work {
+                        key: meta.key.clone(),
+                        fresh,
+                    });
                 }
                 Ok(_) => {}
                 // The record is in the log; the next open re-applies it.

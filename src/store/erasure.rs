@@ -132,7 +132,7 @@ impl Store {
             let mut off = log::HEADER_LEN;
             let (mut first, mut last) = (i64::MAX, 0);
             for (m, plain) in &live {
-                let len = log::frame_record(&new_cipher, new_seq, off, plain, &mut buf);
+                let len = log::frame_record(&new_cipher, new_seq, off, &[plain], &mut buf);
                 moved.insert(m.key.clone(), Location { seg: new_seq, off, len });
                 off += u64::from(len);
                 first = first.min(m.received_ms);

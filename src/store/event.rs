@@ -1,11 +1,18 @@
 //! What the store records about each notification, and how it is encoded in
-//! sled: a format-version byte, then JSON. The metadata holds no personal
-//! data (ids, topic, times, statuses); the payload lives encrypted in the
-//! intake log and is found through `loc`.
+//! sled and in the intake log: a format-version byte, then the fields in the
+//! binary layout of [`codec`](super::codec) (version 2; version 1, JSON, is
+//! still read). The metadata holds no personal data (ids, topic, times,
+//! statuses); the payload lives encrypted in the intake log and is found
+//! through `loc`.
 
 use serde::{Deserialize, Serialize};
 
-pub const META_VERSION: u8 = 1;
+use super::codec::{Reader, Writer};
+
+/// The version written now.
+pub const META_VERSION: u8 = 2;
+/// JSON, written by the first releases; still decoded.
+const META_V1_JSON: u8 = 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -46,6 +53,21 @@ impl Status {
     /// Waiting for a worker: counted in the pending depth.
     pub fn is_queued(self) -> bool {
         matches!(self, Status::Pending | Status::Retrying)
+    }
+
+    fn code(self) -> u8 {
+        match self {
+            Status::Pending => 0,
+            Status::Processed => 1,
+            Status::Skipped => 2,
+            Status::Retrying => 3,
+            Status::Failed => 4,
+            Status::Invalid => 5,
+        }
+    }
+
+    fn from_code(c: u8) -> Option<Status> {
+        Status::ALL.into_iter().find(|s| s.code() == c)
     }
 }
 
@@ -109,17 +131,98 @@ pub struct EventMeta {
 
 impl EventMeta {
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(256);
-        out.push(META_VERSION);
-        serde_json::to_writer(&mut out, self).expect("serialising plain data cannot fail");
-        out
+        let mut w = Writer::with_capacity(160 + 48 * self.history.len());
+        w.u8(META_VERSION);
+        w.str(&self.key);
+        w.opt(self.notification_id.as_deref(), Writer::str);
+        w.str(&self.topic);
+        w.opt(self.app_id.as_deref(), Writer::str);
+        w.opt(self.item_type.as_deref(), Writer::str);
+        w.opt(self.item_id.as_deref(), Writer::str);
+        w.opt(self.created_at, Writer::i64);
+        w.i64(self.received_ms);
+        w.i64(self.last_delivery_ms);
+        w.u32(self.delivery_count);
+        w.u8(self.status.code());
+        w.u32(self.attempts);
+        w.opt(self.retry_at_ms, Writer::i64);
+        w.opt(self.last_error.as_deref(), Writer::str);
+        w.len(self.history.len());
+        for a in &self.history {
+            w.i64(a.at_ms);
+            w.str(&a.outcome);
+            w.opt(a.error.as_deref(), Writer::str);
+            w.opt(a.duration_us, Writer::u64);
+        }
+        w.u32(self.body_len);
+        w.len(self.contact_ids.len());
+        for c in &self.contact_ids {
+            w.str(c);
+        }
+        w.opt(self.loc, |w, l| {
+            w.u64(l.seg);
+            w.u64(l.off);
+            w.u32(l.len);
+        });
+        w.finish()
     }
 
     pub fn decode(bytes: &[u8]) -> Option<EventMeta> {
         match bytes.split_first() {
-            Some((&META_VERSION, rest)) => serde_json::from_slice(rest).ok(),
+            Some((&META_VERSION, rest)) => Self::decode_v2(rest),
+            Some((&META_V1_JSON, rest)) => serde_json::from_slice(rest).ok(),
             _ => None,
         }
+    }
+
+    fn decode_v2(bytes: &[u8]) -> Option<EventMeta> {
+        let mut r = Reader::new(bytes);
+        let m = EventMeta {
+            key: r.str()?,
+            notification_id: r.opt(Reader::str)?,
+            topic: r.str()?,
+            app_id: r.opt(Reader::str)?,
+            item_type: r.opt(Reader::str)?,
+            item_id: r.opt(Reader::str)?,
+            created_at: r.opt(Reader::i64)?,
+            received_ms: r.i64()?,
+            last_delivery_ms: r.i64()?,
+            delivery_count: r.u32()?,
+            status: Status::from_code(r.u8()?)?,
+            attempts: r.u32()?,
+            retry_at_ms: r.opt(Reader::i64)?,
+            last_error: r.opt(Reader::str)?,
+            history: {
+                let n = r.len()?;
+                let mut h = Vec::with_capacity(n);
+                for _ in 0..n {
+                    h.push(Attempt {
+                        at_ms: r.i64()?,
+                        outcome: r.str()?,
+                        error: r.opt(Reader::str)?,
+                        duration_us: r.opt(Reader::u64)?,
+                    });
+                }
+                h
+            },
+            body_len: r.u32()?,
+            contact_ids: {
+                let n = r.len()?;
+                let mut c = Vec::with_capacity(n);
+                for _ in 0..n {
+                    c.push(r.str()?);
+                }
+                c
+            },
+            loc: r.opt(|r| {
+                Some(Location {
+                    seg: r.u64()?,
+                    off: r.u64()?,
+                    len: r.u32()?,
+                })
+            })?,
+        };
+        r.is_empty().then_some(m)
     }
 
     pub fn push_history(&mut self, attempt: Attempt) {
@@ -152,9 +255,8 @@ pub fn split_time_key(k: &[u8]) -> Option<(i64, &str)> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn meta_round_trips_with_version() {
-        let m = EventMeta {
+    fn sample() -> EventMeta {
+        EventMeta {
             key: "notif_1".into(),
             notification_id: Some("notif_1".into()),
             topic: "contact.user.created".into(),
@@ -177,11 +279,42 @@ mod tests {
                 off: 32,
                 len: 50,
             }),
-        };
+        }
+    }
+
+    #[test]
+    fn meta_round_trips_with_version() {
+        let mut m = sample();
         let bytes = m.encode();
         assert_eq!(bytes[0], META_VERSION);
+        assert_eq!(EventMeta::decode(&bytes), Some(m.clone()));
+        m.contact_ids = vec!["c1".into(), String::new()];
+        m.last_error = Some("no data.item".into());
+        m.retry_at_ms = Some(-1);
+        m.push_history(Attempt {
+            at_ms: 3,
+            outcome: "retrying".into(),
+            error: Some("e".into()),
+            duration_us: None,
+        });
+        m.loc = None;
+        let bytes = m.encode();
         assert_eq!(EventMeta::decode(&bytes), Some(m));
+        for cut in 0..bytes.len() {
+            assert_eq!(EventMeta::decode(&bytes[..cut]), None, "cut at {cut}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(EventMeta::decode(&longer), None);
         assert_eq!(EventMeta::decode(b"\x09{}"), None);
+    }
+
+    #[test]
+    fn version_1_json_is_still_read() {
+        let m = sample();
+        let mut v1 = vec![1u8];
+        v1.extend_from_slice(&serde_json::to_vec(&m).unwrap());
+        assert_eq!(EventMeta::decode(&v1), Some(m));
     }
 
     #[test]

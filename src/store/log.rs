@@ -7,8 +7,8 @@
 //!
 //! The ciphertext is ChaCha20-Poly1305 under the segment's own key (see
 //! `keyring`), the record's offset as nonce and the segment number as
-//! associated data. Its plaintext is `meta_len u32 LE | EventMeta JSON |
-//! raw body`, so the sled index can be rebuilt from the log alone. The CRC
+//! associated data. Its plaintext is `meta_len u32 LE | EventMeta (see
+//! `event`; JSON in the first releases) | raw body`, so the sled index can be rebuilt from the log alone. The CRC
 //! tells a torn tail (crash mid-write) from a record that does not decrypt
 //! (wrong key, tampering) without needing the key.
 
@@ -83,30 +83,53 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// The record's plaintext: metadata as at intake, then the raw body.
-pub fn record_plaintext(meta: &EventMeta, body: &[u8]) -> Vec<u8> {
-    let meta_json = serde_json::to_vec(meta).expect("serialising plain data cannot fail");
-    let mut out = Vec::with_capacity(4 + meta_json.len() + body.len());
-    out.extend_from_slice(&(meta_json.len() as u32).to_le_bytes());
-    out.extend_from_slice(&meta_json);
-    out.extend_from_slice(body);
-    out
+/// Appends the record of an event (its metadata as at intake, then the raw
+/// body) for offset `off` to `out`; returns its length on disk.
+pub fn frame_event(
+    cipher: &SegmentCipher,
+    seq: u64,
+    off: u64,
+    meta: &EventMeta,
+    body: &[u8],
+    out: &mut Vec<u8>,
+) -> u32 {
+    let meta = meta.encode();
+    frame_record(
+        cipher,
+        seq,
+        off,
+        &[&(meta.len() as u32).to_le_bytes(), &meta, body],
+        out,
+    )
 }
 
 pub fn split_plaintext(plain: &[u8]) -> Option<(EventMeta, &[u8])> {
     let len = u32::from_le_bytes(plain.get(..4)?.try_into().ok()?) as usize;
-    let meta: EventMeta = serde_json::from_slice(plain.get(4..4 + len)?).ok()?;
+    let bytes = plain.get(4..4 + len)?;
+    let meta = match bytes.first() {
+        // The first releases wrote the metadata as bare JSON.
+        Some(b'{') => serde_json::from_slice(bytes).ok()?,
+        _ => EventMeta::decode(bytes)?,
+    };
     Some((meta, &plain[4 + len..]))
 }
 
-/// Appends one framed, encrypted record for offset `off` to `out`; returns
-/// the record's total length on disk.
-pub fn frame_record(cipher: &SegmentCipher, seq: u64, off: u64, plain: &[u8], out: &mut Vec<u8>) -> u32 {
-    let ct = cipher.encrypt(off, &seq.to_le_bytes(), plain);
-    out.extend_from_slice(&(ct.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(&ct).to_le_bytes());
-    out.extend_from_slice(&ct);
-    (FRAME_LEN as usize + ct.len()) as u32
+/// Appends one framed, encrypted record whose plaintext is `parts` joined,
+/// for offset `off`, to `out` (encrypted where it lies: one copy of the
+/// plaintext in all); returns the record's total length on disk.
+pub fn frame_record(cipher: &SegmentCipher, seq: u64, off: u64, parts: &[&[u8]], out: &mut Vec<u8>) -> u32 {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; FRAME_LEN as usize]);
+    for p in parts {
+        out.extend_from_slice(p);
+    }
+    let tag = cipher.encrypt_in_place(off, &seq.to_le_bytes(), &mut out[start + FRAME_LEN as usize..]);
+    out.extend_from_slice(&tag);
+    let ct = &out[start + FRAME_LEN as usize..];
+    let (ct_len, crc) = (ct.len() as u32, crc32fast::hash(ct));
+    out[start..start + 4].copy_from_slice(&ct_len.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    FRAME_LEN as u32 + ct_len
 }
 
 /// Reads and decrypts the record at `off` (whose framed length is `len`).
@@ -201,7 +224,7 @@ mod tests {
         let mut off = HEADER_LEN;
         let mut locs = vec![];
         for i in 0..3u8 {
-            let len = frame_record(&cipher, 7, off, &[i; 100], &mut buf);
+            let len = frame_record(&cipher, 7, off, &[&[i; 60], &[i; 40]], &mut buf);
             locs.push((off, len));
             off += u64::from(len);
         }

@@ -17,6 +17,7 @@
 
 mod backup;
 mod cache_ops;
+mod codec;
 mod committer;
 mod erasure;
 pub mod event;
@@ -240,8 +241,8 @@ struct Inner {
     shared: Arc<Shared>,
     keys: Keys,
     cmd_tx: Sender<Cmd>,
-    work_tx: Sender<String>,
-    work_rx: Receiver<String>,
+    work_tx: Sender<Work>,
+    work_rx: Receiver<Work>,
     audit_lock: Mutex<()>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     stop_checkpoint: Sender<()>,
@@ -298,24 +299,26 @@ fn sync_sled_files(dir: &Path) -> std::io::Result<()> {
 
 /// Indexes a newly appended event unless its key is already known (a record
 /// re-applied on recovery, or a second copy after a failed first). Returns
-/// whether it was new. The index entries of a known event are written again
-/// too: sled may have kept the event but lost its index entries in a crash,
-/// and both inserts are idempotent.
-pub(crate) fn apply_new(trees: &Trees, meta: &EventMeta) -> Result<bool, StoreError> {
+/// the snapshot written if it was new. The index entries of a known event
+/// are written again too: sled may have kept the event but lost its index
+/// entries in a crash, and both inserts are idempotent.
+pub(crate) fn apply_new(trees: &Trees, meta: &EventMeta) -> Result<Option<Snapshot>, StoreError> {
     if trees.markers.contains_key(meta.key.as_bytes())? {
-        return Ok(false);
+        return Ok(None);
     }
-    let (fresh, indexed) =
+    let raw = sled::IVec::from(meta.encode());
+    let (fresh, existing) =
         match trees
             .events
-            .compare_and_swap(meta.key.as_bytes(), None as Option<&[u8]>, Some(meta.encode()))?
+            .compare_and_swap(meta.key.as_bytes(), None as Option<&[u8]>, Some(raw.clone()))?
         {
-            Ok(()) => (true, meta.clone()),
+            Ok(()) => (true, None),
             Err(current) => match current.current.as_deref().and_then(EventMeta::decode) {
-                Some(existing) => (false, existing),
-                None => return Ok(false),
+                Some(existing) => (false, Some(existing)),
+                None => return Ok(None),
             },
         };
+    let indexed = existing.as_ref().unwrap_or(meta);
     let tk = time_key(indexed.received_ms, &indexed.key);
     trees.by_time.insert(&tk, &[])?;
     if indexed.status.is_queued() {
@@ -324,7 +327,10 @@ pub(crate) fn apply_new(trees: &Trees, meta: &EventMeta) -> Result<bool, StoreEr
     for c in &indexed.contact_ids {
         trees.subjects.insert(subject_key(c, &indexed.key), &[])?;
     }
-    Ok(fresh)
+    Ok(fresh.then(|| Snapshot {
+        meta: meta.clone(),
+        raw,
+    }))
 }
 
 pub(crate) fn subject_key(contact_id: &str, key: &str) -> Vec<u8> {
@@ -342,6 +348,46 @@ pub struct Completion {
     pub attempt: Attempt,
     pub retry_at_ms: Option<i64>,
 }
+
+impl Completion {
+    fn apply(&self, m: &mut EventMeta) {
+        m.status = self.status;
+        m.retry_at_ms = self.retry_at_ms;
+        m.last_error = self.attempt.error.clone();
+        m.attempts = if self.status.is_queued() || self.status == Status::Failed {
+            m.attempts + 1
+        } else {
+            0
+        };
+        m.push_history(self.attempt.clone());
+    }
+}
+
+/// An event's metadata and the exact bytes it was read from (or written
+/// as), so that recording an outcome can be one compare-and-swap.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub meta: EventMeta,
+    raw: sled::IVec,
+}
+
+/// An event for the workers. Straight from intake it comes with its
+/// metadata as indexed and its body, which spares the worker a read of the
+/// index and of the log; otherwise (start-up, replay, retry) only its key.
+pub struct Work {
+    pub key: String,
+    pub fresh: Option<Box<Fresh>>,
+}
+
+pub struct Fresh {
+    pub seen: Snapshot,
+    pub body: Bytes,
+}
+
+/// Fresh work carries its body in memory only while the queue is shorter
+/// than this; beyond it the workers read bodies back from the log, so a
+/// backlog costs disk, not memory.
+const FRESH_QUEUE_LIMIT: usize = 4096;
 
 /// Events by status, by topic, and duplicate deliveries seen.
 pub type Counts = (HashMap<Status, u64>, HashMap<String, u64>, u64);
@@ -478,7 +524,7 @@ impl Store {
         };
         let mut pending = 0;
         for key in store.queued_keys()? {
-            let _ = store.inner.work_tx.send(key);
+            store.enqueue(key);
             pending += 1;
         }
         Ok((store, Recovery { pending, ..recovery }))
@@ -512,14 +558,14 @@ impl Store {
         )
     }
 
-    /// The queue workers take event keys from.
-    pub fn work_queue(&self) -> Receiver<String> {
+    /// The queue workers take events from.
+    pub fn work_queue(&self) -> Receiver<Work> {
         self.inner.work_rx.clone()
     }
 
     /// Puts an event key (back) on the work queue.
     pub fn enqueue(&self, key: String) {
-        let _ = self.inner.work_tx.send(key);
+        let _ = self.inner.work_tx.send(Work { key, fresh: None });
     }
 
     /// Stores a new event durably unless its key is known; a duplicate only
@@ -606,9 +652,15 @@ impl Store {
     }
 
     pub fn get(&self, key: &str) -> Result<Option<EventMeta>, StoreError> {
+        Ok(self.snapshot(key)?.map(|s| s.meta))
+    }
+
+    /// An event's metadata with the bytes it was read from, for
+    /// [`complete`](Self::complete).
+    pub fn snapshot(&self, key: &str) -> Result<Option<Snapshot>, StoreError> {
         match self.inner.trees.events.get(key.as_bytes())? {
             Some(v) => EventMeta::decode(&v)
-                .map(Some)
+                .map(|meta| Some(Snapshot { meta, raw: v }))
                 .ok_or_else(|| StoreError::Corrupt(format!("event {key} has an unreadable record"))),
             None => Ok(None),
         }
@@ -663,28 +715,24 @@ impl Store {
         Ok(Some(Bytes::copy_from_slice(body)))
     }
 
-    /// Applies a handler's cache changes, then records the worker's
-    /// outcome. If the process dies between the two, the event is still
-    /// queued and runs again: handlers are idempotent.
-    pub fn complete<T>(
-        &self,
-        key: &str,
-        completion: &Completion,
-        cache: impl Fn(&CacheTx<'_>) -> TxResult<T>,
-    ) -> Result<Option<T>, StoreError> {
-        let out = cache_ops::run(&self.inner.trees, cache)?;
-        let updated = self.update(key, |m| {
-            m.status = completion.status;
-            m.retry_at_ms = completion.retry_at_ms;
-            m.last_error = completion.attempt.error.clone();
-            m.attempts = if completion.status.is_queued() || completion.status == Status::Failed {
-                m.attempts + 1
-            } else {
-                0
-            };
-            m.push_history(completion.attempt.clone());
-        })?;
-        Ok(updated.map(|_| out))
+    /// Records a worker's outcome for the event `seen` was read as: one
+    /// compare-and-swap against those bytes, or, if the event changed since
+    /// (a duplicate delivery counted meanwhile), a fresh read-modify-write.
+    /// `None` if the event is gone (erased).
+    pub fn complete(&self, seen: &Snapshot, completion: &Completion) -> Result<Option<EventMeta>, StoreError> {
+        let trees = &self.inner.trees;
+        let mut m = seen.meta.clone();
+        completion.apply(&mut m);
+        let key = m.key.as_bytes();
+        if trees
+            .events
+            .compare_and_swap(key, Some(&seen.raw), Some(m.encode()))?
+            .is_ok()
+        {
+            sync_pending(&trees.pending, &m, seen.meta.status.is_queued())?;
+            return Ok(Some(m));
+        }
+        self.update(&seen.meta.key, |m| completion.apply(m))
     }
 
     /// Runs `f` over the cache (see [`CacheTx`]).
@@ -953,7 +1001,7 @@ fn recover(trees: &Trees, shared: &Shared, log_dir: &Path, segs: &[u64]) -> Resu
                 off: r.off,
                 len: r.len,
             });
-            if apply_new(trees, &meta)? {
+            if apply_new(trees, &meta)?.is_some() {
                 rec.reapplied += 1;
                 info.records += 1;
             }
