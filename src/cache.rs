@@ -73,6 +73,9 @@ pub struct ContactRecord {
     pub custom_attributes: Option<String>,
     pub stamp: i64,
     pub written_ms: i64,
+    /// Where the record is filed in the expiry index (see [`Filed`]).
+    #[serde(default)]
+    pub index_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -98,6 +101,53 @@ pub struct ConversationRecord {
     pub delivered_as: Option<String>,
     pub stamp: i64,
     pub written_ms: i64,
+    /// Where the record is filed in the expiry index (see [`Filed`]).
+    #[serde(default)]
+    pub index_ms: Option<i64>,
+}
+
+/// The expiry index files a record under the time of its first write, not
+/// of every write: updating a cached record then costs no index writes.
+/// Purge checks each record it finds filed before the cut-off: one written
+/// since is filed again under its last write instead of being removed, so
+/// records still expire exactly by their last write. `index_ms` is `None`
+/// in records from releases that filed every write; those are filed under
+/// `written_ms`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Filed {
+    pub written_ms: i64,
+    #[serde(default)]
+    pub index_ms: Option<i64>,
+}
+
+impl Filed {
+    pub fn at(&self) -> i64 {
+        self.index_ms.unwrap_or(self.written_ms)
+    }
+
+    /// Where a record written at `now_ms` is filed, given its previous
+    /// version (if any).
+    pub fn next(prev: Option<Filed>, now_ms: i64) -> i64 {
+        prev.map_or(now_ms, |p| p.at())
+    }
+}
+
+impl ContactRecord {
+    pub fn filed(&self) -> Filed {
+        Filed {
+            written_ms: self.written_ms,
+            index_ms: self.index_ms,
+        }
+    }
+}
+
+impl ConversationRecord {
+    pub fn filed(&self) -> Filed {
+        Filed {
+            written_ms: self.written_ms,
+            index_ms: self.index_ms,
+        }
+    }
 }
 
 pub fn encode<T: Serialize>(record: &T) -> Vec<u8> {

@@ -133,7 +133,7 @@ pub fn erase_local(store: &Store, ids: &[String], keep: Option<&str>) -> Result<
                 if let Some(h) = r.as_ref().and_then(|r| r.email_hash.as_deref()) {
                     tx.unindex_email(h, id)?;
                 }
-                tx.remove(CacheKind::Contact, id, r.map(|r| r.written_ms))?;
+                tx.remove(CacheKind::Contact, id, r.map(|r| r.filed().at()))?;
             }
             if tx.tombstone(CacheKind::Contact, id)?.is_none() {
                 tx.put_tombstone(CacheKind::Contact, id, stamp, now)?;
@@ -144,8 +144,8 @@ pub fn erase_local(store: &Store, ids: &[String], keep: Option<&str>) -> Result<
     for (id, _) in &h.conversations {
         store.cache_txn(|tx| {
             if let Some(bytes) = tx.get(CacheKind::Conversation, id)? {
-                let written = decode::<ConversationRecord>(&bytes).map(|r| r.written_ms);
-                tx.remove(CacheKind::Conversation, id, written)?;
+                let filed = decode::<ConversationRecord>(&bytes).map(|r| r.filed().at());
+                tx.remove(CacheKind::Conversation, id, filed)?;
             }
             if tx.tombstone(CacheKind::Conversation, id)?.is_none() {
                 tx.put_tombstone(CacheKind::Conversation, id, stamp, now)?;

@@ -18,7 +18,7 @@ use std::time::Instant;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::cache::decode;
+use crate::cache::{decode, encode, Filed};
 use crate::config::Settings;
 use crate::metrics::{ClassLabel, Metrics};
 use crate::store::{CacheKind, Store, StoreError};
@@ -123,11 +123,10 @@ fn run_blocking(store: &Store, settings: &Settings, dry_run: bool, now: i64) -> 
         report.counts.insert("markers", store.count_expired_markers(mk)?);
         report
             .counts
-            .insert("contacts", store.count_cache_expired(CacheKind::Contact.tag(), co)?);
-        report.counts.insert(
-            "conversations",
-            store.count_cache_expired(CacheKind::Conversation.tag(), cv)?,
-        );
+            .insert("contacts", count_cache(store, CacheKind::Contact, co)?);
+        report
+            .counts
+            .insert("conversations", count_cache(store, CacheKind::Conversation, cv)?);
         report.counts.insert(
             "tombstones",
             store.count_cache_expired(CacheKind::Contact.tomb_tag(), tb)?
@@ -208,12 +207,29 @@ fn run_blocking(store: &Store, settings: &Settings, dry_run: bool, now: i64) -> 
 
 /// The fields purge needs from either kind of cached record.
 #[derive(serde::Deserialize)]
-struct Written {
-    written_ms: i64,
+struct Expiring {
+    #[serde(flatten)]
+    filed: Filed,
     #[serde(default)]
     email_hash: Option<String>,
 }
 
+/// How many records [`purge_cache`] would remove.
+fn count_cache(store: &Store, kind: CacheKind, before: i64) -> Result<u64, StoreError> {
+    let mut n = 0;
+    for (ms, id) in store.cache_expired(kind.tag(), before, usize::MAX)? {
+        if let Some(bytes) = store.cache_get(kind, &id)? {
+            n += u64::from(match decode::<Expiring>(&bytes) {
+                Some(e) => e.filed.at() == ms && e.filed.written_ms < before,
+                None => true,
+            });
+        }
+    }
+    Ok(n)
+}
+
+/// Removes the records last written before `before`. A record found filed
+/// there but written since is filed again under its last write.
 fn purge_cache(store: &Store, kind: CacheKind, before: i64, batch: usize) -> Result<u64, StoreError> {
     let mut n = 0;
     loop {
@@ -227,11 +243,18 @@ fn purge_cache(store: &Store, kind: CacheKind, before: i64, batch: usize) -> Res
                 let Some(bytes) = tx.get(kind, id)? else {
                     return Ok(false);
                 };
-                match decode::<Written>(&bytes) {
-                    // Rewritten since this index entry was made: it stays.
-                    Some(w) if w.written_ms != *ms => Ok(false),
-                    w => {
-                        if let Some(h) = w.and_then(|w| w.email_hash) {
+                match decode::<Expiring>(&bytes) {
+                    // An entry the record is no longer filed under.
+                    Some(e) if e.filed.at() != *ms => Ok(false),
+                    Some(e) if e.filed.written_ms >= before => {
+                        let mut record: serde_json::Value = decode(&bytes).unwrap_or_default();
+                        record["index_ms"] = e.filed.written_ms.into();
+                        tx.put(kind, id, &encode(&record), None)?;
+                        tx.file_time_index(kind.tag(), e.filed.written_ms, id)?;
+                        Ok(false)
+                    }
+                    e => {
+                        if let Some(h) = e.and_then(|e| e.email_hash) {
                             tx.unindex_email(&h, id)?;
                         }
                         tx.remove(kind, id, None)?;

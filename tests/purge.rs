@@ -64,6 +64,16 @@ async fn expired_data_goes_newer_stays_dry_run_removes_nothing() {
     // A newer event, inside retention.
     assert_eq!(app.post_signed(&contact(99)).await.status(), 200);
     app.wait_final("notif_p99").await;
+    // Contact 1 is written again: the expiry index still files it under its
+    // first write, and it must outlive that.
+    let update = notification(
+        "notif_p1b",
+        "contact.user.updated",
+        json!({"type":"contact","id":"65f0c0ffee00000000000001","email":"zoe.example@example.org","updated_at":1767225700}),
+        1767225700,
+    );
+    assert_eq!(app.post_signed(&update).await.status(), 200);
+    app.wait_final("notif_p1b").await;
 
     let dry: Value = app
         .admin_post("/admin/purge", json!({"dry_run": true}))
@@ -73,7 +83,7 @@ async fn expired_data_goes_newer_stays_dry_run_removes_nothing() {
         .unwrap();
     assert_eq!(dry["dry_run"], true);
     assert_eq!(dry["removed"]["events"], 4, "{dry}");
-    assert_eq!(dry["removed"]["contacts"], 3, "{dry}");
+    assert_eq!(dry["removed"]["contacts"], 2, "{dry}");
     assert_eq!(dry["removed"]["tombstones"], 1, "{dry}");
     assert_eq!(
         app.admin_get("/admin/events/notif_p0").await.status(),
@@ -87,7 +97,7 @@ async fn expired_data_goes_newer_stays_dry_run_removes_nothing() {
 
     let done: Value = app.admin_post("/admin/purge", json!({})).await.json().await.unwrap();
     assert_eq!(done["removed"]["events"], 4, "{done}");
-    assert_eq!(done["removed"]["contacts"], 3, "{done}");
+    assert_eq!(done["removed"]["contacts"], 2, "{done}");
     assert_eq!(done["removed"]["tombstones"], 1, "{done}");
     assert_eq!(
         done["removed"]["log_segments"], 1,
@@ -101,10 +111,13 @@ async fn expired_data_goes_newer_stays_dry_run_removes_nothing() {
         200,
         "newer data stays"
     );
-    assert_eq!(
-        app.admin_get("/admin/contacts/65f0c0ffee00000000000099").await.status(),
-        200
-    );
+    for kept in ["65f0c0ffee00000000000099", "65f0c0ffee00000000000001"] {
+        assert_eq!(
+            app.admin_get(&format!("/admin/contacts/{kept}")).await.status(),
+            200,
+            "written inside retention: {kept}"
+        );
+    }
 
     // The old segment file is gone and its key slot is zeroed: whatever
     // lingers on disk cannot be decrypted.
@@ -139,6 +152,15 @@ async fn expired_data_goes_newer_stays_dry_run_removes_nothing() {
         "no ids of people in the audit entry"
     );
     assert_eq!(app.admin_json("/admin/audit/verify").await["ok"], true);
+
+    // Once their last writes expire, the contact written twice goes too.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let later: Value = app.admin_post("/admin/purge", json!({})).await.json().await.unwrap();
+    assert_eq!(later["removed"]["contacts"], 2, "{later}");
+    assert_eq!(
+        app.admin_get("/admin/contacts/65f0c0ffee00000000000001").await.status(),
+        404
+    );
     app.stop().await;
 }
 

@@ -11,7 +11,7 @@
 use serde_json::Value;
 
 use super::{bool_field, list_ids, list_is_partial, str_field, ts, Applied, Ctx};
-use crate::cache::{decode, encode, ContactRecord};
+use crate::cache::{decode, encode, ContactRecord, Filed};
 use crate::store::{CacheKind, CacheTx, TxError, TxResult};
 
 const KIND: CacheKind = CacheKind::Contact;
@@ -30,17 +30,18 @@ fn load(tx: &CacheTx<'_>, id: &str) -> TxResult<Option<ContactRecord>> {
 }
 
 fn save(tx: &CacheTx<'_>, ctx: &Ctx<'_>, r: &mut ContactRecord, prev: Option<&ContactRecord>) -> TxResult<()> {
-    let prev_hash = prev.and_then(|p| p.email_hash.clone());
-    if prev_hash != r.email_hash {
-        if let Some(h) = &prev_hash {
+    let prev_hash = prev.and_then(|p| p.email_hash.as_ref());
+    if prev_hash != r.email_hash.as_ref() {
+        if let Some(h) = prev_hash {
             tx.unindex_email(h, &r.id)?;
         }
-    }
-    if let Some(h) = &r.email_hash {
-        tx.index_email(h, &r.id)?;
+        if let Some(h) = &r.email_hash {
+            tx.index_email(h, &r.id)?;
+        }
     }
     r.written_ms = ctx.now_ms;
-    tx.put(KIND, &r.id, &encode(r), r.written_ms, prev.map(|p| p.written_ms))
+    r.index_ms = Some(Filed::next(prev.map(ContactRecord::filed), ctx.now_ms));
+    tx.put(KIND, &r.id, &encode(r), prev.is_none().then_some(ctx.now_ms))
 }
 
 pub fn upsert(tx: &CacheTx<'_>, ctx: &Ctx<'_>, contact: &Value, archived: Option<bool>) -> TxResult<Applied> {
@@ -125,7 +126,7 @@ pub fn delete(tx: &CacheTx<'_>, ctx: &Ctx<'_>, id: &str) -> TxResult<Applied> {
         if let Some(h) = &existing.email_hash {
             tx.unindex_email(h, id)?;
         }
-        tx.remove(KIND, id, Some(existing.written_ms))?;
+        tx.remove(KIND, id, Some(existing.filed().at()))?;
     }
     let deleted_at = tx.tombstone(KIND, id)?.unwrap_or_else(|| ctx.event_stamp());
     tx.put_tombstone(KIND, id, deleted_at, ctx.now_ms)?;

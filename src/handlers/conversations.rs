@@ -7,7 +7,7 @@
 use serde_json::Value;
 
 use super::{bool_field, list_ids, str_field, ts, Applied, Ctx};
-use crate::cache::{decode, encode, ConversationRecord};
+use crate::cache::{decode, encode, ConversationRecord, Filed};
 use crate::envelope::id_string;
 use crate::store::{CacheKind, CacheTx, TxError, TxResult};
 
@@ -33,7 +33,8 @@ fn save(
     prev: Option<&ConversationRecord>,
 ) -> TxResult<()> {
     r.written_ms = ctx.now_ms;
-    tx.put(KIND, &r.id, &encode(r), r.written_ms, prev.map(|p| p.written_ms))
+    r.index_ms = Some(Filed::next(prev.map(ConversationRecord::filed), ctx.now_ms));
+    tx.put(KIND, &r.id, &encode(r), prev.is_none().then_some(ctx.now_ms))
 }
 
 /// 2.x `admin_assignee_id`, or a legacy `assignee` of the given type.
@@ -124,7 +125,7 @@ pub fn upsert(tx: &CacheTx<'_>, ctx: &Ctx<'_>, c: &Value) -> TxResult<Applied> {
 
 pub fn delete(tx: &CacheTx<'_>, ctx: &Ctx<'_>, id: &str) -> TxResult<Applied> {
     if let Some(existing) = load(tx, id)? {
-        tx.remove(KIND, id, Some(existing.written_ms))?;
+        tx.remove(KIND, id, Some(existing.filed().at()))?;
     }
     let deleted_at = tx.tombstone(KIND, id)?.unwrap_or_else(|| ctx.event_stamp());
     tx.put_tombstone(KIND, id, deleted_at, ctx.now_ms)?;

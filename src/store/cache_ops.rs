@@ -130,32 +130,30 @@ impl<'a> CacheTx<'a> {
         }
     }
 
-    /// Writes a record read earlier in this attempt; `written_ms` and
-    /// `prev_written_ms` keep the expiry index in step.
-    pub fn put(
-        &self,
-        kind: CacheKind,
-        id: &str,
-        value: &[u8],
-        written_ms: i64,
-        prev_written_ms: Option<i64>,
-    ) -> TxResult<()> {
+    /// Writes a record read earlier in this attempt. `file_at`: a new
+    /// record is filed in the expiry index under this time; an existing one
+    /// (`None`) stays where it is filed (see `cache::Filed`).
+    pub fn put(&self, kind: CacheKind, id: &str, value: &[u8], file_at: Option<i64>) -> TxResult<()> {
         self.swap(kind, id, Some(value))?;
-        if let Some(prev) = prev_written_ms.filter(|&p| p != written_ms) {
-            self.trees.cache_time.remove(cache_time_key(kind.tag(), prev, id))?;
+        if let Some(ms) = file_at {
+            self.trees.cache_time.insert(cache_time_key(kind.tag(), ms, id), &[])?;
         }
-        self.trees
-            .cache_time
-            .insert(cache_time_key(kind.tag(), written_ms, id), &[])?;
         Ok(())
     }
 
-    /// Removes a record read earlier in this attempt.
-    pub fn remove(&self, kind: CacheKind, id: &str, prev_written_ms: Option<i64>) -> TxResult<()> {
+    /// Removes a record read earlier in this attempt, and its expiry index
+    /// entry (filed under `filed_at`).
+    pub fn remove(&self, kind: CacheKind, id: &str, filed_at: Option<i64>) -> TxResult<()> {
         self.swap(kind, id, None)?;
-        if let Some(prev) = prev_written_ms {
-            self.trees.cache_time.remove(cache_time_key(kind.tag(), prev, id))?;
+        if let Some(ms) = filed_at {
+            self.trees.cache_time.remove(cache_time_key(kind.tag(), ms, id))?;
         }
+        Ok(())
+    }
+
+    /// Files a record (again) in the expiry index.
+    pub(crate) fn file_time_index(&self, tag: &str, ms: i64, id: &str) -> TxResult<()> {
+        self.trees.cache_time.insert(cache_time_key(tag, ms, id), &[])?;
         Ok(())
     }
 
