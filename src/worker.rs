@@ -53,10 +53,21 @@ fn run(ctx: WorkerCtx, shutdown: CancellationToken) {
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
         };
         let key = work.key.clone();
-        if let Err(e) = process_work(&ctx, work) {
+        let fresh = work.fresh.as_ref().map(|f| (f.batch, f.seen.meta.received_ms));
+        let result = process_work(&ctx, work);
+        if let Err(e) = &result {
             // The event stays queued; it is tried again at the next start or
             // replay. Store errors say nothing personal.
             tracing::error!(webhook_id = %key, error = %e, "Could not record an event's outcome.");
+        }
+        if let Some((batch, received_ms)) = fresh {
+            if result.is_err() {
+                if let Err(e) = ctx.store.keep_queued(&key, received_ms) {
+                    tracing::error!(webhook_id = %key, error = %e, "Could not keep a failed event queued; it is queued again at the next start.");
+                    continue;
+                }
+            }
+            ctx.store.fresh_finished(batch);
         }
     }
 }

@@ -1,10 +1,11 @@
 //! Crash safety: the real binary is SIGKILLed while 32 requests are in
 //! flight; after a restart every notification that got a `200` is there,
-//! and the store opens every time.
+//! and the store opens every time. In the end every one of them is
+//! processed, including those killed before or while a worker had them.
 
 mod common;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -23,9 +24,10 @@ fn body(round: usize, i: usize) -> (String, Vec<u8>) {
     (id, b)
 }
 
-async fn listed_ids(admin: std::net::SocketAddr) -> HashSet<String> {
+/// Every stored event's id and status.
+async fn listed_ids(admin: std::net::SocketAddr) -> HashMap<String, String> {
     let client = reqwest::Client::new();
-    let mut ids = HashSet::new();
+    let mut ids = HashMap::new();
     let mut after: Option<String> = None;
     loop {
         let mut url = format!("http://{admin}/admin/events?limit=5000");
@@ -42,7 +44,10 @@ async fn listed_ids(admin: std::net::SocketAddr) -> HashSet<String> {
             .await
             .unwrap();
         for e in v["events"].as_array().unwrap() {
-            ids.insert(e["id"].as_str().unwrap().to_string());
+            ids.insert(
+                e["id"].as_str().unwrap().to_string(),
+                e["status"].as_str().unwrap().to_string(),
+            );
         }
         match v["next_cursor"].as_str() {
             Some(c) => after = Some(c.to_string()),
@@ -105,7 +110,7 @@ async fn every_acknowledged_notification_survives_sigkill() {
         // Restart: the store must open, and hold every acknowledged id.
         let (mut child, _public, admin) = bin.serve(&[]);
         let stored = listed_ids(admin).await;
-        let missing: Vec<&String> = all_acked.iter().filter(|id| !stored.contains(*id)).collect();
+        let missing: Vec<&String> = all_acked.iter().filter(|id| !stored.contains_key(*id)).collect();
         assert!(
             missing.is_empty(),
             "round {round}: {} acknowledged notifications lost, e.g. {:?}",
@@ -115,10 +120,25 @@ async fn every_acknowledged_notification_survives_sigkill() {
         child.kill().unwrap();
         child.wait().unwrap();
     }
-    // A last clean start: still every id, each once.
+    // A last clean start: still every id, each once, and every one of them
+    // processed in the end.
     let (mut child, _public, admin) = bin.serve(&[]);
-    let stored = listed_ids(admin).await;
-    assert!(all_acked.iter().all(|id| stored.contains(id)));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let stored = listed_ids(admin).await;
+        assert!(all_acked.iter().all(|id| stored.contains_key(id)));
+        let unprocessed: Vec<(&String, &String)> = stored.iter().filter(|(_, st)| *st != "processed").collect();
+        if unprocessed.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} events never processed, e.g. {:?}",
+            unprocessed.len(),
+            unprocessed.first()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
     child.kill().unwrap();
     child.wait().unwrap();
 }

@@ -26,6 +26,7 @@ use crate::timefmt::now_ms;
 
 use super::event::{EventMeta, Location};
 use super::log::{create_segment, frame_event, HEADER_LEN};
+use super::progress::Position;
 use super::{Fresh, Shared, StoreError, Trees, Work, FRESH_QUEUE_LIMIT};
 
 pub(super) struct AppendReq {
@@ -39,8 +40,10 @@ pub(super) struct AppendReq {
 /// A durable batch on its way to the index.
 pub(super) struct Indexed {
     pub items: Vec<(EventMeta, Bytes, watch::Sender<bool>)>,
-    /// (segment, end offset) once the batch is indexed.
-    pub end: (u64, u64),
+    /// Where its first record is, (segment, offset).
+    pub start: Position,
+    /// Where its last record ends.
+    pub end: Position,
 }
 
 pub(super) enum Cmd {
@@ -213,6 +216,7 @@ impl Committer {
         // Blocks when the indexer is far behind: back-pressure on intake.
         let _ = self.index_tx.send(Indexed {
             items,
+            start: (s.seq, locs.first().map_or(s.len, |l| l.off)),
             end: (s.seq, s.len),
         });
     }
@@ -226,17 +230,24 @@ impl Committer {
 }
 
 /// The indexer thread: applies durable batches to sled, releases their
-/// claims and hands new events to the workers.
+/// claims and hands new events to the workers: with their body and without
+/// a `pending` entry while the queue is short (see `progress`), by key from
+/// the `pending` tree beyond that.
 pub(super) fn index(trees: Trees, shared: Arc<Shared>, rx: Receiver<Indexed>, work_tx: Sender<Work>) {
     while let Ok(batch) = rx.recv() {
+        let mut room = FRESH_QUEUE_LIMIT.saturating_sub(work_tx.len());
+        let mut work = Vec::with_capacity(batch.items.len());
+        let first_ms = batch.items.first().map_or(0, |(m, _, _)| m.received_ms);
         for (meta, body, claim) in batch.items {
-            match super::apply_new(&trees, &meta) {
+            let fresh = meta.status.is_queued() && room > 0;
+            match super::apply_new(&trees, &meta, fresh) {
                 Ok(Some(seen)) if meta.status.is_queued() => {
-                    let fresh = (work_tx.len() < FRESH_QUEUE_LIMIT).then(|| Box::new(Fresh { seen, body }));
-                    let _ = work_tx.send(Work {
-                        key: meta.key.clone(),
-                        fresh,
-                    });
+                    if fresh {
+                        room -= 1;
+                        work.push((meta.key.clone(), Some((seen, body))));
+                    } else {
+                        work.push((meta.key.clone(), None));
+                    }
                 }
                 Ok(_) => {}
                 // The record is in the log; the next open re-applies it.
@@ -246,6 +257,16 @@ pub(super) fn index(trees: Trees, shared: Arc<Shared>, rx: Receiver<Indexed>, wo
             }
             shared.release(&meta.key, &claim);
         }
-        *shared.applied.lock().unwrap_or_else(|p| p.into_inner()) = batch.end;
+        let id = {
+            let fresh = work.iter().filter(|(_, f)| f.is_some()).count();
+            let mut progress = shared.progress();
+            let id = progress.begin_batch(batch.start, first_ms, fresh);
+            progress.indexed(batch.end);
+            id
+        };
+        for (key, fresh) in work {
+            let fresh = fresh.map(|(seen, body)| Box::new(Fresh { seen, body, batch: id }));
+            let _ = work_tx.send(Work { key, fresh });
+        }
     }
 }

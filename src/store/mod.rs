@@ -5,7 +5,8 @@
 //!   `200` (group commit in [`committer`]). This is what makes a `200`
 //!   survive a power cut.
 //! - `index/` (sled): event metadata by key, a time index, the pending
-//!   queue, dedup markers, segment info, the cache and the audit log. sled is
+//!   queue (events not handed to a worker straight from intake; see
+//!   [`progress`]), dedup markers, segment info, the cache and the audit log. sled is
 //!   made durable by a checkpointer (sled `flush` + our own `fsync` of its
 //!   file, since sled's flush is no fsync); after a crash, log records past
 //!   the last checkpoint are re-applied to sled on open.
@@ -24,6 +25,7 @@ pub mod event;
 pub mod keyring;
 pub mod log;
 mod maintenance;
+mod progress;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -46,6 +48,7 @@ pub use cache_ops::{CacheKind, CacheTx, TxError, TxResult};
 use committer::{AppendReq, Cmd, Committer};
 pub use event::{time_key, Attempt, EventMeta, Location, Status};
 use keyring::{Keyring, KeyringError};
+use progress::Progress;
 
 const NEXT_SEQ: &[u8] = b"next_seq";
 const CHECKPOINT: &[u8] = b"checkpoint";
@@ -187,8 +190,8 @@ pub(crate) struct Shared {
     keyring: Keyring,
     readers: Readers,
     next_seq: AtomicU64,
-    /// (segment, end offset) the committer has indexed in sled.
-    applied: Mutex<(u64, u64)>,
+    /// How far the log is safely in sled (see [`progress`]).
+    progress: Mutex<Progress>,
     /// The last intake write failed (readiness reports it).
     write_failed: AtomicBool,
     closed: AtomicBool,
@@ -200,6 +203,10 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    fn progress(&self) -> std::sync::MutexGuard<'_, Progress> {
+        self.progress.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Ends a key's in-flight claim and wakes whoever waits on it.
     fn release(&self, key: &str, claim: &watch::Sender<bool>) {
         self.inflight.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
@@ -274,7 +281,7 @@ fn close_inner(inner: &Inner) -> Result<(), StoreError> {
 /// Makes sled's state durable (flush, then fsync its file, which sled's
 /// flush does not do), then records how far the log is indexed.
 fn checkpoint(trees: &Trees, shared: &Shared, dir: &Path) -> Result<(), StoreError> {
-    let applied = *shared.applied.lock().unwrap_or_else(|p| p.into_inner());
+    let applied = shared.progress().safe_position();
     trees.db.flush()?;
     sync_sled_files(dir)?;
     let mut v = [0u8; 16];
@@ -301,35 +308,38 @@ fn sync_sled_files(dir: &Path) -> std::io::Result<()> {
 /// re-applied on recovery, or a second copy after a failed first). Returns
 /// the snapshot written if it was new. The index entries of a known event
 /// are written again too: sled may have kept the event but lost its index
-/// entries in a crash, and both inserts are idempotent.
-pub(crate) fn apply_new(trees: &Trees, meta: &EventMeta) -> Result<Option<Snapshot>, StoreError> {
+/// entries in a crash, and both inserts are idempotent. `fresh`: a queued
+/// new event goes straight to a worker and gets no `pending` entry (see
+/// [`progress`]).
+pub(crate) fn apply_new(trees: &Trees, meta: &EventMeta, fresh: bool) -> Result<Option<Snapshot>, StoreError> {
     if trees.markers.contains_key(meta.key.as_bytes())? {
         return Ok(None);
     }
     let raw = sled::IVec::from(meta.encode());
-    let (fresh, existing) =
-        match trees
-            .events
-            .compare_and_swap(meta.key.as_bytes(), None as Option<&[u8]>, Some(raw.clone()))?
-        {
-            Ok(()) => (true, None),
-            Err(current) => match current.current.as_deref().and_then(EventMeta::decode) {
-                Some(existing) => (false, Some(existing)),
-                None => return Ok(None),
-            },
-        };
+    let existing = match trees
+        .events
+        .compare_and_swap(meta.key.as_bytes(), None as Option<&[u8]>, Some(raw.clone()))?
+    {
+        Ok(()) => None,
+        Err(current) => match current.current.as_deref().and_then(EventMeta::decode) {
+            Some(existing) => Some(existing),
+            None => return Ok(None),
+        },
+    };
     let indexed = existing.as_ref().unwrap_or(meta);
     let tk = time_key(indexed.received_ms, &indexed.key);
     trees.by_time.insert(&tk, &[])?;
-    if indexed.status.is_queued() {
+    let pending_entry = indexed.status.is_queued() && !(fresh && existing.is_none());
+    if pending_entry {
         trees.pending.insert(&tk, &[])?;
     }
     for c in &indexed.contact_ids {
         trees.subjects.insert(subject_key(c, &indexed.key), &[])?;
     }
-    Ok(fresh.then(|| Snapshot {
+    Ok(existing.is_none().then(|| Snapshot {
         meta: meta.clone(),
         raw,
+        pending_entry,
     }))
 }
 
@@ -369,6 +379,9 @@ impl Completion {
 pub struct Snapshot {
     pub meta: EventMeta,
     raw: sled::IVec,
+    /// Whether the event has its entry in the `pending` tree (a fresh one
+    /// does not; see [`progress`]).
+    pending_entry: bool,
 }
 
 /// An event for the workers. Straight from intake it comes with its
@@ -382,6 +395,8 @@ pub struct Work {
 pub struct Fresh {
     pub seen: Snapshot,
     pub body: Bytes,
+    /// Report to [`Store::fresh_finished`] once the outcome is recorded.
+    pub batch: u64,
 }
 
 /// Fresh work carries its body in memory only while the queue is shorter
@@ -456,7 +471,7 @@ impl Store {
                 map: Mutex::new(HashMap::new()),
             },
             next_seq: AtomicU64::new(next_seq),
-            applied: Mutex::new((0, 0)),
+            progress: Mutex::new(Progress::default()),
             write_failed: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             inflight: Mutex::new(HashMap::new()),
@@ -464,7 +479,7 @@ impl Store {
             fsync_us: AtomicU64::new(0),
         });
         let recovery = recover(&trees, &shared, &log_dir, &segs)?;
-        *shared.applied.lock().unwrap_or_else(|p| p.into_inner()) = (next_seq, 0);
+        *shared.progress() = Progress::new((next_seq, 0));
         checkpoint(&trees, &shared, dir)?;
 
         let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
@@ -660,7 +675,14 @@ impl Store {
     pub fn snapshot(&self, key: &str) -> Result<Option<Snapshot>, StoreError> {
         match self.inner.trees.events.get(key.as_bytes())? {
             Some(v) => EventMeta::decode(&v)
-                .map(|meta| Some(Snapshot { meta, raw: v }))
+                .map(|meta| {
+                    let pending_entry = meta.status.is_queued();
+                    Some(Snapshot {
+                        meta,
+                        raw: v,
+                        pending_entry,
+                    })
+                })
                 .ok_or_else(|| StoreError::Corrupt(format!("event {key} has an unreadable record"))),
             None => Ok(None),
         }
@@ -729,10 +751,29 @@ impl Store {
             .compare_and_swap(key, Some(&seen.raw), Some(m.encode()))?
             .is_ok()
         {
-            sync_pending(&trees.pending, &m, seen.meta.status.is_queued())?;
+            sync_pending(&trees.pending, &m, seen.pending_entry)?;
             return Ok(Some(m));
         }
-        self.update(&seen.meta.key, |m| completion.apply(m))
+        let updated = self.update(&seen.meta.key, |m| completion.apply(m))?;
+        if let Some(m) = &updated {
+            // `update` assumes a queued event has its entry; a fresh one had
+            // none: make it exactly match the new status.
+            sync_pending(&trees.pending, m, !m.status.is_queued())?;
+        }
+        Ok(updated)
+    }
+
+    /// A fresh event of `batch` has its outcome in sled (see [`progress`]).
+    pub fn fresh_finished(&self, batch: u64) {
+        self.inner.shared.progress().finished(batch);
+    }
+
+    /// Gives a fresh event whose outcome could not be recorded a `pending`
+    /// entry, so that it is found again at the next start.
+    pub fn keep_queued(&self, key: &str, received_ms: i64) -> Result<(), StoreError> {
+        let tk = time_key(received_ms, key);
+        self.inner.trees.pending.insert(tk, &[])?;
+        Ok(())
     }
 
     /// Runs `f` over the cache (see [`CacheTx`]).
@@ -797,18 +838,22 @@ impl Store {
         Ok(keys)
     }
 
+    /// Events waiting for a worker: those with a `pending` entry and fresh
+    /// ones handed out without one.
     pub fn pending_depth(&self) -> usize {
-        self.inner.trees.pending.len()
+        self.inner.trees.pending.len() + self.inner.shared.progress().unfinished()
     }
 
     /// Received time of the oldest queued event.
     pub fn oldest_pending_ms(&self) -> Result<Option<i64>, StoreError> {
-        Ok(self
+        let entry = self
             .inner
             .trees
             .pending
             .first()?
-            .and_then(|(k, _)| event::split_time_key(&k).map(|(ms, _)| ms)))
+            .and_then(|(k, _)| event::split_time_key(&k).map(|(ms, _)| ms));
+        let fresh = self.inner.shared.progress().oldest_fresh_ms();
+        Ok(entry.into_iter().chain(fresh).min())
     }
 
     /// Events matching `filter`, newest first, after the cursor `after` (a
@@ -919,9 +964,11 @@ impl Store {
     }
 }
 
-fn sync_pending(pending: &sled::Tree, m: &EventMeta, was_queued: bool) -> Result<(), StoreError> {
+/// Brings the event's `pending` entry in line with its status, given
+/// whether it had one.
+fn sync_pending(pending: &sled::Tree, m: &EventMeta, had_entry: bool) -> Result<(), StoreError> {
     let tk = time_key(m.received_ms, &m.key);
-    match (was_queued, m.status.is_queued()) {
+    match (had_entry, m.status.is_queued()) {
         (false, true) => {
             pending.insert(tk, &[])?;
         }
@@ -1001,7 +1048,7 @@ fn recover(trees: &Trees, shared: &Shared, log_dir: &Path, segs: &[u64]) -> Resu
                 off: r.off,
                 len: r.len,
             });
-            if apply_new(trees, &meta)?.is_some() {
+            if apply_new(trees, &meta, false)?.is_some() {
                 rec.reapplied += 1;
                 info.records += 1;
             }
@@ -1037,4 +1084,130 @@ fn recover(trees: &Trees, shared: &Shared, log_dir: &Path, segs: &[u64]) -> Resu
         trees.segments.insert(seq.to_be_bytes(), info.encode())?;
     }
     Ok(rec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::DataKey;
+
+    fn open(dir: &Path) -> (Store, Recovery) {
+        let key = DataKey::parse(&"5a".repeat(32)).unwrap();
+        let settings = StoreSettings {
+            segment_max_bytes: 64 * 1024 * 1024,
+            segment_max_age: Duration::from_secs(3600),
+        };
+        Store::open(dir, Keys::derive(&key), &settings).unwrap()
+    }
+
+    fn meta(key: &str) -> EventMeta {
+        EventMeta {
+            key: key.into(),
+            notification_id: Some(key.into()),
+            topic: "conversation.user.replied".into(),
+            app_id: None,
+            item_type: Some("conversation".into()),
+            item_id: Some("1".into()),
+            created_at: Some(1),
+            received_ms: now(),
+            last_delivery_ms: now(),
+            delivery_count: 1,
+            status: Status::Pending,
+            attempts: 0,
+            retry_at_ms: None,
+            last_error: None,
+            history: Vec::new(),
+            body_len: 2,
+            contact_ids: Vec::new(),
+            loc: None,
+        }
+    }
+
+    fn now() -> i64 {
+        crate::timefmt::now_ms()
+    }
+
+    fn take_fresh(store: &Store, n: usize) -> Vec<Fresh> {
+        (0..n)
+            .map(|_| {
+                let w = store.work_queue().recv_timeout(Duration::from_secs(5)).unwrap();
+                *w.fresh.expect("handed out fresh")
+            })
+            .collect()
+    }
+
+    /// A fresh event has no `pending` entry: if the process stops before
+    /// its outcome is recorded, the checkpoint must still lead recovery to
+    /// queue it again, and once recorded it must not come back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fresh_events_are_queued_again_until_their_outcome_is_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open(dir.path());
+        for i in 0..5 {
+            let appended = store
+                .append_if_absent(meta(&format!("k{i}")), Bytes::from_static(b"{}"))
+                .await;
+            assert!(matches!(appended, Ok(Appended::Stored)));
+        }
+        // A worker took them, then the process stopped (the checkpoint at
+        // close stands for one taken at any moment in between).
+        let taken = take_fresh(&store, 5);
+        assert_eq!(store.pending_depth(), 5);
+        store.close().unwrap();
+        drop((store, taken));
+
+        let (store, recovery) = open(dir.path());
+        assert_eq!(recovery.pending, 5, "all five queued again");
+        let keys: Vec<String> = (0..5)
+            .map(|_| store.work_queue().recv_timeout(Duration::from_secs(5)).unwrap().key)
+            .collect();
+        assert_eq!(keys.len(), 5);
+        // Now record outcomes, two of them for fresh events of a new batch.
+        for k in &keys {
+            let seen = store.snapshot(k).unwrap().unwrap();
+            let done = Completion {
+                status: Status::Processed,
+                attempt: Attempt {
+                    at_ms: now(),
+                    outcome: "processed".into(),
+                    error: None,
+                    duration_us: None,
+                },
+                retry_at_ms: None,
+            };
+            store.complete(&seen, &done).unwrap();
+        }
+        for i in 5..7 {
+            store
+                .append_if_absent(meta(&format!("k{i}")), Bytes::from_static(b"{}"))
+                .await
+                .unwrap();
+        }
+        let fresh = take_fresh(&store, 2);
+        let retry = Completion {
+            status: Status::Retrying,
+            attempt: Attempt {
+                at_ms: now(),
+                outcome: "retrying".into(),
+                error: Some("e".into()),
+                duration_us: None,
+            },
+            retry_at_ms: Some(now() + 60_000),
+        };
+        for f in &fresh {
+            // A retrying outcome must leave an entry to be found at start.
+            store.complete(&f.seen, &retry).unwrap();
+            store.fresh_finished(f.batch);
+        }
+        assert_eq!(store.pending_depth(), 2);
+        store.close().unwrap();
+        drop(store);
+
+        let (store, recovery) = open(dir.path());
+        assert_eq!(recovery.pending, 2, "only the two retrying");
+        for i in 0..5 {
+            assert_eq!(store.get(&format!("k{i}")).unwrap().unwrap().status, Status::Processed);
+        }
+        store.close().unwrap();
+    }
 }
