@@ -8,7 +8,8 @@
 //! ```text
 //! cargo run --release --example loadgen -- --url http://127.0.0.1:8080/webhooks/intercom \
 //!     --secret test-client-secret --connections 64 --seconds 10
-//! # at a steady rate (latency measured from each request's scheduled time):
+//! # at a steady rate (a request delayed by a slow previous answer is timed
+//! # from when it was due):
 //! cargo run --release --example loadgen -- ... --connections 16 --rate 1000
 //! ```
 
@@ -191,13 +192,23 @@ fn main() {
                 let mut buf = Vec::with_capacity(8192);
                 let mut lat: Vec<(Kind, u16, u32)> = Vec::new();
                 let mut scheduled = Instant::now() + interval.map(|i| i.mul_f64(c as f64 / 64.0)).unwrap_or_default();
+                let mut last_done = Instant::now();
                 while Instant::now() < deadline {
                     if interval.is_some() {
                         tokio::time::sleep_until(scheduled.into()).await;
                     }
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(p) = prepared.get(i) else { break };
-                    let t0 = if interval.is_some() { scheduled } else { Instant::now() };
+                    // At a steady rate, a request late because the previous
+                    // answer came late counts from when it was due (no
+                    // coordinated omission); one late only because the timer
+                    // woke late (tokio's is 1 ms coarse) counts from when it
+                    // was sent.
+                    let t0 = if interval.is_some() && last_done > scheduled {
+                        scheduled
+                    } else {
+                        Instant::now()
+                    };
                     if s.write_all(&p.bytes).await.is_err() {
                         break;
                     }
@@ -205,7 +216,8 @@ fn main() {
                         Ok(st) => st,
                         Err(_) => break,
                     };
-                    lat.push((p.kind, status, t0.elapsed().as_micros() as u32));
+                    last_done = Instant::now();
+                    lat.push((p.kind, status, (last_done - t0).as_micros() as u32));
                     if let Some(iv) = interval {
                         scheduled += iv;
                     }
