@@ -68,8 +68,7 @@ pub async fn run_once(store: &Store, settings: &Settings, dry_run: bool) -> Resu
     if !dry_run {
         // The open segment only expires once closed: close it when all it
         // holds is past retention.
-        let open = store.next_segment().saturating_sub(1);
-        if let Some((_, info)) = store.segments()?.into_iter().find(|(s, i)| *s == open && !i.closed) {
+        if let Some((_, info)) = store.segments()?.into_iter().find(|(_, i)| !i.closed) {
             if info.last_ms < events_cut {
                 store.roll_segment().await?;
             }

@@ -197,11 +197,7 @@ async fn export_then_erase_end_to_end() {
     for id in ["notif_e1", "notif_e2", "notif_other"] {
         app.wait_final(id).await;
     }
-    let segments_before: Vec<String> = std::fs::read_dir(app.data_dir().join("log"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
+    let segments_before = written_segments(&app.data_dir());
 
     // Export.
     let r = app.admin_post("/admin/export", json!({"email": EMAIL})).await;
@@ -344,10 +340,7 @@ async fn export_then_erase_end_to_end() {
 
     // Altering one entry breaks the chain at that entry.
     let s = settings(dir.path(), &cfg, &privacy_env());
-    let key = intercom_webhooks::crypto::DataKey::parse(DATA_KEY).unwrap();
-    let (store, _) =
-        intercom_webhooks::store::Store::open(&s.data_dir, intercom_webhooks::crypto::Keys::derive(&key), &s.store)
-            .unwrap();
+    let store = intercom_webhooks::app::open_store(&s).unwrap();
     let entries = intercom_webhooks::audit::list(&store).unwrap();
     let seq = entries["entries"][1]["seq"].as_u64().unwrap();
     let mut raw: Value = serde_json::to_value(&entries["entries"][1]).unwrap();

@@ -34,13 +34,7 @@ fn contact(n: usize) -> Vec<u8> {
 }
 
 fn segment_files(app: &TestApp) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(app.data_dir().join("log"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
+    written_segments(&app.data_dir())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

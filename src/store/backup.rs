@@ -49,12 +49,18 @@ impl Store {
             }
             section(out, TREE, &String::from_utf8_lossy(&name), &data)?;
         }
-        // Every record the index knows is in a segment up to the open one.
+        // Every record the index knows is in a segment closed by now (not in
+        // one written since, nor in the one prepared ahead).
         self.roll_segment_blocking()?;
-        let last = self.next_segment().saturating_sub(1);
+        let closed: std::collections::BTreeSet<u64> = self
+            .segments()?
+            .into_iter()
+            .filter(|(_, i)| i.closed)
+            .map(|(s, _)| s)
+            .collect();
         let mut files = 0;
         for seq in log::list_segments(&self.inner.log_dir)? {
-            if seq > last {
+            if !closed.contains(&seq) {
                 continue;
             }
             let bytes = std::fs::read(log::segment_path(&self.inner.log_dir, seq))?;

@@ -11,8 +11,8 @@
 //! between the two is bounded, so a slow index pushes back on intake.
 
 use std::fs::File;
-use std::io::Write;
-use std::path::PathBuf;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -76,8 +76,72 @@ pub(super) struct Committer {
     pub shared: Arc<Shared>,
     pub rx: Receiver<Cmd>,
     pub index_tx: Sender<Indexed>,
+    /// The next segment, made ahead by [`prepare_ahead`].
+    pub spare: Receiver<Result<Prepared, StoreError>>,
     pub max_bytes: u64,
     pub max_age: Duration,
+}
+
+/// A segment made ahead of need: numbered, keyed, zero-filled to its full
+/// size (see `log::create_segment`).
+pub(super) struct Prepared {
+    seq: u64,
+    file: File,
+    cipher: Arc<SegmentCipher>,
+}
+
+/// Makes the next segment.
+fn prepare_segment(trees: &Trees, shared: &Shared, log_dir: &Path, size: u64) -> Result<Prepared, StoreError> {
+    let seq = shared.next_seq.fetch_add(1, Ordering::SeqCst);
+    trees
+        .state
+        .insert(super::NEXT_SEQ, &(seq + 1).to_be_bytes())
+        .map_err(StoreError::from)?;
+    let cipher = Arc::new(shared.keyring.create(seq)?);
+    let made = create_segment(log_dir, seq, now_ms(), size)
+        .map_err(StoreError::from)
+        .and_then(|file| {
+            shared.readers.register(seq, log_dir, cipher.clone())?;
+            Ok(file)
+        });
+    match made {
+        Ok(file) => Ok(Prepared { seq, file, cipher }),
+        Err(e) => {
+            let _ = shared.keyring.destroy(seq);
+            Err(e)
+        }
+    }
+}
+
+/// The segment preparer thread: keeps the next segment ready, so that the
+/// committer never waits for the zeros to be written. Exits when the
+/// committer is gone, deleting the segment it held.
+pub(super) fn prepare_ahead(
+    trees: Trees,
+    shared: Arc<Shared>,
+    log_dir: PathBuf,
+    size: u64,
+    tx: Sender<Result<Prepared, StoreError>>,
+) {
+    loop {
+        let made = prepare_segment(&trees, &shared, &log_dir, size);
+        if let Err(e) = &made {
+            tracing::error!(error = %e, "Could not prepare the next intake log segment; retrying.");
+        }
+        let failed = made.is_err();
+        match tx.send(made) {
+            Ok(()) if failed => std::thread::sleep(Duration::from_millis(100)),
+            Ok(()) => {}
+            Err(crossbeam_channel::SendError(unused)) => {
+                if let Ok(p) = unused {
+                    shared.readers.forget(p.seq);
+                    let _ = std::fs::remove_file(super::log::segment_path(&log_dir, p.seq));
+                    let _ = shared.keyring.destroy(p.seq);
+                }
+                return;
+            }
+        }
+    }
 }
 
 impl Committer {
@@ -124,6 +188,10 @@ impl Committer {
 
     fn close(&self, seg: &mut Option<OpenSegment>) {
         if let Some(s) = seg.take() {
+            // Give back the prepared space nothing was written to.
+            if let Err(e) = s.file.set_len(s.len).and_then(|_| s.file.sync_all()) {
+                tracing::warn!(segment = s.seq, error = %e, "Could not trim a closed intake log segment; it is trimmed at the next start.");
+            }
             self.record_segment(&s, true);
         }
     }
@@ -142,14 +210,12 @@ impl Committer {
     }
 
     fn open_segment(&self) -> Result<OpenSegment, StoreError> {
-        let seq = self.shared.next_seq.fetch_add(1, Ordering::SeqCst);
-        self.trees
-            .state
-            .insert(super::NEXT_SEQ, &(seq + 1).to_be_bytes())
-            .map_err(StoreError::from)?;
-        let cipher = Arc::new(self.shared.keyring.create(seq)?);
-        let file = create_segment(&self.log_dir, seq, now_ms())?;
-        self.shared.readers.register(seq, &self.log_dir, cipher.clone())?;
+        let Prepared { seq, file, cipher } = match self.spare.recv() {
+            Ok(made) => made?,
+            // The preparer is gone (it only stops after us, so this is a
+            // bug, not a shutdown): make the segment here.
+            Err(_) => prepare_segment(&self.trees, &self.shared, &self.log_dir, self.max_bytes)?,
+        };
         let now = now_ms();
         tracing::debug!(segment = seq, "Opened intake log segment.");
         Ok(OpenSegment {
@@ -165,9 +231,15 @@ impl Committer {
     }
 
     fn commit(&self, seg: &mut Option<OpenSegment>, batch: &mut Vec<AppendReq>, buf: &mut Vec<u8>) {
+        // Framing and metadata add well under this much per record: a batch
+        // that might not fit in the segment's prepared space goes to the next.
+        const RECORD_OVERHEAD: u64 = 1024;
+        let batch_bytes: u64 = batch.iter().map(|r| r.body.len() as u64 + RECORD_OVERHEAD).sum();
         let needs_new = match seg {
             None => true,
-            Some(s) => s.len >= self.max_bytes || s.opened.elapsed() >= self.max_age,
+            Some(s) => {
+                (s.len > HEADER_LEN && s.len + batch_bytes > self.max_bytes) || s.opened.elapsed() >= self.max_age
+            }
         };
         if needs_new {
             self.close(seg);
@@ -188,7 +260,7 @@ impl Committer {
             locs.push(Location { seg: s.seq, off, len });
         }
         let started = Instant::now();
-        let written = s.file.write_all(buf).and_then(|_| s.file.sync_data());
+        let written = s.file.write_all_at(buf, s.len).and_then(|_| s.file.sync_data());
         self.shared.metrics_fsync(started.elapsed());
         if let Err(e) = written {
             // The file's state after a failed write or fsync is unknown:

@@ -4,7 +4,7 @@
 //! segment's key is destroyed.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use super::event::time_key;
@@ -86,8 +86,7 @@ impl Store {
             return Ok(report);
         }
         // The open segment has to be closed before it can be rewritten.
-        let open = self.next_segment().saturating_sub(1);
-        if segments.contains(&open) {
+        if self.open_segment()?.is_some_and(|open| segments.contains(&open)) {
             self.roll_segment_blocking()?;
         }
         for seq in segments {
@@ -127,7 +126,7 @@ impl Store {
             let new_seq = shared.next_seq.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             self.inner.trees.state.insert(NEXT_SEQ, &(new_seq + 1).to_be_bytes())?;
             let new_cipher = Arc::new(shared.keyring.create(new_seq)?);
-            let mut file = log::create_segment(&self.inner.log_dir, new_seq, now_ms())?;
+            let file = log::create_segment(&self.inner.log_dir, new_seq, now_ms(), log::HEADER_LEN)?;
             let mut buf = Vec::new();
             let mut off = log::HEADER_LEN;
             let (mut first, mut last) = (i64::MAX, 0);
@@ -138,7 +137,7 @@ impl Store {
                 first = first.min(m.received_ms);
                 last = last.max(m.received_ms);
             }
-            file.write_all(&buf)?;
+            file.write_all_at(&buf, log::HEADER_LEN)?;
             file.sync_data()?;
             shared.readers.register(new_seq, &self.inner.log_dir, new_cipher)?;
             let info = SegmentInfo {

@@ -13,7 +13,7 @@
 //! (wrong key, tampering) without needing the key.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -62,21 +62,60 @@ pub fn list_segments(dir: &Path) -> std::io::Result<Vec<u64>> {
     Ok(seqs)
 }
 
-/// Creates segment `seq` with its header, durably (file and directory).
-pub fn create_segment(dir: &Path, seq: u64, now_ms: i64) -> std::io::Result<File> {
-    let mut file = OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create_new(true)
-        .open(segment_path(dir, seq))?;
-    let mut header = [0u8; HEADER_LEN as usize];
-    header[..8].copy_from_slice(MAGIC);
-    header[8..16].copy_from_slice(&seq.to_le_bytes());
-    header[16..24].copy_from_slice(&(now_ms.max(0) as u64).to_le_bytes());
-    file.write_all(&header)?;
-    file.sync_all()?;
-    sync_dir(dir)?;
-    Ok(file)
+/// Creates segment `seq`, `size` bytes long: its header, then zeros, made
+/// durable (file and directory). Records are later written over the zeros,
+/// so an append never changes the file's size and its `fdatasync` flushes
+/// data only: a size change also writes the inode, which waits behind any
+/// other writer of the same inode table block (sled's checkpoint fsyncs
+/// stalled appends by 20-150 ms that way). A disk too full for the whole
+/// segment fails here, before anything is acknowledged into it. A failed
+/// creation leaves no file.
+pub fn create_segment(dir: &Path, seq: u64, now_ms: i64, size: u64) -> std::io::Result<File> {
+    let path = segment_path(dir, seq);
+    let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
+    let made = (|| {
+        let mut header = [0u8; HEADER_LEN as usize];
+        header[..8].copy_from_slice(MAGIC);
+        header[8..16].copy_from_slice(&seq.to_le_bytes());
+        header[16..24].copy_from_slice(&(now_ms.max(0) as u64).to_le_bytes());
+        file.write_all_at(&header, 0)?;
+        // Page-sized writes keep the page cache in small folios: a large
+        // one (the kernel makes them for large writes) would be written out
+        // whole at each later fdatasync of a few bytes in it. Flushing every
+        // few MiB keeps this from queueing one burst ahead of intake's
+        // fdatasyncs on the same disk.
+        let zeros = [0u8; 4096];
+        let mut at = HEADER_LEN;
+        while at < size {
+            let n = (size - at).min(zeros.len() as u64) as usize;
+            file.write_all_at(&zeros[..n], at)?;
+            at += n as u64;
+            if at % (4 << 20) < n as u64 {
+                file.sync_data()?;
+            }
+        }
+        file.sync_all()?;
+        sync_dir(dir)
+    })();
+    match made {
+        Ok(()) => Ok(file),
+        Err(e) => {
+            let _ = std::fs::remove_file(&path);
+            Err(e)
+        }
+    }
+}
+
+/// Whether a segment holds no record (only its header and zeros): a
+/// segment prepared ahead and never written to.
+pub fn is_unused(path: &Path) -> std::io::Result<bool> {
+    let file = File::open(path)?;
+    let mut first = [0u8; FRAME_LEN as usize];
+    match file.read_exact_at(&mut first, HEADER_LEN) {
+        Ok(()) => Ok(first.iter().all(|&b| b == 0)),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(true),
+        Err(e) => Err(e),
+    }
 }
 
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
@@ -162,6 +201,9 @@ pub struct ScanResult {
     /// End of the last whole record: where a torn tail starts.
     pub good_end: u64,
     pub file_len: u64,
+    /// Everything after `good_end` is zeros: space prepared for records,
+    /// not a torn one.
+    pub zero_tail: bool,
 }
 
 /// Reads every whole record of a segment from `from` on. Stops at the first
@@ -179,6 +221,7 @@ pub fn scan(path: &Path, cipher: &SegmentCipher, seq: u64, from: u64) -> Result<
             records,
             good_end: HEADER_LEN.min(file_len),
             file_len,
+            zero_tail: false,
         });
     }
     while off + FRAME_LEN <= file_len {
@@ -203,10 +246,12 @@ pub fn scan(path: &Path, cipher: &SegmentCipher, seq: u64, from: u64) -> Result<
         });
         off = end;
     }
+    let zero_tail = data.get(off as usize..).is_none_or(|t| t.iter().all(|&b| b == 0));
     Ok(ScanResult {
         records,
         good_end: off,
         file_len,
+        zero_tail,
     })
 }
 
@@ -219,7 +264,12 @@ mod tests {
     fn write_scan_and_torn_tail() {
         let dir = tempfile::tempdir().unwrap();
         let cipher = SegmentCipher::new(&random_key());
-        let mut f = create_segment(dir.path(), 7, 1000).unwrap();
+        let f = create_segment(dir.path(), 7, 1000, 4096).unwrap();
+        assert_eq!(f.metadata().unwrap().len(), 4096, "made full size up front");
+        let path = segment_path(dir.path(), 7);
+        assert!(is_unused(&path).unwrap());
+        let empty = scan(&path, &SegmentCipher::new(&random_key()), 7, 0).unwrap();
+        assert!(empty.records.is_empty() && empty.zero_tail && empty.good_end == HEADER_LEN);
         let mut buf = Vec::new();
         let mut off = HEADER_LEN;
         let mut locs = vec![];
@@ -228,14 +278,17 @@ mod tests {
             locs.push((off, len));
             off += u64::from(len);
         }
-        f.write_all(&buf).unwrap();
+        f.write_all_at(&buf, HEADER_LEN).unwrap();
+        let res = scan(&path, &cipher, 7, 0).unwrap();
+        assert_eq!(res.records.len(), 3);
+        assert!(res.zero_tail, "the rest is prepared space");
+        assert!(!is_unused(&path).unwrap());
         // a torn fourth record
-        f.write_all(&[50, 0, 0, 0, 1, 2]).unwrap();
-        let path = segment_path(dir.path(), 7);
+        f.write_all_at(&[50, 0, 0, 0, 1, 2], off).unwrap();
         let res = scan(&path, &cipher, 7, 0).unwrap();
         assert_eq!(res.records.len(), 3);
         assert_eq!(res.good_end, off);
-        assert!(res.file_len > off);
+        assert!(res.file_len > off && !res.zero_tail);
         let (o, l) = locs[1];
         assert_eq!(read_record(&f, &cipher, 7, o, l).unwrap(), vec![1u8; 100]);
         assert_eq!(list_segments(dir.path()).unwrap(), vec![7]);

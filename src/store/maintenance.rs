@@ -2,8 +2,6 @@
 //! keys, whole-segment deletion with key destruction, dedup markers, and the
 //! append-only audit tree.
 
-use std::sync::atomic::Ordering;
-
 use super::event::{split_time_key, time_key};
 use super::{log, EventMeta, SegmentInfo, Store, StoreError};
 
@@ -137,10 +135,9 @@ impl Store {
         Ok(())
     }
 
-    /// The sequence number the committer will give the next segment (the
-    /// open segment, if any, is the one before it).
-    pub(crate) fn next_segment(&self) -> u64 {
-        self.inner.shared.next_seq.load(Ordering::SeqCst)
+    /// The segment the committer is writing, if it has written any.
+    pub(crate) fn open_segment(&self) -> Result<Option<u64>, StoreError> {
+        Ok(self.segments()?.into_iter().find(|(_, i)| !i.closed).map(|(s, _)| s))
     }
 
     // ---- audit tree ----

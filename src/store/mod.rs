@@ -486,18 +486,33 @@ impl Store {
         let (work_tx, work_rx) = crossbeam_channel::unbounded();
         let (index_tx, index_rx) = crossbeam_channel::bounded(64);
         let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
+        let (spare_tx, spare_rx) = crossbeam_channel::bounded(0);
         let committer = Committer {
             log_dir: log_dir.clone(),
             trees: trees.clone(),
             shared: shared.clone(),
             rx: cmd_rx,
             index_tx,
+            spare: spare_rx,
             max_bytes: settings.segment_max_bytes,
             max_age: settings.segment_max_age,
         };
         let mut threads = vec![std::thread::Builder::new()
             .name("intake-committer".into())
             .spawn(move || committer.run())?];
+        {
+            let (trees, shared, log_dir, size) = (
+                trees.clone(),
+                shared.clone(),
+                log_dir.clone(),
+                settings.segment_max_bytes,
+            );
+            threads.push(
+                std::thread::Builder::new()
+                    .name("segment-preparer".into())
+                    .spawn(move || committer::prepare_ahead(trees, shared, log_dir, size, spare_tx))?,
+            );
+        }
         {
             let (trees, shared, work_tx) = (trees.clone(), shared.clone(), work_tx.clone());
             threads.push(
@@ -1056,22 +1071,31 @@ fn recover(trees: &Trees, shared: &Shared, log_dir: &Path, segs: &[u64]) -> Resu
             info.last_ms = info.last_ms.max(meta.received_ms);
         }
         if scan.good_end < scan.file_len {
-            let torn = scan.file_len - scan.good_end;
-            if i + 1 == segs.len() {
-                tracing::warn!(
-                    segment = seq,
-                    torn_bytes = torn,
-                    "Cut a torn record off the intake log (an interrupted write that was never acknowledged)."
-                );
+            let tail = scan.file_len - scan.good_end;
+            // Prepared space after the last record, or a torn record in the
+            // segment being written when the process stopped (no later one
+            // holds a record): cut either off. Unreadable bytes in an older
+            // segment are left for inspection.
+            let newest = segs[i + 1..].iter().try_fold(true, |all, s| {
+                Ok::<_, std::io::Error>(all && log::is_unused(&log::segment_path(log_dir, *s))?)
+            })?;
+            if scan.zero_tail || newest {
+                if !scan.zero_tail {
+                    tracing::warn!(
+                        segment = seq,
+                        torn_bytes = tail,
+                        "Cut a torn record off the intake log (an interrupted write that was never acknowledged)."
+                    );
+                    rec.torn_bytes += tail;
+                }
                 std::fs::OpenOptions::new()
                     .write(true)
                     .open(&path)?
                     .set_len(scan.good_end)?;
-                rec.torn_bytes += torn;
             } else {
                 tracing::error!(
                     segment = seq,
-                    bad_bytes = torn,
+                    bad_bytes = tail,
                     "Intake log segment has unreadable bytes before its end; they were skipped."
                 );
             }

@@ -234,6 +234,20 @@ pub fn notification(id: &str, topic: &str, item: Value, created_at: i64) -> Vec<
 }
 
 /// Every file under `dir`, read as bytes.
+/// The intake log segments of a data dir that hold records, sorted (not
+/// the one prepared ahead, which is only zeros).
+pub fn written_segments(data_dir: &Path) -> Vec<String> {
+    let log = data_dir.join("log");
+    let mut v: Vec<String> = std::fs::read_dir(&log)
+        .unwrap()
+        .flatten()
+        .filter(|e| !intercom_webhooks::store::log::is_unused(&e.path()).unwrap())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
 pub fn all_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
