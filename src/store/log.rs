@@ -79,12 +79,13 @@ pub fn create_segment(dir: &Path, seq: u64, now_ms: i64, size: u64) -> std::io::
         header[8..16].copy_from_slice(&seq.to_le_bytes());
         header[16..24].copy_from_slice(&(now_ms.max(0) as u64).to_le_bytes());
         file.write_all_at(&header, 0)?;
-        // Page-sized writes keep the page cache in small folios: a large
-        // one (the kernel makes them for large writes) would be written out
-        // whole at each later fdatasync of a few bytes in it. Flushing every
-        // few MiB keeps this from queueing one burst ahead of intake's
+        // Small writes keep the page cache in small folios: a large one
+        // (the kernel sizes them by the write) would be written out whole at
+        // each later fdatasync of a few bytes in it (1 MiB writes: 600 MB
+        // written for 23 MB of records; 16 KiB: 35 MB). Flushing every few
+        // MiB keeps this from queueing one burst ahead of intake's
         // fdatasyncs on the same disk.
-        let zeros = [0u8; 4096];
+        let zeros = [0u8; 16 * 1024];
         let mut at = HEADER_LEN;
         while at < size {
             let n = (size - at).min(zeros.len() as u64) as usize;
