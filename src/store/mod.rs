@@ -427,7 +427,8 @@ impl EventFilter {
 
 impl Store {
     /// Opens (or creates) the store in `dir`, recovers the index from the
-    /// intake log, and starts the committer and checkpointer threads.
+    /// intake log, and starts the committer, indexer, checkpointer and
+    /// segment-preparer threads.
     pub fn open(dir: &Path, keys: Keys, settings: &StoreSettings) -> Result<(Store, Recovery), StoreError> {
         let log_dir = dir.join("log");
         std::fs::create_dir_all(&log_dir)?;
