@@ -31,12 +31,33 @@ admin() { curl -sf -H "Authorization: Bearer bench-token" "$@"; }
 metric() { admin http://$ADMIN/metrics | awk -v m="$1" '$1==m {print $2}'; }
 wait_idle() { while [ "$(admin http://$ADMIN/admin/stats | python3 -c 'import json,sys;print(json.load(sys.stdin)["pending_depth"])')" != "0" ]; do sleep 0.2; done; }
 
+# Server CPU (user + system) per accepted notification, by thread group,
+# from /proc: where the time goes, in a figure that does not depend on how
+# long the run took.
+cpu_per_event() { # $1 = accepted notifications
+  python3 - "$SERVER" "$1" <<'PY'
+import collections, os, sys
+pid, accepted = sys.argv[1], int(sys.argv[2])
+tick = os.sysconf('SC_CLK_TCK')
+groups = collections.Counter()
+for tid in os.listdir(f'/proc/{pid}/task'):
+    stat = open(f'/proc/{pid}/task/{tid}/stat').read()
+    name = stat[stat.index('(') + 1:stat.rindex(')')].rstrip('0123456789-')
+    fields = stat[stat.rindex(')') + 2:].split()
+    groups[name] += (int(fields[11]) + int(fields[12])) / tick
+total = sum(groups.values())
+parts = ", ".join(f"{k} {v / accepted * 1e6:.0f}" for k, v in groups.most_common() if v / accepted * 1e6 >= 1)
+print(f"server CPU per accepted notification: {total / accepted * 1e6:.0f} us ({parts})")
+PY
+}
+
 intake() {
   echo "== intake, 64 connections, 10 s"
-  start; $LOADGEN --url $URL --connections 64 --seconds 10 --bodies 150000 2>/dev/null
+  start; $LOADGEN --url $URL --connections 64 --seconds 10 --bodies 300000 2>/dev/null | tee "$WORK/load.txt"
   echo "pending depth right after: $(metric intercom_webhooks_pending_depth)"
   local t0=$(date +%s.%N); wait_idle; local t1=$(date +%s.%N)
   echo "drained the backlog in $(python3 -c "print(round($t1-$t0,2))") s"
+  cpu_per_event "$(grep -o 'accepted (200, signed) [0-9]*' "$WORK/load.txt" | awk '{print $4}')"
   admin http://$ADMIN/metrics | grep -E '^intercom_webhooks_processing_latency_seconds_(bucket|count|sum)' > "$WORK/proc.txt"
   python3 - "$WORK/proc.txt" <<'PY'
 import sys,re
