@@ -29,7 +29,8 @@ start() { # $1 = config file (optional)
 stop() { kill -TERM $SERVER; wait $SERVER || true; }
 admin() { curl -sf -H "Authorization: Bearer bench-token" "$@"; }
 metric() { admin http://$ADMIN/metrics | awk -v m="$1" '$1==m {print $2}'; }
-wait_idle() { while [ "$(admin http://$ADMIN/admin/stats | python3 -c 'import json,sys;print(json.load(sys.stdin)["pending_depth"])')" != "0" ]; do sleep 0.2; done; }
+# From /metrics, which is cheap; /admin/stats counts every event.
+wait_idle() { while [ "$(metric intercom_webhooks_pending_depth)" != "0" ]; do sleep 0.2; done; }
 
 # Server CPU (user + system) per accepted notification, by thread group,
 # from /proc: where the time goes, in a figure that does not depend on how

@@ -65,6 +65,7 @@ pub async fn run(settings: Settings, listeners: Listeners, shutdown: Cancellatio
             metrics: metrics.clone(),
             settings: settings.worker.clone(),
             runtime: tokio::runtime::Handle::current(),
+            intake_load: state.intake_load.clone(),
         },
         workers_stop.clone(),
     )

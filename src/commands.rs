@@ -311,6 +311,7 @@ async fn replay(settings: &Settings, args: ReplayArgs, json_out: bool) -> CmdRes
                 metrics: std::sync::Arc::new(crate::metrics::Metrics::new()),
                 settings: settings.worker.clone(),
                 runtime: tokio::runtime::Handle::current(),
+                intake_load: crate::intake_load::IntakeLoad::default(),
             };
             blocking(move || {
                 let (keys, _) = ops::select_replay(&store, &req)?;

@@ -113,6 +113,10 @@ pub struct WorkerSettings {
     pub backoff_base: Duration,
     #[serde(with = "humantime_serde_compat")]
     pub backoff_max: Duration,
+    /// While the receiver is saturated, handlers pause so that intake gets
+    /// the CPU, for at most this long per event (zero: never pause).
+    #[serde(with = "humantime_serde_compat")]
+    pub yield_to_intake: Duration,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -223,6 +227,7 @@ struct FileWorker {
     max_attempts: Option<u32>,
     backoff_base: Option<String>,
     backoff_max: Option<String>,
+    yield_to_intake: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -358,6 +363,7 @@ impl Settings {
             max_attempts: file.worker.max_attempts.unwrap_or(8).max(1),
             backoff_base: dur(file.worker.backoff_base.as_ref(), "worker.backoff_base", "1s")?,
             backoff_max: dur(file.worker.backoff_max.as_ref(), "worker.backoff_max", "10m")?,
+            yield_to_intake: dur(file.worker.yield_to_intake.as_ref(), "worker.yield_to_intake", "30s")?,
         };
         let store = StoreSettings {
             segment_max_bytes: file.store.segment_max_bytes.unwrap_or(64 * 1024 * 1024).max(4096),

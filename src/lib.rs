@@ -44,6 +44,7 @@ pub mod fsutil;
 pub mod handlers;
 pub mod http;
 pub mod ingest;
+pub mod intake_load;
 pub mod logging;
 pub mod metrics;
 pub mod ops;

@@ -44,7 +44,10 @@ pub struct Metrics {
     pub intake_latency: Histogram,
     pub processing_latency: Histogram,
     pub processed: Family<OutcomeLabel, Counter>,
+    /// Seconds handler threads paused for a saturated receiver.
+    pub worker_yielded: Counter<f64, AtomicU64>,
     pub pending_depth: Gauge,
+    pub intake_in_flight: Gauge,
     pub failed_events: Gauge,
     pub replays: Counter,
     pub purged: Family<ClassLabel, Counter>,
@@ -127,7 +130,9 @@ impl Metrics {
             intake_latency: Histogram::new(latency_buckets()),
             processing_latency: Histogram::new(latency_buckets()),
             processed: Family::default(),
+            worker_yielded: Counter::default(),
             pending_depth: Gauge::default(),
+            intake_in_flight: Gauge::default(),
             failed_events: Gauge::default(),
             replays: Counter::default(),
             purged: Family::default(),
@@ -171,7 +176,17 @@ impl Metrics {
                 m.processing_latency.clone(),
             );
             r.register("processed", "Handler runs by outcome", m.processed.clone());
+            r.register(
+                "worker_yielded_seconds",
+                "Time handler threads paused so that a saturated receiver got the CPU",
+                m.worker_yielded.clone(),
+            );
             r.register("pending_depth", "Events waiting for a worker", m.pending_depth.clone());
+            r.register(
+                "intake_in_flight",
+                "Requests the webhook route is working on (over 8: saturated, handlers yield)",
+                m.intake_in_flight.clone(),
+            );
             r.register(
                 "failed_events",
                 "Events that gave up after the retry limit",

@@ -18,6 +18,7 @@ use crate::cache::CacheCodec;
 use crate::config::WorkerSettings;
 use crate::dispatch::route;
 use crate::handlers::{self, Applied, Ctx};
+use crate::intake_load::IntakeLoad;
 use crate::metrics::{Metrics, OutcomeLabel};
 use crate::store::{Attempt, Completion, EventMeta, Snapshot, Status, Store, StoreError, Work};
 use crate::timefmt::now_ms;
@@ -29,6 +30,8 @@ pub struct WorkerCtx {
     pub metrics: Arc<Metrics>,
     pub settings: WorkerSettings,
     pub runtime: tokio::runtime::Handle,
+    /// How busy the receiver is (see [`yield_to_intake`]).
+    pub intake_load: IntakeLoad,
 }
 
 /// Starts `settings.concurrency` worker threads; they stop when `shutdown`
@@ -52,6 +55,15 @@ fn run(ctx: WorkerCtx, shutdown: CancellationToken) {
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
         };
+        let paused = yield_to_intake(
+            &ctx.intake_load,
+            ctx.settings.yield_to_intake,
+            work.queued_ms,
+            &shutdown,
+        );
+        if !paused.is_zero() {
+            ctx.metrics.worker_yielded.inc_by(paused.as_secs_f64());
+        }
         let key = work.key.clone();
         let fresh = work.fresh.as_ref().map(|f| (f.batch, f.seen.meta.received_ms));
         let result = process_work(&ctx, work);
@@ -72,6 +84,24 @@ fn run(ctx: WorkerCtx, shutdown: CancellationToken) {
     }
 }
 
+/// Intake first: while the receiver is saturated, the handler threads
+/// pause (in 1 ms steps) before each event, so that acknowledging webhooks
+/// gets the CPU and a burst is answered quickly; the queue is worked off as
+/// soon as intake has room. An event waits this way at most
+/// `worker.yield_to_intake` after it was queued, so under load that never
+/// lets up, processing falls at most that far behind and then shares the CPU
+/// again. Pausing between events, never inside one, keeps a handler from
+/// being stopped while it holds anything intake needs.
+/// Returns how long it paused.
+fn yield_to_intake(load: &IntakeLoad, limit: Duration, queued_ms: i64, shutdown: &CancellationToken) -> Duration {
+    let limit = i64::try_from(limit.as_millis()).unwrap_or(i64::MAX);
+    let started = Instant::now();
+    while limit > 0 && load.saturated() && now_ms().saturating_sub(queued_ms) < limit && !shutdown.is_cancelled() {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    started.elapsed()
+}
+
 /// What became of one event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Processed {
@@ -87,6 +117,7 @@ pub fn process(ctx: &WorkerCtx, key: &str) -> Result<Processed, StoreError> {
         Work {
             key: key.to_string(),
             fresh: None,
+            queued_ms: now_ms(),
         },
     )
 }
@@ -264,12 +295,49 @@ mod tests {
     use super::*;
 
     #[test]
+    fn handlers_yield_to_a_saturated_receiver_for_a_bounded_time() {
+        let load = IntakeLoad::default();
+        let stop = CancellationToken::new();
+        let limit = Duration::from_secs(30);
+        // Not saturated: no pause.
+        assert!(yield_to_intake(&load, limit, now_ms(), &stop) < Duration::from_millis(50));
+        let held: Vec<_> = (0..=crate::intake_load::SATURATED_IN_FLIGHT)
+            .map(|_| load.enter())
+            .collect();
+        // Saturated, but the event has waited its limit already, or pausing is off.
+        assert!(yield_to_intake(&load, limit, now_ms() - 31_000, &stop) < Duration::from_millis(50));
+        assert!(yield_to_intake(&load, Duration::ZERO, now_ms(), &stop) < Duration::from_millis(50));
+        // Saturated: pauses until intake has room...
+        let paused = std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(150));
+                drop(held);
+            });
+            yield_to_intake(&load, limit, now_ms(), &stop)
+        });
+        assert!(
+            paused >= Duration::from_millis(140) && paused < Duration::from_secs(20),
+            "{paused:?}"
+        );
+        // ...or until the event has waited its limit.
+        let _held: Vec<_> = (0..=crate::intake_load::SATURATED_IN_FLIGHT)
+            .map(|_| load.enter())
+            .collect();
+        let paused = yield_to_intake(&load, Duration::from_millis(200), now_ms(), &stop);
+        assert!(
+            paused >= Duration::from_millis(150) && paused < Duration::from_secs(20),
+            "{paused:?}"
+        );
+    }
+
+    #[test]
     fn backoff_grows_and_is_capped() {
         let s = WorkerSettings {
             concurrency: 1,
             max_attempts: 5,
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(10),
+            yield_to_intake: Duration::ZERO,
         };
         for _ in 0..50 {
             let d1 = backoff(&s, 1);

@@ -327,3 +327,82 @@ async fn admin_api_needs_the_token() {
     assert_eq!(r.status(), 401);
     app.stop().await;
 }
+
+/// Opens `n` requests that send their headers and then stall in the body:
+/// each one holds a place in the receiver until its stream is dropped.
+async fn stalled_requests(app: &TestApp, n: usize) -> Vec<tokio::net::TcpStream> {
+    let mut held = Vec::new();
+    for _ in 0..n {
+        let mut s = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+        s.write_all(b"POST /webhooks/intercom HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+            .await
+            .unwrap();
+        held.push(s);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !app
+        .metrics()
+        .await
+        .contains(&format!("intercom_webhooks_intake_in_flight {n}"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stalled requests never reached the route"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    held
+}
+
+async fn status_of(app: &TestApp, id: &str) -> String {
+    app.admin_until(&format!("/admin/events/{id}"), |_| true).await["status"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Intake first: while the receiver is saturated (more than 8 requests in
+/// it), handlers wait, and pick up again as soon as intake has room, or once
+/// an event has waited `worker.yield_to_intake`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlers_yield_to_a_saturated_receiver() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn_app_with(
+        dir.path(),
+        "[server]\nbody_timeout = \"30s\"\n[worker]\nyield_to_intake = \"4s\"\n",
+        test_env(),
+    )
+    .await;
+    // Saturated: the event is acknowledged, its handler waits...
+    let held = stalled_requests(&app, 9).await;
+    let posted = std::time::Instant::now();
+    assert_eq!(app.post_signed(&contact_body("notif_yield-1")).await.status(), 200);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(status_of(&app, "notif_yield-1").await, "pending");
+    // ...until intake has room.
+    drop(held);
+    assert_eq!(app.wait_final("notif_yield-1").await["status"], "processed");
+    assert!(posted.elapsed() < Duration::from_millis(3500), "{:?}", posted.elapsed());
+
+    // Saturated for longer than the limit: handled once it has waited 4 s.
+    let held = stalled_requests(&app, 9).await;
+    let posted = std::time::Instant::now();
+    assert_eq!(app.post_signed(&contact_body("notif_yield-2")).await.status(), 200);
+    assert_eq!(app.wait_final("notif_yield-2").await["status"], "processed");
+    assert!(
+        posted.elapsed() >= Duration::from_millis(3500),
+        "{:?}",
+        posted.elapsed()
+    );
+    let yielded: f64 = app
+        .metrics()
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix("intercom_webhooks_worker_yielded_seconds_total "))
+        .expect("the pause is in the metrics")
+        .parse()
+        .unwrap();
+    assert!(yielded >= 4.0, "{yielded}");
+    drop(held);
+    app.stop().await;
+}

@@ -123,10 +123,7 @@ where
 async fn metrics(State(app): State<AppState>) -> Response {
     let store = app.store.clone();
     let (size, depth, failed) = tokio::task::spawn_blocking(move || {
-        let failed = store
-            .counts()
-            .map(|(s, _, _)| s.get(&crate::store::Status::Failed).copied().unwrap_or(0))
-            .unwrap_or(0);
+        let failed = store.failed_count().unwrap_or(0);
         (store.size_on_disk(), store.pending_depth(), failed)
     })
     .await
@@ -134,6 +131,7 @@ async fn metrics(State(app): State<AppState>) -> Response {
     app.metrics.store_size.set(size as i64);
     app.metrics.pending_depth.set(depth as i64);
     app.metrics.failed_events.set(failed as i64);
+    app.metrics.intake_in_flight.set(app.intake_load.in_flight() as i64);
     app.metrics.fsyncs.set(app.store.fsync_stats().0 as i64);
     (
         [(

@@ -32,6 +32,8 @@ pub struct AppState {
     pub bad_signatures: Arc<DefaultKeyedRateLimiter<IpAddr>>,
     pub admin_limiter: Arc<DefaultDirectRateLimiter>,
     pub workers_running: Arc<AtomicBool>,
+    /// Requests the webhook route is working on (read by the handler threads).
+    pub intake_load: crate::intake_load::IntakeLoad,
     pub shutdown: CancellationToken,
     /// `None` without `INTERCOM_ACCESS_TOKEN`.
     pub intercom: Option<Arc<crate::client::IntercomClient>>,
@@ -52,6 +54,7 @@ impl AppState {
             bad_signatures: Arc::new(RateLimiter::keyed(Quota::per_minute(per_minute))),
             admin_limiter: Arc::new(RateLimiter::direct(Quota::per_second(admin_rps))),
             workers_running: Arc::new(AtomicBool::new(false)),
+            intake_load: crate::intake_load::IntakeLoad::default(),
             intercom: crate::client::IntercomClient::new(
                 &settings.api_base_url,
                 settings.access_token.clone(),

@@ -64,7 +64,9 @@ pub async fn receive(
     body: Body,
 ) -> (StatusCode, &'static str) {
     let started = Instant::now();
+    let in_flight = app.intake_load.enter();
     let (code, text) = handle(&app, peer, &headers, body).await;
+    drop(in_flight);
     app.metrics
         .requests
         .get_or_create(&RouteCode {

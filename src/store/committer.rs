@@ -336,9 +336,10 @@ pub(super) fn index(trees: Trees, shared: Arc<Shared>, rx: Receiver<Indexed>, wo
             progress.indexed(batch.end);
             id
         };
+        let queued_ms = now_ms();
         for (key, fresh) in work {
             let fresh = fresh.map(|(seen, body)| Box::new(Fresh { seen, body, batch: id }));
-            let _ = work_tx.send(Work { key, fresh });
+            let _ = work_tx.send(Work { key, fresh, queued_ms });
         }
     }
 }

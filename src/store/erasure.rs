@@ -75,6 +75,9 @@ impl Store {
             t.markers.insert(key.as_bytes(), &m.received_ms.to_be_bytes())?;
             t.markers_by_time.insert(tk.clone(), &[])?;
             t.events.remove(key.as_bytes())?;
+            if m.status == super::Status::Failed {
+                t.failed.remove(key.as_bytes())?;
+            }
             t.by_time.remove(tk.clone())?;
             t.pending.remove(tk)?;
             for c in &m.contact_ids {

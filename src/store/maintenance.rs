@@ -68,12 +68,16 @@ impl Store {
         let tk = time_key(ms, key);
         let existed = match t.events.get(key.as_bytes())? {
             Some(v) => {
-                for c in EventMeta::decode(&v).map(|m| m.contact_ids).unwrap_or_default() {
-                    t.subjects.remove(super::subject_key(&c, key))?;
+                let meta = EventMeta::decode(&v);
+                for c in meta.as_ref().map(|m| m.contact_ids.as_slice()).unwrap_or_default() {
+                    t.subjects.remove(super::subject_key(c, key))?;
                 }
                 t.markers.insert(key.as_bytes(), &ms.to_be_bytes())?;
                 t.markers_by_time.insert(tk.clone(), &[])?;
                 t.events.remove(key.as_bytes())?;
+                if meta.is_none_or(|m| m.status == super::Status::Failed) {
+                    t.failed.remove(key.as_bytes())?;
+                }
                 true
             }
             None => false,

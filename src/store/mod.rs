@@ -54,6 +54,9 @@ const NEXT_SEQ: &[u8] = b"next_seq";
 const CHECKPOINT: &[u8] = b"checkpoint";
 const SCHEMA: &[u8] = b"schema";
 const SCHEMA_VERSION: u8 = 1;
+/// Set once the `failed` tree indexes every failed event (stores made
+/// before it existed are indexed when first opened).
+const FAILED_INDEXED: &[u8] = b"failed_indexed";
 /// How often the index is made durable (sled flush + fsync). Longer means
 /// fewer disk flushes competing with intake fsyncs, and a longer tail of the
 /// log to re-apply after a crash.
@@ -98,6 +101,11 @@ pub(crate) struct Trees {
     pub by_time: sled::Tree,
     /// time key (received) → () : events waiting for a worker
     pub pending: sled::Tree,
+    /// event key → () : events whose handler gave up (status `failed`),
+    /// so counting them does not read every event. Written before the
+    /// event becomes failed and removed after it stops being so: an entry
+    /// may outlive its status after a crash, never the other way round.
+    pub failed: sled::Tree,
     /// event key → received ms (big-endian): dedup markers left after purge
     pub markers: sled::Tree,
     /// time key (received) → () : marker expiry
@@ -124,6 +132,7 @@ impl Trees {
             events: db.open_tree("events")?,
             by_time: db.open_tree("by_time")?,
             pending: db.open_tree("pending")?,
+            failed: db.open_tree("failed")?,
             markers: db.open_tree("markers")?,
             markers_by_time: db.open_tree("markers_by_time")?,
             segments: db.open_tree("segments")?,
@@ -390,6 +399,8 @@ pub struct Snapshot {
 pub struct Work {
     pub key: String,
     pub fresh: Option<Box<Fresh>>,
+    /// When it was put on the queue (unix ms).
+    pub queued_ms: i64,
 }
 
 pub struct Fresh {
@@ -457,6 +468,15 @@ impl Store {
                     v.as_ref()
                 )))
             }
+        }
+        if trees.state.get(FAILED_INDEXED)?.is_none() {
+            for kv in trees.events.iter() {
+                let (k, v) = kv?;
+                if EventMeta::decode(&v).is_some_and(|m| m.status == Status::Failed) {
+                    trees.failed.insert(k, &[])?;
+                }
+            }
+            trees.state.insert(FAILED_INDEXED, &[1])?;
         }
         let keyring = Keyring::open(dir, keys.wrap)?;
         let segs = log::list_segments(&log_dir)?;
@@ -596,7 +616,11 @@ impl Store {
 
     /// Puts an event key (back) on the work queue.
     pub fn enqueue(&self, key: String) {
-        let _ = self.inner.work_tx.send(Work { key, fresh: None });
+        let _ = self.inner.work_tx.send(Work {
+            key,
+            fresh: None,
+            queued_ms: crate::timefmt::now_ms(),
+        });
     }
 
     /// Stores a new event durably unless its key is known; a duplicate only
@@ -714,14 +738,16 @@ impl Store {
             };
             let mut m = EventMeta::decode(&old)
                 .ok_or_else(|| StoreError::Corrupt(format!("event {key} has an unreadable record")))?;
-            let was_queued = m.status.is_queued();
+            let (was_queued, was_failed) = (m.status.is_queued(), m.status == Status::Failed);
             f(&mut m);
+            mark_failed(&trees.failed, &m, was_failed)?;
             if trees
                 .events
                 .compare_and_swap(key.as_bytes(), Some(&old), Some(m.encode()))?
                 .is_ok()
             {
                 sync_pending(&trees.pending, &m, was_queued)?;
+                unmark_failed(&trees.failed, &m, was_failed)?;
                 return Ok(Some(m));
             }
         }
@@ -762,12 +788,15 @@ impl Store {
         let mut m = seen.meta.clone();
         completion.apply(&mut m);
         let key = m.key.as_bytes();
+        let was_failed = seen.meta.status == Status::Failed;
+        mark_failed(&trees.failed, &m, was_failed)?;
         if trees
             .events
             .compare_and_swap(key, Some(&seen.raw), Some(m.encode()))?
             .is_ok()
         {
             sync_pending(&trees.pending, &m, seen.pending_entry)?;
+            unmark_failed(&trees.failed, &m, was_failed)?;
             return Ok(Some(m));
         }
         let updated = self.update(&seen.meta.key, |m| completion.apply(m))?;
@@ -856,6 +885,22 @@ impl Store {
 
     /// Events waiting for a worker: those with a `pending` entry and fresh
     /// ones handed out without one.
+    /// Events whose handler gave up, counted from their index (cheap
+    /// enough for every metrics scrape).
+    pub fn failed_count(&self) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for kv in self.inner.trees.failed.iter() {
+            let (k, _) = kv?;
+            let v = self.inner.trees.events.get(&k)?;
+            if v.and_then(|v| EventMeta::decode(&v))
+                .is_some_and(|m| m.status == Status::Failed)
+            {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     pub fn pending_depth(&self) -> usize {
         self.inner.trees.pending.len() + self.inner.shared.progress().unfinished()
     }
@@ -982,6 +1027,22 @@ impl Store {
 
 /// Brings the event's `pending` entry in line with its status, given
 /// whether it had one.
+/// Before an event's new status is written: indexes it if it becomes failed.
+fn mark_failed(failed: &sled::Tree, m: &EventMeta, was_failed: bool) -> Result<(), StoreError> {
+    if m.status == Status::Failed && !was_failed {
+        failed.insert(m.key.as_bytes(), &[])?;
+    }
+    Ok(())
+}
+
+/// After it is written: drops the entry if it stopped being failed.
+fn unmark_failed(failed: &sled::Tree, m: &EventMeta, was_failed: bool) -> Result<(), StoreError> {
+    if was_failed && m.status != Status::Failed {
+        failed.remove(m.key.as_bytes())?;
+    }
+    Ok(())
+}
+
 fn sync_pending(pending: &sled::Tree, m: &EventMeta, had_entry: bool) -> Result<(), StoreError> {
     let tk = time_key(m.received_ms, &m.key);
     match (had_entry, m.status.is_queued()) {
@@ -1233,6 +1294,58 @@ mod tests {
         for i in 0..5 {
             assert_eq!(store.get(&format!("k{i}")).unwrap().unwrap().status, Status::Processed);
         }
+        store.close().unwrap();
+    }
+    fn outcome(status: Status) -> Completion {
+        Completion {
+            status,
+            attempt: Attempt {
+                at_ms: now(),
+                outcome: status.as_str().into(),
+                error: None,
+                duration_us: None,
+            },
+            retry_at_ms: None,
+        }
+    }
+
+    /// The failed count (read at every metrics scrape) comes from its own
+    /// index, which follows every way in and out of `failed`, and is
+    /// rebuilt for a store that predates it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn failed_events_are_counted_from_their_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open(dir.path());
+        for i in 0..3 {
+            store
+                .append_if_absent(meta(&format!("f{i}")), Bytes::from_static(b"{}"))
+                .await
+                .unwrap();
+        }
+        let fresh = take_fresh(&store, 3);
+        assert_eq!(store.failed_count().unwrap(), 0);
+        store.complete(&fresh[0].seen, &outcome(Status::Failed)).unwrap();
+        store.complete(&fresh[1].seen, &outcome(Status::Failed)).unwrap();
+        store.complete(&fresh[2].seen, &outcome(Status::Processed)).unwrap();
+        assert_eq!(store.failed_count().unwrap(), 2);
+        // A replay takes one out of `failed`...
+        store.update("f0", |m| m.status = Status::Pending).unwrap();
+        assert_eq!(store.failed_count().unwrap(), 1);
+        // ...and a purge the other, index entry included.
+        let received = store.get("f1").unwrap().unwrap().received_ms;
+        assert!(store.purge_event(received, "f1").unwrap());
+        assert_eq!(store.failed_count().unwrap(), 0);
+        assert!(store.inner.trees.failed.is_empty());
+        let seen = store.snapshot("f0").unwrap().unwrap();
+        store.complete(&seen, &outcome(Status::Failed)).unwrap();
+        assert_eq!(store.failed_count().unwrap(), 1);
+        // A store from before the index: rebuilt when opened.
+        store.inner.trees.failed.clear().unwrap();
+        store.inner.trees.state.remove(FAILED_INDEXED).unwrap();
+        store.close().unwrap();
+        drop(store);
+        let (store, _) = open(dir.path());
+        assert_eq!(store.failed_count().unwrap(), 1);
         store.close().unwrap();
     }
 }
