@@ -1,5 +1,6 @@
 //! How busy the receiver is. The webhook route counts the requests it is
-//! working on; the handler threads read the count and yield the CPU to
+//! working on (from a complete body to the answer: verifying and storing);
+//! the handler threads read the count and yield the CPU to
 //! intake while it is saturated (see `worker::yield_to_intake`): a prompt
 //! `200` matters to Intercom (it deprioritises endpoints slower than
 //! 500 ms), a cache a few seconds behind does not.

@@ -64,9 +64,7 @@ pub async fn receive(
     body: Body,
 ) -> (StatusCode, &'static str) {
     let started = Instant::now();
-    let in_flight = app.intake_load.enter();
     let (code, text) = handle(&app, peer, &headers, body).await;
-    drop(in_flight);
     app.metrics
         .requests
         .get_or_create(&RouteCode {
@@ -96,6 +94,9 @@ async fn handle(app: &AppState, peer: SocketAddr, headers: &HeaderMap, body: Bod
             return (StatusCode::BAD_REQUEST, "could not read the body\n");
         }
     };
+    // Counted from here, where the work is: a client stalling in its body
+    // costs no CPU and must not make the handlers wait.
+    let _in_flight = app.intake_load.enter();
     let signature = headers.get("x-hub-signature").map(|v| v.as_bytes());
     let verified = match app.verifier.verify(bytes, signature) {
         Ok(v) => v,
