@@ -1251,17 +1251,7 @@ mod tests {
         // Now record outcomes, two of them for fresh events of a new batch.
         for k in &keys {
             let seen = store.snapshot(k).unwrap().unwrap();
-            let done = Completion {
-                status: Status::Processed,
-                attempt: Attempt {
-                    at_ms: now(),
-                    outcome: "processed".into(),
-                    error: None,
-                    duration_us: None,
-                },
-                retry_at_ms: None,
-            };
-            store.complete(&seen, &done).unwrap();
+            store.complete(&seen, &outcome(Status::Processed)).unwrap();
         }
         for i in 5..7 {
             store
