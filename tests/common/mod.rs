@@ -331,34 +331,77 @@ impl Binary {
         )
     }
 
-    /// Starts `serve` on free ports; returns the child and the two addresses.
+    /// Starts `serve` on ports the child picks itself (port 0, so no other
+    /// process can take them between choosing and binding, as happened with
+    /// ports chosen here first); returns the child and the two addresses it
+    /// logged once bound.
     pub fn serve(&self, extra_env: &[(&str, &str)]) -> (Server, SocketAddr, SocketAddr) {
-        let public = free_port();
-        let admin = free_port();
+        let log_path = self.dir.join("serve.log");
+        // The log is appended to across restarts: read only this run's lines.
+        let log_start = std::fs::metadata(&log_path).map_or(0, |m| m.len());
         let mut cmd = self.command();
-        cmd.args([
-            "serve",
-            "--listen",
-            &public.to_string(),
-            "--admin-listen",
-            &admin.to_string(),
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(self.dir.join("serve.log"))
-                .unwrap(),
-        );
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log_path)
+                    .unwrap(),
+            );
         for (k, v) in extra_env {
             cmd.env(k, v);
         }
-        let child = Server(cmd.spawn().unwrap());
+        let mut child = Server(cmd.spawn().unwrap());
+        let (public, admin) = wait_bound(&mut child, &log_path, log_start);
         wait_ready_blocking(public);
         (child, public, admin)
     }
+}
+
+/// Waits for the `serve` child to log the addresses it bound (text or JSON
+/// log format); panics with its log if it exits first or takes too long.
+fn wait_bound(child: &mut Server, log_path: &Path, log_start: u64) -> (SocketAddr, SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let log = std::fs::read(log_path).unwrap_or_default();
+        let log = String::from_utf8_lossy(log.get(log_start as usize..).unwrap_or_default());
+        if let Some(line) = log.lines().find(|l| l.contains("Receiving Intercom webhooks")) {
+            if let (Some(public), Some(admin)) = (logged_addr(line, "listen"), logged_addr(line, "admin_listen")) {
+                return (public, admin);
+            }
+        }
+        if let Ok(Some(status)) = child.0.try_wait() {
+            panic!("serve exited ({status}) before it was listening; its log:\n{log}");
+        }
+        if Instant::now() > deadline {
+            panic!("serve did not say where it listens within 60 s; its log:\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The address logged as field `name`: `name=ADDR` (text) or
+/// `"name":"ADDR"` (JSON), not matching a longer field name ending in it.
+fn logged_addr(line: &str, name: &str) -> Option<SocketAddr> {
+    for (at, _) in line.match_indices(name) {
+        let before = line[..at].chars().next_back();
+        if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
+            continue;
+        }
+        let rest = &line[at + name.len()..];
+        let rest = rest.strip_prefix('=').or_else(|| rest.strip_prefix("\":\""));
+        if let Some(rest) = rest {
+            let end = rest
+                .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':'))
+                .unwrap_or(rest.len());
+            if let Ok(addr) = rest[..end].parse() {
+                return Some(addr);
+            }
+        }
+    }
+    None
 }
 
 /// A `serve` child process that is killed if a failing test drops it.
@@ -404,7 +447,7 @@ pub fn free_port() -> SocketAddr {
 }
 
 pub fn wait_ready_blocking(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         if let Ok(mut s) = std::net::TcpStream::connect(addr) {
             use std::io::{Read, Write};
