@@ -25,7 +25,7 @@ use crate::crypto::SegmentCipher;
 use crate::timefmt::now_ms;
 
 use super::event::{EventMeta, Location};
-use super::log::{create_segment, frame_event, HEADER_LEN};
+use super::log::{create_segment, frame_event, pad_to_page, HEADER_LEN};
 use super::progress::Position;
 use super::{Fresh, Shared, StoreError, Trees, Work, FRESH_QUEUE_LIMIT};
 
@@ -259,6 +259,8 @@ impl Committer {
             let len = frame_event(&s.cipher, s.seq, off, &req.meta, &req.body, buf);
             locs.push(Location { seg: s.seq, off, len });
         }
+        let records_len = buf.len() as u64;
+        pad_to_page(buf, s.len, self.max_bytes);
         let started = Instant::now();
         let written = s.file.write_all_at(buf, s.len).and_then(|_| s.file.sync_data());
         self.shared.metrics_fsync(started.elapsed());
@@ -273,7 +275,7 @@ impl Committer {
             return;
         }
         self.shared.write_failed.store(false, Ordering::Relaxed);
-        s.len += buf.len() as u64;
+        s.len += records_len;
         s.records += batch.len() as u64;
         for (req, loc) in batch.iter_mut().zip(&locs) {
             req.meta.loc = Some(*loc);
