@@ -883,8 +883,6 @@ impl Store {
         Ok(keys)
     }
 
-    /// Events waiting for a worker: those with a `pending` entry and fresh
-    /// ones handed out without one.
     /// Events whose handler gave up, counted from their index (cheap
     /// enough for every metrics scrape).
     pub fn failed_count(&self) -> Result<usize, StoreError> {
@@ -901,6 +899,8 @@ impl Store {
         Ok(n)
     }
 
+    /// Events waiting for a worker: those with a `pending` entry and fresh
+    /// ones handed out without one.
     pub fn pending_depth(&self) -> usize {
         self.inner.trees.pending.len() + self.inner.shared.progress().unfinished()
     }
@@ -1025,8 +1025,6 @@ impl Store {
     }
 }
 
-/// Brings the event's `pending` entry in line with its status, given
-/// whether it had one.
 /// Before an event's new status is written: indexes it if it becomes failed.
 fn mark_failed(failed: &sled::Tree, m: &EventMeta, was_failed: bool) -> Result<(), StoreError> {
     if m.status == Status::Failed && !was_failed {
@@ -1043,6 +1041,8 @@ fn unmark_failed(failed: &sled::Tree, m: &EventMeta, was_failed: bool) -> Result
     Ok(())
 }
 
+/// Brings the event's `pending` entry in line with its status, given
+/// whether it had one.
 fn sync_pending(pending: &sled::Tree, m: &EventMeta, had_entry: bool) -> Result<(), StoreError> {
     let tk = time_key(m.received_ms, &m.key);
     match (had_entry, m.status.is_queued()) {
@@ -1286,6 +1286,7 @@ mod tests {
         }
         store.close().unwrap();
     }
+
     fn outcome(status: Status) -> Completion {
         Completion {
             status,
