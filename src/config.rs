@@ -127,6 +127,10 @@ pub struct StoreSettings {
     /// granularity of payload expiry.
     #[serde(with = "humantime_serde_compat")]
     pub segment_max_age: Duration,
+    /// No new segment is made (webhooks get `503`) while making one would
+    /// leave less than this free on the data dir's filesystem, so the index
+    /// always has room: sled cannot go on after a full disk until restarted.
+    pub min_free_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -235,6 +239,7 @@ struct FileWorker {
 struct FileStore {
     segment_max_bytes: Option<u64>,
     segment_max_age: Option<String>,
+    min_free_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -368,6 +373,7 @@ impl Settings {
         let store = StoreSettings {
             segment_max_bytes: file.store.segment_max_bytes.unwrap_or(64 * 1024 * 1024).max(4096),
             segment_max_age: dur(file.store.segment_max_age.as_ref(), "store.segment_max_age", "1h")?,
+            min_free_bytes: file.store.min_free_bytes.unwrap_or(64 * 1024 * 1024),
         };
         if purge.interval.is_zero() || store.segment_max_age.is_zero() {
             return err(format!(

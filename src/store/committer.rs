@@ -77,8 +77,9 @@ pub(super) struct Committer {
     pub rx: Receiver<Cmd>,
     pub index_tx: Sender<Indexed>,
     /// The next segment, made ahead by [`prepare_ahead`].
-    pub spare: Receiver<Result<Prepared, StoreError>>,
+    pub spare: Receiver<Prepared>,
     pub max_bytes: u64,
+    pub min_free: u64,
     pub max_age: Duration,
 }
 
@@ -90,8 +91,26 @@ pub(super) struct Prepared {
     cipher: Arc<SegmentCipher>,
 }
 
-/// Makes the next segment.
-fn prepare_segment(trees: &Trees, shared: &Shared, log_dir: &Path, size: u64) -> Result<Prepared, StoreError> {
+/// How large segments are, and how much of the disk to leave free.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Space {
+    pub size: u64,
+    pub min_free: u64,
+}
+
+/// Makes the next segment, unless that would leave less than
+/// `space.min_free` on the disk: checked before anything is written (the
+/// next sequence number goes to sled, which must not meet a full disk).
+fn prepare_segment(trees: &Trees, shared: &Shared, log_dir: &Path, space: Space) -> Result<Prepared, StoreError> {
+    let free = super::log::free_space(log_dir).map_err(StoreError::from)?;
+    if free < space.size.saturating_add(space.min_free) {
+        return Err(StoreError::Unavailable(format!(
+            "the disk is nearly full: {free} bytes free, a new intake log segment needs {} and {} are kept free \
+             for the index ([store] min_free_bytes)",
+            space.size, space.min_free
+        )));
+    }
+    let size = space.size;
     let seq = shared.next_seq.fetch_add(1, Ordering::SeqCst);
     trees
         .state
@@ -114,35 +133,44 @@ fn prepare_segment(trees: &Trees, shared: &Shared, log_dir: &Path, size: u64) ->
 }
 
 /// The segment preparer thread: keeps the next segment ready, so that the
-/// committer never waits for the zeros to be written. Exits when the
-/// committer is gone, deleting the segment it held.
-pub(super) fn prepare_ahead(
-    trees: Trees,
-    shared: Arc<Shared>,
-    log_dir: PathBuf,
-    size: u64,
-    tx: Sender<Result<Prepared, StoreError>>,
-) {
+/// committer never waits for the zeros to be written. When it cannot make
+/// one (a full disk, say) it says so once, flags the store as not taking
+/// writes (the committer then answers `503` at once, `/readyz` too) and
+/// retries on its own, so intake resumes as soon as there is room, with no
+/// request needed to notice. It hands over only segments it made. Exits
+/// when the store closes, deleting the segment it held.
+pub(super) fn prepare_ahead(trees: Trees, shared: Arc<Shared>, log_dir: PathBuf, space: Space, tx: Sender<Prepared>) {
     loop {
-        let made = prepare_segment(&trees, &shared, &log_dir, size);
-        if let Err(e) = &made {
-            tracing::error!(error = %e, "Could not prepare the next intake log segment; retrying.");
-        }
-        let failed = made.is_err();
-        match tx.send(made) {
-            Ok(()) if failed => std::thread::sleep(Duration::from_millis(100)),
-            Ok(()) => {}
-            Err(crossbeam_channel::SendError(unused)) => {
-                if let Ok(p) = unused {
-                    shared.readers.forget(p.seq);
-                    let _ = std::fs::remove_file(super::log::segment_path(&log_dir, p.seq));
-                    let _ = shared.keyring.destroy(p.seq);
+        let p = match prepare_segment(&trees, &shared, &log_dir, space) {
+            Ok(p) => p,
+            Err(e) => {
+                if !shared.prepare_failed.swap(true, Ordering::SeqCst) {
+                    tracing::error!(error = %e, "Cannot prepare the next intake log segment: webhooks are answered 503 until it can be made. Retrying.");
                 }
-                return;
+                if shared.closed.load(Ordering::SeqCst) {
+                    return;
+                }
+                std::thread::sleep(PREPARE_RETRY);
+                continue;
             }
+        };
+        if shared.prepare_failed.swap(false, Ordering::SeqCst) {
+            tracing::info!(
+                segment = p.seq,
+                "Intake log segments can be made again; taking webhooks."
+            );
+        }
+        if let Err(crossbeam_channel::SendError(p)) = tx.send(p) {
+            shared.readers.forget(p.seq);
+            let _ = std::fs::remove_file(super::log::segment_path(&log_dir, p.seq));
+            let _ = shared.keyring.destroy(p.seq);
+            return;
         }
     }
 }
+
+/// How often a failed segment preparation is tried again.
+const PREPARE_RETRY: Duration = Duration::from_millis(100);
 
 impl Committer {
     pub fn run(self) {
@@ -210,11 +238,28 @@ impl Committer {
     }
 
     fn open_segment(&self) -> Result<OpenSegment, StoreError> {
-        let Prepared { seq, file, cipher } = match self.spare.recv() {
-            Ok(made) => made?,
-            // The preparer is gone (it only stops after us, so this is a
-            // bug, not a shutdown): make the segment here.
-            Err(_) => prepare_segment(&self.trees, &self.shared, &self.log_dir, self.max_bytes)?,
+        // Waits while the next segment is being made, but answers at once
+        // (a 503) while none can be.
+        let Prepared { seq, file, cipher } = loop {
+            match self.spare.recv_timeout(PREPARE_RETRY / 2) {
+                Ok(p) => break p,
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    if self.shared.prepare_failed.load(Ordering::SeqCst) {
+                        return Err(StoreError::Unavailable(
+                            "no intake log segment can be made now (see the error logged)".into(),
+                        ));
+                    }
+                }
+                // The preparer is gone (it only stops after us, so this is
+                // a bug, not a shutdown): make the segment here.
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                    let space = Space {
+                        size: self.max_bytes,
+                        min_free: self.min_free,
+                    };
+                    break prepare_segment(&self.trees, &self.shared, &self.log_dir, space)?;
+                }
+            }
         };
         let now = now_ms();
         tracing::debug!(segment = seq, "Opened intake log segment.");
@@ -330,6 +375,7 @@ pub(super) fn index(trees: Trees, shared: Arc<Shared>, rx: Receiver<Indexed>, wo
                 Ok(_) => {}
                 // The record is in the log; the next open re-applies it.
                 Err(e) => {
+                    shared.index_failed.store(true, Ordering::Relaxed);
                     tracing::error!(webhook_id = %meta.key, error = %e, "Could not index a stored event; it is re-indexed at the next start.")
                 }
             }

@@ -122,7 +122,10 @@ pub fn create_segment(dir: &Path, seq: u64, now_ms: i64, size: u64) -> std::io::
 /// returns where they end. Made durable by the caller's `sync_all`.
 fn zero_fill_direct(path: &Path, size: u64) -> std::io::Result<u64> {
     use std::os::unix::fs::OpenOptionsExt;
-    let direct = OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(path)?;
+    let direct = OpenOptions::new()
+        .write(true)
+        .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+        .open(path)?;
     let zeros = Box::new(AlignedZeros([0; DIRECT_CHUNK]));
     let end = size / PAGE * PAGE;
     let mut at = 0;
@@ -178,6 +181,12 @@ pub fn is_unused(path: &Path) -> std::io::Result<bool> {
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(true),
         Err(e) => Err(e),
     }
+}
+
+/// Bytes an unprivileged process may still write on `dir`'s filesystem.
+pub fn free_space(dir: &Path) -> std::io::Result<u64> {
+    let st = rustix::fs::statvfs(dir)?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {

@@ -203,6 +203,12 @@ pub(crate) struct Shared {
     progress: Mutex<Progress>,
     /// The last intake write failed (readiness reports it).
     write_failed: AtomicBool,
+    /// Set while no intake log segment can be made (a full disk, say), so
+    /// nothing can be stored; cleared when one is made.
+    prepare_failed: AtomicBool,
+    /// Set while writes to the index or its checkpoint fail; cleared by the
+    /// next checkpoint that succeeds.
+    index_failed: AtomicBool,
     closed: AtomicBool,
     /// Keys being written: a duplicate waits on the claim instead of
     /// being stored again.
@@ -494,6 +500,8 @@ impl Store {
             next_seq: AtomicU64::new(next_seq),
             progress: Mutex::new(Progress::default()),
             write_failed: AtomicBool::new(false),
+            prepare_failed: AtomicBool::new(false),
+            index_failed: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             inflight: Mutex::new(HashMap::new()),
             fsyncs: AtomicU64::new(0),
@@ -516,22 +524,22 @@ impl Store {
             index_tx,
             spare: spare_rx,
             max_bytes: settings.segment_max_bytes,
+            min_free: settings.min_free_bytes,
             max_age: settings.segment_max_age,
         };
         let mut threads = vec![std::thread::Builder::new()
             .name("intake-committer".into())
             .spawn(move || committer.run())?];
         {
-            let (trees, shared, log_dir, size) = (
-                trees.clone(),
-                shared.clone(),
-                log_dir.clone(),
-                settings.segment_max_bytes,
-            );
+            let (trees, shared, log_dir) = (trees.clone(), shared.clone(), log_dir.clone());
+            let space = committer::Space {
+                size: settings.segment_max_bytes,
+                min_free: settings.min_free_bytes,
+            };
             threads.push(
                 std::thread::Builder::new()
                     .name("segment-preparer".into())
-                    .spawn(move || committer::prepare_ahead(trees, shared, log_dir, size, spare_tx))?,
+                    .spawn(move || committer::prepare_ahead(trees, shared, log_dir, space, spare_tx))?,
             );
         }
         {
@@ -551,9 +559,11 @@ impl Store {
                         while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
                             stop_rx.recv_timeout(CHECKPOINT_EVERY)
                         {
-                            if let Err(e) = checkpoint(&trees, &shared, &dir) {
+                            let failed = checkpoint(&trees, &shared, &dir).err();
+                            if let Some(e) = &failed {
                                 tracing::error!(error = %e, "Index checkpoint failed.");
                             }
+                            shared.index_failed.store(failed.is_some(), Ordering::Relaxed);
                         }
                     })?,
             );
@@ -595,10 +605,14 @@ impl Store {
         &self.inner.keys
     }
 
-    /// Whether the store takes writes (false after a failed intake write,
-    /// until one succeeds).
+    /// Whether the store takes writes: false after a failed intake write
+    /// (until one succeeds), while no log segment can be made, and while
+    /// the index cannot be written or checkpointed.
     pub fn is_writable(&self) -> bool {
-        !self.inner.shared.closed.load(Ordering::Relaxed) && !self.inner.shared.write_failed.load(Ordering::Relaxed)
+        let s = &self.inner.shared;
+        ![&s.closed, &s.write_failed, &s.prepare_failed, &s.index_failed]
+            .iter()
+            .any(|flag| flag.load(Ordering::Relaxed))
     }
 
     /// Durable fsyncs of the intake log, and their total time in µs.
@@ -1182,6 +1196,7 @@ mod tests {
         let settings = StoreSettings {
             segment_max_bytes: 64 * 1024 * 1024,
             segment_max_age: Duration::from_secs(3600),
+            min_free_bytes: 0,
         };
         Store::open(dir, Keys::derive(&key), &settings).unwrap()
     }
