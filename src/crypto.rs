@@ -90,7 +90,7 @@ impl DataKey {
                 Ok((key, KeySource::ExistingFile))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(data_dir).map_err(io)?;
+                crate::fsutil::private_dir_all(data_dir).map_err(io)?;
                 let mut bytes = [0u8; 32];
                 OsRng.fill_bytes(&mut bytes);
                 let mut f = crate::fsutil::private_file(&path, true).map_err(io)?;
@@ -144,7 +144,7 @@ fn write_root(data_dir: &Path, data_key: &DataKey, root: &[u8; 32]) -> Result<()
         path: path.display().to_string(),
         source,
     };
-    std::fs::create_dir_all(data_dir).map_err(io)?;
+    crate::fsutil::private_dir_all(data_dir).map_err(io)?;
     crate::fsutil::replace_private(&path, &seal(&data_key.0, ROOT_AAD, root)).map_err(io)
 }
 

@@ -225,6 +225,13 @@ async fn payloads_are_encrypted_at_rest() {
         &dir.path().join("data"),
         &["zoe.example@example.org", "Zo\u{eb} Example", "+15550100"],
     );
+    // Nor can anyone else on the machine list or read it, whatever the umask.
+    use std::os::unix::fs::PermissionsExt;
+    for sub in ["", "log", "index"] {
+        let path = dir.path().join("data").join(sub);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}", path.display());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -91,7 +91,8 @@ pub fn restore(input: &mut impl Read, dir: &Path) -> Result<(u64, u64), StoreErr
     if magic != MAGIC {
         return Err(StoreError::Corrupt("not an intercom-webhooks backup".into()));
     }
-    std::fs::create_dir_all(dir.join("log"))?;
+    crate::fsutil::private_dir_all(&dir.join("log"))?;
+    crate::fsutil::private_dir_all(&dir.join("index"))?;
     let db = sled::Config::new().path(dir.join("index")).open()?;
     let (mut entries, mut files) = (0, 0);
     loop {

@@ -448,7 +448,9 @@ impl Store {
     /// segment-preparer threads.
     pub fn open(dir: &Path, keys: Keys, settings: &StoreSettings) -> Result<(Store, Recovery), StoreError> {
         let log_dir = dir.join("log");
-        std::fs::create_dir_all(&log_dir)?;
+        crate::fsutil::private_dir_all(&log_dir)?;
+        // Made here so that it is owner-only too (sled would make it 0755).
+        crate::fsutil::private_dir_all(&dir.join("index"))?;
         let db = sled::Config::new()
             .path(dir.join("index"))
             .flush_every_ms(None)
