@@ -56,16 +56,6 @@ fn body(n: usize) -> (String, Vec<u8>) {
     (id, b)
 }
 
-async fn ready(app: &TestApp) -> u16 {
-    app.client
-        .get(format!("http://{}/readyz", app.addr))
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_gets_503_loses_nothing_and_recovers_on_its_own() {
     let tmp = tempfile::tempdir().unwrap();
@@ -108,7 +98,7 @@ async fn a_full_disk_gets_503_loses_nothing_and_recovers_on_its_own() {
         "stored only {} before the disk was full",
         stored.len()
     );
-    assert_eq!(ready(&app).await, 503, "not ready while nothing can be stored");
+    assert_eq!(app.readyz().await, 503, "not ready while nothing can be stored");
     // Still refused, promptly, and the metrics still answer.
     let started = Instant::now();
     assert_eq!(app.post_signed(&body(n).1).await.status(), 503);
@@ -122,7 +112,7 @@ async fn a_full_disk_gets_503_loses_nothing_and_recovers_on_its_own() {
     // Room again: ready on its own, before any webhook comes.
     std::fs::remove_file(&filler).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while ready(&app).await != 200 {
+    while app.readyz().await != 200 {
         assert!(Instant::now() < deadline, "never ready again after space was freed");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -102,13 +102,19 @@ impl TestApp {
         self.dir.join("data")
     }
 
+    /// `/readyz`'s status code (0 if the request failed).
+    pub async fn readyz(&self) -> u16 {
+        match self.client.get(format!("http://{}/readyz", self.addr)).send().await {
+            Ok(r) => r.status().as_u16(),
+            Err(_) => 0,
+        }
+    }
+
     pub async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if let Ok(r) = self.client.get(format!("http://{}/readyz", self.addr)).send().await {
-                if r.status() == 200 {
-                    return;
-                }
+            if self.readyz().await == 200 {
+                return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
