@@ -78,8 +78,8 @@ pub(super) struct Committer {
     pub index_tx: Sender<Indexed>,
     /// The next segment, made ahead by [`prepare_ahead`].
     pub spare: Receiver<Prepared>,
-    pub max_bytes: u64,
-    pub min_free: u64,
+    /// Segment size (also where the prepared space ends) and disk reserve.
+    pub space: Space,
     pub max_age: Duration,
 }
 
@@ -253,11 +253,7 @@ impl Committer {
                 // The preparer is gone (it only stops after us, so this is
                 // a bug, not a shutdown): make the segment here.
                 Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
-                    let space = Space {
-                        size: self.max_bytes,
-                        min_free: self.min_free,
-                    };
-                    break prepare_segment(&self.trees, &self.shared, &self.log_dir, space)?;
+                    break prepare_segment(&self.trees, &self.shared, &self.log_dir, self.space)?;
                 }
             }
         };
@@ -283,7 +279,7 @@ impl Committer {
         let needs_new = match seg {
             None => true,
             Some(s) => {
-                (s.len > HEADER_LEN && s.len + batch_bytes > self.max_bytes) || s.opened.elapsed() >= self.max_age
+                (s.len > HEADER_LEN && s.len + batch_bytes > self.space.size) || s.opened.elapsed() >= self.max_age
             }
         };
         if needs_new {
@@ -305,7 +301,7 @@ impl Committer {
             locs.push(Location { seg: s.seq, off, len });
         }
         let records_len = buf.len() as u64;
-        pad_to_page(buf, s.len, self.max_bytes);
+        pad_to_page(buf, s.len, self.space.size);
         let started = Instant::now();
         let written = s.file.write_all_at(buf, s.len).and_then(|_| s.file.sync_data());
         self.shared.metrics_fsync(started.elapsed());

@@ -518,6 +518,10 @@ impl Store {
         let (index_tx, index_rx) = crossbeam_channel::bounded(64);
         let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
         let (spare_tx, spare_rx) = crossbeam_channel::bounded(0);
+        let space = committer::Space {
+            size: settings.segment_max_bytes,
+            min_free: settings.min_free_bytes,
+        };
         let committer = Committer {
             log_dir: log_dir.clone(),
             trees: trees.clone(),
@@ -525,8 +529,7 @@ impl Store {
             rx: cmd_rx,
             index_tx,
             spare: spare_rx,
-            max_bytes: settings.segment_max_bytes,
-            min_free: settings.min_free_bytes,
+            space,
             max_age: settings.segment_max_age,
         };
         let mut threads = vec![std::thread::Builder::new()
@@ -534,10 +537,6 @@ impl Store {
             .spawn(move || committer.run())?];
         {
             let (trees, shared, log_dir) = (trees.clone(), shared.clone(), log_dir.clone());
-            let space = committer::Space {
-                size: settings.segment_max_bytes,
-                min_free: settings.min_free_bytes,
-            };
             threads.push(
                 std::thread::Builder::new()
                     .name("segment-preparer".into())
