@@ -56,17 +56,57 @@ fn body(n: usize) -> (String, Vec<u8>) {
     (id, b)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_disk_gets_503_loses_nothing_and_recovers_on_its_own() {
+/// A temp dir with a tmpfs of `mib` MiB mounted at its `fs/`; `None`
+/// (after saying why) where mounting is not allowed, never under CI.
+fn small_disk(mib: u64) -> Option<(tempfile::TempDir, Mount, PathBuf)> {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("fs");
     std::fs::create_dir(&dir).unwrap();
-    let Some(_mount) = Mount::tmpfs(&dir, 16) else {
+    let Some(mount) = Mount::tmpfs(&dir, mib) else {
         assert!(
             std::env::var_os("CI").is_none(),
             "CI runs as root and must be able to mount the tmpfs this test needs"
         );
         eprintln!("skipped: mounting a tmpfs needs root");
+        return None;
+    };
+    Some((tmp, mount, dir))
+}
+
+/// Every acknowledged id is stored with a readable payload, and nothing else.
+async fn assert_stored_exactly(app: &TestApp, stored: &BTreeSet<String>) {
+    for id in stored {
+        let r = app.admin_get(&format!("/admin/events/{id}")).await;
+        assert_eq!(r.status(), 200, "{id} was acknowledged but is not stored");
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["payload"]["id"], id.as_str(), "{id}: payload not readable: {v}");
+    }
+    let stats = app.admin_json("/admin/stats").await;
+    let total: u64 = stats["events_by_status"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|c| c.as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        total,
+        stored.len() as u64,
+        "stored exactly what was acknowledged: {stats}"
+    );
+}
+
+/// Waits, sending no webhook, until `/readyz` is 200 again.
+async fn wait_ready_again(app: &TestApp) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.readyz().await != 200 {
+        assert!(Instant::now() < deadline, "never ready again after space was freed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_gets_503_loses_nothing_and_recovers_on_its_own() {
+    let Some((_tmp, _mount, dir)) = small_disk(16) else {
         return;
     };
     // Small segments, and 3 MiB kept free for the index.
@@ -111,11 +151,7 @@ async fn a_full_disk_gets_503_loses_nothing_and_recovers_on_its_own() {
 
     // Room again: ready on its own, before any webhook comes.
     std::fs::remove_file(&filler).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while app.readyz().await != 200 {
-        assert!(Instant::now() < deadline, "never ready again after space was freed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_ready_again(&app).await;
     for _ in 0..50 {
         let (id, b) = body(n);
         n += 1;
@@ -128,23 +164,56 @@ async fn a_full_disk_gets_503_loses_nothing_and_recovers_on_its_own() {
 
     // Everything acknowledged is there after a restart, payload readable.
     let app = spawn_app_with(&dir, toml, test_env()).await;
-    for id in &stored {
-        let r = app.admin_get(&format!("/admin/events/{id}")).await;
-        assert_eq!(r.status(), 200, "{id} was acknowledged but is not stored");
-        let v: serde_json::Value = r.json().await.unwrap();
-        assert_eq!(v["payload"]["id"], id.as_str(), "{id}: payload not readable: {v}");
+    assert_stored_exactly(&app, &stored).await;
+    app.stop().await;
+}
+
+/// Space already prepared does not let intake run the disk below the
+/// reserve: the index grows with every event and must keep its room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn intake_stops_at_the_reserve_even_with_prepared_room() {
+    let Some((_tmp, _mount, dir)) = small_disk(24) else {
+        return;
+    };
+    // Segments far larger than what this test writes, 4 MiB kept free.
+    let toml = "[store]\nsegment_max_bytes = 4194304\nmin_free_bytes = 4194304\n";
+    let app = spawn_app_with(&dir, toml, test_env()).await;
+    let mut stored = BTreeSet::new();
+    for n in 0..20 {
+        let (id, b) = body(n);
+        assert_eq!(app.post_signed(&b).await.status(), 200);
+        stored.insert(id);
     }
-    let stats = app.admin_json("/admin/stats").await;
-    let total: u64 = stats["events_by_status"]
-        .as_object()
-        .unwrap()
-        .values()
-        .map(|c| c.as_u64().unwrap())
-        .sum();
-    assert_eq!(
-        total,
-        stored.len() as u64,
-        "stored exactly what was acknowledged: {stats}"
-    );
+    // The open segment has room for thousands more; leave less than the
+    // reserve free on the disk.
+    let filler = dir.join("filler");
+    let fill = free_bytes(&dir).saturating_sub(2 * 1024 * 1024);
+    std::fs::write(&filler, vec![1u8; fill as usize]).unwrap();
+    let mut n = 20;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (id, b) = body(n);
+        n += 1;
+        match app.post_signed(&b).await.status().as_u16() {
+            200 => {
+                stored.insert(id);
+            }
+            503 => break,
+            other => panic!("{id}: answered {other}"),
+        }
+        assert!(Instant::now() < deadline, "never refused below the reserve");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(app.readyz().await, 503, "not ready below the reserve");
+    // Room again: ready with no webhook sent, then taking them.
+    std::fs::remove_file(&filler).unwrap();
+    wait_ready_again(&app).await;
+    let (id, b) = body(n);
+    assert_eq!(app.post_signed(&b).await.status(), 200);
+    stored.insert(id);
+    app.wait_idle().await;
+    app.stop().await;
+    let app = spawn_app_with(&dir, toml, test_env()).await;
+    assert_stored_exactly(&app, &stored).await;
     app.stop().await;
 }

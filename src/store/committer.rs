@@ -171,6 +171,30 @@ pub(super) fn prepare_ahead(trees: Trees, shared: Arc<Shared>, log_dir: PathBuf,
 
 /// How often a failed segment preparation is tried again.
 const PREPARE_RETRY: Duration = Duration::from_millis(100);
+/// How often the committer looks at the disk's free space (at most).
+const SPACE_CHECK_MS: i64 = 50;
+
+/// Whether the disk has less than `min_free` left, checked against the
+/// filesystem and kept in the store's flag (logged when it changes). Not
+/// only at segment preparation: sled's index grows while records fill the
+/// space prepared earlier (≈ 3 KB per event, some 40 MB per 64 MiB
+/// segment), and it must never meet a full disk. If the filesystem cannot
+/// say, the answer is no.
+pub(super) fn check_space(shared: &Shared, log_dir: &Path, min_free: u64) -> bool {
+    let low = super::log::free_space(log_dir).is_ok_and(|free| free < min_free);
+    shared.space_checked_ms.store(now_ms(), Ordering::Relaxed);
+    if shared.low_space.swap(low, Ordering::SeqCst) != low {
+        if low {
+            tracing::error!(
+                min_free,
+                "The disk is nearly full: webhooks are answered 503 until there is room again ([store] min_free_bytes)."
+            );
+        } else {
+            tracing::info!("There is room on the disk again; taking webhooks.");
+        }
+    }
+    low
+}
 
 impl Committer {
     pub fn run(self) {
@@ -275,6 +299,15 @@ impl Committer {
         // Framing and metadata add well under this much per record: a batch
         // that might not fit in the segment's prepared space goes to the next.
         const RECORD_OVERHEAD: u64 = 1024;
+        let low = if now_ms() - self.shared.space_checked_ms.load(Ordering::Relaxed) >= SPACE_CHECK_MS {
+            check_space(&self.shared, &self.log_dir, self.space.min_free)
+        } else {
+            self.shared.low_space.load(Ordering::Relaxed)
+        };
+        if low {
+            self.fail_batch(batch, &StoreError::Unavailable("the disk is nearly full".into()));
+            return;
+        }
         let batch_bytes: u64 = batch.iter().map(|r| r.body.len() as u64 + RECORD_OVERHEAD).sum();
         let needs_new = match seg {
             None => true,

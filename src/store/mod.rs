@@ -30,7 +30,7 @@ mod progress;
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -209,6 +209,10 @@ pub(crate) struct Shared {
     /// Set while writes to the index or its checkpoint fail; cleared by the
     /// next checkpoint that succeeds.
     index_failed: AtomicBool,
+    /// Set while the disk has less than `[store] min_free_bytes` left
+    /// (see `committer::check_space`), and when it was last looked at.
+    low_space: AtomicBool,
+    space_checked_ms: AtomicI64,
     closed: AtomicBool,
     /// Keys being written: a duplicate waits on the claim instead of
     /// being stored again.
@@ -504,6 +508,8 @@ impl Store {
             write_failed: AtomicBool::new(false),
             prepare_failed: AtomicBool::new(false),
             index_failed: AtomicBool::new(false),
+            low_space: AtomicBool::new(false),
+            space_checked_ms: AtomicI64::new(0),
             closed: AtomicBool::new(false),
             inflight: Mutex::new(HashMap::new()),
             fsyncs: AtomicU64::new(0),
@@ -552,7 +558,7 @@ impl Store {
             );
         }
         {
-            let (trees, shared, dir) = (trees.clone(), shared.clone(), dir.to_path_buf());
+            let (trees, shared, dir, log_dir) = (trees.clone(), shared.clone(), dir.to_path_buf(), log_dir.clone());
             threads.push(
                 std::thread::Builder::new()
                     .name("index-checkpoint".into())
@@ -565,6 +571,9 @@ impl Store {
                                 tracing::error!(error = %e, "Index checkpoint failed.");
                             }
                             shared.index_failed.store(failed.is_some(), Ordering::Relaxed);
+                            // Also from here, so that readiness comes back
+                            // with no webhook to notice the room.
+                            committer::check_space(&shared, &log_dir, space.min_free);
                         }
                     })?,
             );
@@ -606,14 +615,26 @@ impl Store {
         &self.inner.keys
     }
 
-    /// Whether the store takes writes: false after a failed intake write
-    /// (until one succeeds), while no log segment can be made, and while
-    /// the index cannot be written or checkpointed.
-    pub fn is_writable(&self) -> bool {
+    /// Why the store does not take writes now, if it does not: after a
+    /// failed intake write (until one succeeds), while no log segment can be
+    /// made, while the disk is below `[store] min_free_bytes`, and while the
+    /// index cannot be written or checkpointed.
+    pub fn not_writable(&self) -> Option<&'static str> {
         let s = &self.inner.shared;
-        ![&s.closed, &s.write_failed, &s.prepare_failed, &s.index_failed]
-            .iter()
-            .any(|flag| flag.load(Ordering::Relaxed))
+        [
+            (&s.closed, "the store is closed"),
+            (&s.write_failed, "the last intake log write failed"),
+            (&s.prepare_failed, "no intake log segment can be made"),
+            (&s.low_space, "the disk is below [store] min_free_bytes"),
+            (&s.index_failed, "the index cannot be written"),
+        ]
+        .into_iter()
+        .find(|(flag, _)| flag.load(Ordering::Relaxed))
+        .map(|(_, why)| why)
+    }
+
+    pub fn is_writable(&self) -> bool {
+        self.not_writable().is_none()
     }
 
     /// Durable fsyncs of the intake log, and their total time in µs.
