@@ -12,14 +12,15 @@ pub async fn healthz() -> (StatusCode, &'static str) {
     (StatusCode::OK, "ok\n")
 }
 
-pub async fn readyz(State(app): State<AppState>) -> (StatusCode, &'static str) {
+pub async fn readyz(State(app): State<AppState>) -> (StatusCode, String) {
+    let unavailable = |why: &str| (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n"));
     if app.shutdown.is_cancelled() {
-        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
-    } else if !app.store.is_writable() {
-        (StatusCode::SERVICE_UNAVAILABLE, "store cannot take writes\n")
+        unavailable("shutting down")
+    } else if let Some(why) = app.store.not_writable() {
+        unavailable(&format!("the store cannot take writes: {why}"))
     } else if !app.workers_running.load(Ordering::Relaxed) {
-        (StatusCode::SERVICE_UNAVAILABLE, "workers not running\n")
+        unavailable("workers not running")
     } else {
-        (StatusCode::OK, "ready\n")
+        (StatusCode::OK, "ready\n".into())
     }
 }

@@ -111,14 +111,18 @@ impl TestApp {
     }
 
     pub async fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if self.readyz().await == 200 {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        panic!("server not ready");
+        let why = match self.client.get(format!("http://{}/readyz", self.addr)).send().await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(e) => e.to_string(),
+        };
+        panic!("server not ready: {why}");
     }
 
     pub async fn post_signed(&self, body: &[u8]) -> reqwest::Response {
