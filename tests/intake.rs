@@ -208,6 +208,47 @@ async fn restart_keeps_events_and_their_dedup() {
     app.stop().await;
 }
 
+/// The README's recovery for an index that will not open: move it aside,
+/// and the intake log rebuilds it, every event processed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_moved_aside_is_rebuilt_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn_app(dir.path()).await;
+    let contacts = [
+        "65f0c0ffee0000000000c001",
+        "65f0c0ffee0000000000c002",
+        "65f0c0ffee0000000000c003",
+    ];
+    for (i, c) in contacts.iter().enumerate() {
+        let body = notification(
+            &format!("notif_rebuild-{i}"),
+            "contact.user.created",
+            json!({"type":"contact","id":c,"role":"user","updated_at":1767225600}),
+            1767225600,
+        );
+        assert_eq!(app.post_signed(&body).await.status(), 200);
+        app.wait_final(&format!("notif_rebuild-{i}")).await;
+    }
+    app.stop().await;
+    std::fs::rename(dir.path().join("data/index"), dir.path().join("index.damaged")).unwrap();
+
+    let app = spawn_app(dir.path()).await;
+    for (i, c) in contacts.iter().enumerate() {
+        let ev = app.wait_final(&format!("notif_rebuild-{i}")).await;
+        assert_eq!(ev["status"], "processed", "{ev}");
+        let cached = app.admin_json(&format!("/admin/contacts/{c}")).await;
+        assert_eq!(cached["id"], *c, "{cached}");
+    }
+    assert_eq!(
+        app.admin_json("/admin/events").await["events"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payloads_are_encrypted_at_rest() {
     let dir = tempfile::tempdir().unwrap();
