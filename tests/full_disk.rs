@@ -73,6 +73,17 @@ fn small_disk(mib: u64) -> Option<(tempfile::TempDir, Mount, PathBuf)> {
     Some((tmp, mount, dir))
 }
 
+/// Stops cleanly (the index never met the full disk), starts again on the
+/// same data dir and checks that every acknowledged id is stored with a
+/// readable payload, and nothing else.
+async fn restart_and_check(app: TestApp, dir: &Path, toml: &str, stored: &BTreeSet<String>) {
+    app.wait_idle().await;
+    app.stop().await;
+    let app = spawn_app_with(dir, toml, test_env()).await;
+    assert_stored_exactly(&app, stored).await;
+    app.stop().await;
+}
+
 /// Every acknowledged id is stored with a readable payload, and nothing else.
 async fn assert_stored_exactly(app: &TestApp, stored: &BTreeSet<String>) {
     for id in stored {
@@ -158,14 +169,7 @@ async fn a_full_disk_gets_503_loses_nothing_and_recovers_on_its_own() {
         assert_eq!(app.post_signed(&b).await.status(), 200, "{id} after space was freed");
         stored.insert(id);
     }
-    app.wait_idle().await;
-    // A clean stop: the index never met the full disk.
-    app.stop().await;
-
-    // Everything acknowledged is there after a restart, payload readable.
-    let app = spawn_app_with(&dir, toml, test_env()).await;
-    assert_stored_exactly(&app, &stored).await;
-    app.stop().await;
+    restart_and_check(app, &dir, toml, &stored).await;
 }
 
 /// Space already prepared does not let intake run the disk below the
@@ -211,9 +215,5 @@ async fn intake_stops_at_the_reserve_even_with_prepared_room() {
     let (id, b) = body(n);
     assert_eq!(app.post_signed(&b).await.status(), 200);
     stored.insert(id);
-    app.wait_idle().await;
-    app.stop().await;
-    let app = spawn_app_with(&dir, toml, test_env()).await;
-    assert_stored_exactly(&app, &stored).await;
-    app.stop().await;
+    restart_and_check(app, &dir, toml, &stored).await;
 }
