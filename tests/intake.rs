@@ -185,6 +185,14 @@ async fn oversize_non_json_ping_head_get_and_health() {
     app.stop().await;
 }
 
+/// How many events the admin API lists.
+async fn event_count(app: &TestApp) -> usize {
+    app.admin_json("/admin/events").await["events"]
+        .as_array()
+        .unwrap()
+        .len()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_keeps_events_and_their_dedup() {
     let dir = tempfile::tempdir().unwrap();
@@ -198,13 +206,7 @@ async fn restart_keeps_events_and_their_dedup() {
     assert_eq!(app.post_signed(&body).await.status(), 200);
     let ev = app.wait_final("notif_restart").await;
     assert_eq!(ev["deliveries"], 2, "recognised as a duplicate after restart");
-    assert_eq!(
-        app.admin_json("/admin/events").await["events"]
-            .as_array()
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(event_count(&app).await, 1);
     app.stop().await;
 }
 
@@ -239,13 +241,7 @@ async fn an_index_moved_aside_is_rebuilt_from_the_log() {
         let cached = app.admin_json(&format!("/admin/contacts/{c}")).await;
         assert_eq!(cached["id"], *c, "{cached}");
     }
-    assert_eq!(
-        app.admin_json("/admin/events").await["events"]
-            .as_array()
-            .unwrap()
-            .len(),
-        3
-    );
+    assert_eq!(event_count(&app).await, 3);
     app.stop().await;
 }
 
