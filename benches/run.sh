@@ -82,7 +82,7 @@ replay() {
   start; $LOADGEN --url $URL --connections 64 --seconds 60 --bodies 100000 2>/dev/null | sed -n 1p; wait_idle
   local t0=$(date +%s.%N)
   admin -X POST -H 'content-type: application/json' -d '{"all":true}' http://$ADMIN/admin/replay; echo
-  $LOADGEN --url $URL --connections 16 --rate 1000 --seconds 8 --bodies 10000 2>/dev/null | tail -1 | sed 's/^/intake during replay: /'
+  $LOADGEN --url $URL --connections 16 --rate 1000 --seconds 8 --bodies 10000 2>/dev/null | grep '^latency' | sed 's/^/intake during replay: /'
   wait_idle; local t1=$(date +%s.%N)
   echo "replay throughput: $(python3 -c "print(round(100000/($t1-$t0)))") events/s (queue + handlers)"
   stop
@@ -105,8 +105,8 @@ TOML
   local raw=$(admin http://$ADMIN/admin/stats | python3 -c 'import json,sys;print(json.load(sys.stdin)["events_by_status"])')
   echo "stored: $raw; store size $(du -sh $WORK/data | cut -f1)"
   sleep 21
-  $LOADGEN --url $URL --connections 16 --rate 1000 --seconds 8 --bodies 10000 2>/dev/null | tail -1 | sed 's/^/intake p99 without purge: /'
-  ( $LOADGEN --url $URL --connections 16 --rate 1000 --seconds 20 --bodies 25000 2>/dev/null | tail -1 | sed 's/^/intake during purge: /' ) &
+  $LOADGEN --url $URL --connections 16 --rate 1000 --seconds 8 --bodies 10000 2>/dev/null | grep '^latency' | sed 's/^/intake p99 without purge: /'
+  ( $LOADGEN --url $URL --connections 16 --rate 1000 --seconds 20 --bodies 25000 2>/dev/null | grep '^latency' | sed 's/^/intake during purge: /' ) &
   LG=$!
   sleep 1
   local t0=$(date +%s.%N)

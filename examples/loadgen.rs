@@ -180,18 +180,28 @@ fn main() {
     let cpu_before = process_cpu_seconds();
     runtime.block_on(async move {
         let next = Arc::new(AtomicUsize::new(0));
+        // Requests sent and not yet answered: how bunched the arrivals are.
+        let outstanding = Arc::new(AtomicUsize::new(0));
         let deadline = Instant::now() + Duration::from_secs(args.seconds);
         let start = Instant::now();
         let mut tasks = Vec::new();
         for c in 0..args.connections {
             let (prepared, next, host) = (prepared.clone(), next.clone(), host.clone());
+            let outstanding = outstanding.clone();
+            // At a rate, connection c sends at c/N of each interval: evenly
+            // spread (one a millisecond at 1,000/s; tokio's timer has 1 ms
+            // resolution, so higher rates go out in per-millisecond groups).
             let interval = args.rate.map(|r| Duration::from_secs_f64(args.connections as f64 / r));
             tasks.push(tokio::spawn(async move {
                 let mut s = TcpStream::connect(&host).await.expect("connect");
                 s.set_nodelay(true).ok();
                 let mut buf = Vec::with_capacity(8192);
-                let mut lat: Vec<(Kind, u16, u32)> = Vec::new();
-                let mut scheduled = Instant::now() + interval.map(|i| i.mul_f64(c as f64 / 64.0)).unwrap_or_default();
+                // (kind, status, latency in µs, requests in flight at send)
+                let mut lat: Vec<(Kind, u16, u32, u32)> = Vec::new();
+                let mut scheduled = Instant::now()
+                    + interval
+                        .map(|i| i.mul_f64(c as f64 / args.connections as f64))
+                        .unwrap_or_default();
                 let mut last_done = Instant::now();
                 while Instant::now() < deadline {
                     if interval.is_some() {
@@ -209,15 +219,15 @@ fn main() {
                     } else {
                         Instant::now()
                     };
-                    if s.write_all(&p.bytes).await.is_err() {
-                        break;
-                    }
-                    let status = match read_response(&mut s, &mut buf).await {
-                        Ok(st) => st,
-                        Err(_) => break,
+                    let depth = outstanding.fetch_add(1, Ordering::Relaxed) + 1;
+                    let answered = match s.write_all(&p.bytes).await {
+                        Ok(()) => read_response(&mut s, &mut buf).await,
+                        Err(e) => Err(e),
                     };
+                    outstanding.fetch_sub(1, Ordering::Relaxed);
+                    let Ok(status) = answered else { break };
                     last_done = Instant::now();
-                    lat.push((p.kind, status, (last_done - t0).as_micros() as u32));
+                    lat.push((p.kind, status, (last_done - t0).as_micros() as u32, depth as u32));
                     if let Some(iv) = interval {
                         scheduled += iv;
                     }
@@ -231,21 +241,23 @@ fn main() {
         }
         let elapsed = start.elapsed().as_secs_f64();
         let mut by_status: HashMap<u16, usize> = HashMap::new();
-        for (_, st, _) in &all {
+        for (_, st, _, _) in &all {
             *by_status.entry(*st).or_default() += 1;
         }
         let mut ok: Vec<u32> = all
             .iter()
-            .filter(|(k, st, _)| *k != Kind::BadSignature && *st == 200)
+            .filter(|(k, st, _, _)| *k != Kind::BadSignature && *st == 200)
             .map(|x| x.2)
             .collect();
         ok.sort_unstable();
-        let pct = |p: f64| {
-            ok.get(((ok.len() as f64 * p) as usize).min(ok.len().saturating_sub(1)))
+        let mut depths: Vec<u32> = all.iter().map(|x| x.3).collect();
+        depths.sort_unstable();
+        let at = |v: &[u32], p: f64| {
+            v.get(((v.len() as f64 * p) as usize).min(v.len().saturating_sub(1)))
                 .copied()
-                .unwrap_or(0) as f64
-                / 1000.0
+                .unwrap_or(0)
         };
+        let pct = |p: f64| at(&ok, p) as f64 / 1000.0;
         println!(
             "requests {} in {:.1}s: {:.0} req/s; accepted (200, signed) {} = {:.0}/s",
             all.len(),
@@ -262,6 +274,12 @@ fn main() {
             pct(0.99),
             pct(0.999),
             pct(1.0)
+        );
+        println!(
+            "requests in flight when one was sent (it included): p50 {}  p99 {}  max {}",
+            at(&depths, 0.5),
+            at(&depths, 0.99),
+            at(&depths, 1.0)
         );
         if let (Some(a), Some(b)) = (cpu_before, process_cpu_seconds()) {
             println!(
