@@ -15,6 +15,11 @@ use intercom_webhooks::{app, commands, logging};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    // Everything this process writes is its owner's only (log segments,
+    // sled's files, exports, backups), whatever umask it was started with:
+    // the bits already masked stay masked.
+    let mask = rustix::fs::Mode::from_raw_mode(0o077);
+    rustix::process::umask(rustix::process::umask(mask) | mask);
     let cli = Cli::parse();
     let serve_flags = match &cli.command {
         Command::Serve(a) => ServeFlags {

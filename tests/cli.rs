@@ -229,6 +229,10 @@ fn trace_logs_carry_no_personal_data() {
 
 #[test]
 fn backup_and_restore_round_trip_running_and_stopped() {
+    // The usual umask, so that the children's files are owner-only only if
+    // the binary makes them so (checked at the end). Process-wide, and
+    // harmless to the other tests here.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
     let dir = tempfile::tempdir().unwrap();
     let bin = Binary::new(dir.path());
     let (child, public, admin) = bin.serve(&[]);
@@ -318,6 +322,12 @@ fn backup_and_restore_round_trip_running_and_stopped() {
                 "{name} holds {pii}"
             );
         }
+        assert_owner_only(&target);
+    }
+    // Everything the binary wrote is its owner's only: the data dir's log
+    // segments, sled's files and keys, and the backups.
+    for path in [dir.path().join("data"), running, stopped] {
+        assert_owner_only(&path);
     }
 }
 

@@ -274,6 +274,18 @@ pub fn all_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     out
 }
 
+/// Panics if `path`, or anything under it, is open to group or others.
+pub fn assert_owner_only(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::symlink_metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode & 0o077, 0, "{} is mode {mode:o}", path.display());
+    if path.is_dir() {
+        for e in std::fs::read_dir(path).unwrap().flatten() {
+            assert_owner_only(&e.path());
+        }
+    }
+}
+
 /// Panics if any file under `dir` contains any of `needles` (as bytes).
 pub fn assert_absent_from_files(dir: &Path, needles: &[&str]) {
     for (path, bytes) in all_files(dir) {
