@@ -260,6 +260,9 @@ pub fn written_segments(data_dir: &Path) -> Vec<String> {
 
 pub fn all_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut out = Vec::new();
+    if dir.is_file() {
+        return vec![(dir.to_path_buf(), std::fs::read(dir).unwrap())];
+    }
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).unwrap().flatten() {
@@ -300,7 +303,9 @@ pub fn assert_absent_from_files(dir: &Path, needles: &[&str]) {
 }
 
 pub fn captures_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/intercom/captures")
+    // Zulip's fixtures (Apache-2.0, see the README and ZULIP-LICENSE there),
+    // copied into the repository so the suite needs nothing beside it.
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/intercom/captures")
 }
 
 /// The real binary, run as a child process.
@@ -483,4 +488,87 @@ pub fn wait_ready_blocking(addr: SocketAddr) {
         std::thread::sleep(Duration::from_millis(25));
     }
     panic!("binary never became ready on {addr}");
+}
+
+/// Every string value of at least six characters under a key that
+/// `facts.md` §3 marks as personal (contact, conversation and ticket
+/// fields: identity, contact details, device, location, message content,
+/// attachments, page URLs, free-text attributes), anywhere in a document.
+pub fn personal_strings(v: &Value, under_personal: bool, out: &mut Vec<String>) {
+    const KEYS: &[&str] = &[
+        "email",
+        "name",
+        "phone",
+        "external_id",
+        "user_id",
+        "pseudonym",
+        "image_url",
+        "avatar",
+        "social_profiles",
+        "body",
+        "subject",
+        "title",
+        "description",
+        "remark",
+        "url",
+        "attachments",
+        "custom_attributes",
+        "ticket_attributes",
+        "location",
+        "location_data",
+        "city",
+        "city_name",
+        "region",
+        "region_name",
+        "country",
+        "country_name",
+        "postal_code",
+        "formatted_phone",
+        "browser",
+        "browser_version",
+        "browser_language",
+        "os",
+        "referrer",
+        "utm_campaign",
+        "utm_content",
+        "utm_medium",
+        "utm_source",
+        "utm_term",
+        "last_seen_ip",
+        "ip_address",
+        "user_agent_data",
+    ];
+    match v {
+        Value::Object(m) => {
+            for (k, val) in m {
+                let personal = (under_personal && k != "type") || KEYS.contains(&k.as_str());
+                personal_strings(val, personal, out);
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| personal_strings(x, under_personal, out)),
+        // Intercom's own object ids (24 hex digits) are kept as ids, even
+        // where a field such as `user_id` holds one.
+        Value::String(s) if s.len() == 24 && s.bytes().all(|b| b.is_ascii_hexdigit()) => {}
+        Value::String(s) if under_personal && s.chars().count() >= 6 => out.push(s.clone()),
+        _ => {}
+    }
+}
+
+/// The captured notifications: (file name, bytes, parsed).
+pub fn captures() -> Vec<(String, Vec<u8>, Value)> {
+    let mut files: Vec<_> = std::fs::read_dir(captures_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|p| {
+            let bytes = std::fs::read(&p).unwrap();
+            let v: Value = serde_json::from_slice(&bytes).unwrap();
+            (p.file_name().unwrap().to_string_lossy().into_owned(), bytes, v)
+        })
+        .collect()
 }
