@@ -44,6 +44,9 @@ pub fn open_store(settings: &Settings) -> anyhow::Result<Store> {
             "Recovered the index from the intake log after an unclean stop."
         );
     }
+    // Erasures this index does not have (restored or rebuilt): applied
+    // before anything can read or process what they erased.
+    crate::erasure::apply_ledger(&store)?;
     tracing::info!(segments = recovery.segments, pending = recovery.pending, "Store open.");
     Ok(store)
 }
@@ -76,6 +79,11 @@ pub async fn run(settings: Settings, listeners: Listeners, shutdown: Cancellatio
         store.clone(),
         settings.clone(),
         metrics.clone(),
+        shutdown.clone(),
+    ));
+    let shredder = tokio::spawn(crate::purge::shred_loop(
+        store.clone(),
+        settings.clone(),
         shutdown.clone(),
     ));
     let limiter_gc = {
@@ -114,6 +122,7 @@ pub async fn run(settings: Settings, listeners: Listeners, shutdown: Cancellatio
     let _ = public.await;
     let _ = admin.await;
     let _ = purger.await;
+    let _ = shredder.await;
     let _ = limiter_gc.await;
     workers_stop.cancel();
     worker::mark_running(&state.workers_running, false);

@@ -55,7 +55,17 @@ impl LwwSet {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ContactRecord {
     pub id: String,
-    pub external_id: Option<String>,
+    /// Written by releases before external ids were sealed; read only, and
+    /// replaced by the sealed form on the record's next write.
+    #[serde(default, rename = "external_id", skip_serializing)]
+    pub legacy_external_id: Option<String>,
+    /// Keyed hash of the external id (`x:` subject key without the prefix),
+    /// so erasure by external id finds the record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_id_hash: Option<String>,
+    /// The external id, encrypted (many workspaces set it to the email).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_id_sealed: Option<String>,
     pub role: Option<String>,
     pub app_id: Option<String>,
     pub created_at: Option<i64>,
@@ -165,6 +175,7 @@ pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Option<T> {
 
 /// Turns payload values into cache fields: hashes emails, filters and
 /// encrypts custom attributes, and renders records for people to read.
+#[derive(Clone)]
 pub struct CacheCodec {
     keys: Keys,
     allowed_attributes: Vec<String>,
@@ -204,6 +215,39 @@ impl CacheCodec {
         Some(base64::engine::general_purpose::STANDARD.encode(sealed))
     }
 
+    /// Sets a contact's external id: kept only encrypted and as a keyed hash.
+    pub fn set_external_id(&self, r: &mut ContactRecord, external_id: Option<String>) {
+        let hash = external_id
+            .as_deref()
+            .map(|x| crate::identifiers::external_key(&self.keys, x)[2..].to_string());
+        if r.legacy_external_id.is_none()
+            && hash == r.external_id_hash
+            && (hash.is_none() == r.external_id_sealed.is_none())
+        {
+            return; // unchanged: no new nonce, so a replay rewrites the same bytes
+        }
+        r.legacy_external_id = None;
+        r.external_id_hash = hash;
+        r.external_id_sealed = external_id.map(|x| {
+            let sealed = crypto::seal(
+                &self.keys.cache,
+                format!("external_id:{}", r.id).as_bytes(),
+                x.as_bytes(),
+            );
+            base64::engine::general_purpose::STANDARD.encode(sealed)
+        });
+    }
+
+    /// A contact's external id, decrypted (or as an old release stored it).
+    pub fn external_id(&self, r: &ContactRecord) -> Option<String> {
+        if let Some(sealed) = &r.external_id_sealed {
+            let bytes = base64::engine::general_purpose::STANDARD.decode(sealed).ok()?;
+            let plain = crypto::open(&self.keys.cache, format!("external_id:{}", r.id).as_bytes(), &bytes).ok()?;
+            return String::from_utf8(plain).ok();
+        }
+        r.legacy_external_id.clone()
+    }
+
     pub fn open_attributes(&self, contact_id: &str, sealed: &str) -> Option<Value> {
         let bytes = base64::engine::general_purpose::STANDARD.decode(sealed).ok()?;
         let plain = crypto::open(&self.keys.cache, format!("contact:{contact_id}").as_bytes(), &bytes).ok()?;
@@ -214,7 +258,7 @@ impl CacheCodec {
     pub fn contact_view(&self, r: &ContactRecord) -> Value {
         serde_json::json!({
             "id": r.id,
-            "external_id": r.external_id,
+            "external_id": self.external_id(r),
             "role": r.role,
             "app_id": r.app_id,
             "created_at": r.created_at,

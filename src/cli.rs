@@ -104,6 +104,15 @@ pub enum Command {
     Restore {
         #[arg(long, value_name = "FILE")]
         from: std::path::PathBuf,
+        /// The erasure ledger of the data dir being replaced
+        /// (`<data dir>/erasures.ledger`): erasures made after the backup are
+        /// applied again, so nobody erased comes back.
+        #[arg(long, value_name = "FILE", conflicts_with = "without_ledger")]
+        ledger: Option<std::path::PathBuf>,
+        /// Restore without a newer ledger: erasures made after the backup
+        /// come back. Only when no newer ledger exists.
+        #[arg(long)]
+        without_ledger: bool,
     },
     /// Configuration.
     #[command(subcommand)]
@@ -199,12 +208,15 @@ pub enum CacheKind {
 }
 
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("subject").required(true).args(["email", "contact_id"])))]
+#[command(group(clap::ArgGroup::new("subject").required(true).args(["email", "contact_id", "external_id"])))]
 pub struct EraseArgs {
     #[arg(long)]
     pub email: Option<String>,
     #[arg(long)]
     pub contact_id: Option<String>,
+    /// The workspace's own id for the person (`external_id`, legacy `user_id`).
+    #[arg(long)]
+    pub external_id: Option<String>,
     /// Say exactly what would be erased; change nothing.
     #[arg(long, conflicts_with = "yes")]
     pub dry_run: bool,
@@ -217,12 +229,15 @@ pub struct EraseArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("subject").required(true).args(["email", "contact_id"])))]
+#[command(group(clap::ArgGroup::new("subject").required(true).args(["email", "contact_id", "external_id"])))]
 pub struct ExportArgs {
     #[arg(long)]
     pub email: Option<String>,
     #[arg(long)]
     pub contact_id: Option<String>,
+    /// The workspace's own id for the person (`external_id`, legacy `user_id`).
+    #[arg(long)]
+    pub external_id: Option<String>,
     /// Write the export here (mode 0600) instead of stdout.
     #[arg(long, value_name = "FILE")]
     pub out: Option<std::path::PathBuf>,

@@ -193,24 +193,11 @@ pub async fn run(cli: Cli, settings: Settings) -> CmdResult {
         Command::Erase(args) => erase(&settings, args, json_out).await,
         Command::Backup { out } => backup(&settings, &out, json_out).await,
         Command::RotateDataKey => rotate_data_key(&settings, json_out),
-        Command::Restore { from } => {
-            let mut input = std::io::BufReader::new(
-                std::fs::File::open(&from)
-                    .map_err(|e| Failure::new(1, format!("cannot read {}: {e}", from.display())))?,
-            );
-            let (entries, files) = crate::store::restore(&mut input, &settings.data_dir)?;
-            let doc =
-                json!({"data_dir": settings.data_dir.display().to_string(), "index_entries": entries, "files": files});
-            print_doc(&doc, json_out, |d| {
-                format!(
-                    "restored {} index entries and {} files into {}",
-                    d["index_entries"],
-                    d["files"],
-                    d["data_dir"].as_str().unwrap_or("")
-                )
-            });
-            Ok(())
-        }
+        Command::Restore {
+            from,
+            ledger,
+            without_ledger,
+        } => restore(&settings, &from, ledger.as_deref(), without_ledger, json_out),
         Command::Export(args) => export(&settings, args).await,
         Command::Audit(cmd) => {
             let verify = matches!(cmd, AuditCommand::Verify);
@@ -521,12 +508,12 @@ fn privacy_failure(e: crate::privacy::PrivacyError) -> Failure {
 async fn erase(settings: &Settings, args: crate::cli::EraseArgs, json_out: bool) -> CmdResult {
     // Without --yes it is a dry run that says so and exits 2.
     let dry_run = args.dry_run || !args.yes;
-    let body =
-        json!({"email": args.email, "contact_id": args.contact_id, "dry_run": dry_run, "local_only": args.local_only});
+    let body = json!({"email": args.email, "contact_id": args.contact_id, "external_id": args.external_id, "dry_run": dry_run, "local_only": args.local_only});
     let doc = match access(settings)? {
         Access::Remote(r) => r.post("/admin/erase", &body).await?,
         Access::Local(store) => {
-            let subject = crate::privacy::Subject::from_parts(args.email, args.contact_id).map_err(privacy_failure)?;
+            let subject = crate::privacy::Subject::from_parts(args.email, args.contact_id, args.external_id)
+                .map_err(privacy_failure)?;
             let codec =
                 crate::cache::CacheCodec::new(store.keys().clone(), settings.cache.contact_custom_attributes.clone());
             let client = intercom_client(settings);
@@ -544,11 +531,12 @@ async fn erase(settings: &Settings, args: crate::cli::EraseArgs, json_out: bool)
 }
 
 async fn export(settings: &Settings, args: crate::cli::ExportArgs) -> CmdResult {
-    let body = json!({"email": args.email, "contact_id": args.contact_id});
+    let body = json!({"email": args.email, "contact_id": args.contact_id, "external_id": args.external_id});
     let doc = match access(settings)? {
         Access::Remote(r) => r.post("/admin/export", &body).await?,
         Access::Local(store) => {
-            let subject = crate::privacy::Subject::from_parts(args.email, args.contact_id).map_err(privacy_failure)?;
+            let subject = crate::privacy::Subject::from_parts(args.email, args.contact_id, args.external_id)
+                .map_err(privacy_failure)?;
             let codec =
                 crate::cache::CacheCodec::new(store.keys().clone(), settings.cache.contact_custom_attributes.clone());
             let client = intercom_client(settings);
@@ -600,6 +588,60 @@ async fn backup(settings: &Settings, out: &std::path::Path, json_out: bool) -> C
     };
     print_doc(&doc, json_out, |d| {
         format!("backup written to {}", d["out"].as_str().unwrap_or(""))
+    });
+    Ok(())
+}
+
+/// Restores a backup into an empty data dir, then applies every erasure in
+/// the ledger (the backup's own, and those of the ledger it is given) before
+/// anything can read the restored data.
+fn restore(
+    settings: &Settings,
+    from: &std::path::Path,
+    ledger: Option<&std::path::Path>,
+    without_ledger: bool,
+    json_out: bool,
+) -> CmdResult {
+    let own_ledger = settings.data_dir.join(crate::store::LEDGER_FILE);
+    if ledger.is_none() && !without_ledger && !own_ledger.exists() {
+        return Err(Failure::new(
+            2,
+            "restore needs the erasure ledger of the data dir being replaced, so that nobody erased after the backup comes back: \
+             --ledger FILE (its erasures.ledger), or --without-ledger when there is none",
+        ));
+    }
+    let mut input = std::io::BufReader::new(
+        std::fs::File::open(from).map_err(|e| Failure::new(1, format!("cannot read {}: {e}", from.display())))?,
+    );
+    let (entries, files) = crate::store::restore(&mut input, &settings.data_dir)?;
+    let merged = match ledger {
+        Some(l) => crate::store::merge_ledger(&settings.data_dir, l)?,
+        None => 0,
+    };
+    // Opening applies the ledger and shreds what it erases.
+    let store = open_store(settings).map_err(|e| {
+        Failure::new(
+            1,
+            format!("restored, but the store does not open (is the data key configured?): {e}"),
+        )
+    })?;
+    let erasures = store.ledger_len()?;
+    store.close()?;
+    let doc = json!({
+        "data_dir": settings.data_dir.display().to_string(),
+        "index_entries": entries,
+        "files": files,
+        "ledger_entries_added": merged,
+        "erasures_in_ledger": erasures,
+    });
+    print_doc(&doc, json_out, |d| {
+        format!(
+            "restored {} index entries and {} files into {}; {} erasures in the ledger applied",
+            d["index_entries"],
+            d["files"],
+            d["data_dir"].as_str().unwrap_or(""),
+            d["erasures_in_ledger"]
+        )
     });
     Ok(())
 }

@@ -97,6 +97,11 @@ pub struct PurgeSettings {
     pub interval: Duration,
     /// Keys deleted per sled batch, so intake is never held back for long.
     pub batch_size: usize,
+    /// How often log segments holding records erased by `contact.deleted`
+    /// webhooks are rewritten without them (one pass serves every erasure
+    /// queued since the last). Operator erasures shred at once.
+    #[serde(with = "humantime_serde_compat")]
+    pub shred_interval: Duration,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -209,6 +214,7 @@ struct FileRetention {
 struct FilePurge {
     interval: Option<String>,
     batch_size: Option<usize>,
+    shred_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -358,6 +364,7 @@ impl Settings {
         let purge = PurgeSettings {
             interval: dur(file.purge.interval.as_ref(), "purge.interval", "1h")?,
             batch_size: file.purge.batch_size.unwrap_or(500).max(1),
+            shred_interval: dur(file.purge.shred_interval.as_ref(), "purge.shred_interval", "30s")?,
         };
         let worker = WorkerSettings {
             concurrency: file
@@ -375,9 +382,9 @@ impl Settings {
             segment_max_age: dur(file.store.segment_max_age.as_ref(), "store.segment_max_age", "1h")?,
             min_free_bytes: file.store.min_free_bytes.unwrap_or(64 * 1024 * 1024),
         };
-        if purge.interval.is_zero() || store.segment_max_age.is_zero() {
+        if purge.interval.is_zero() || purge.shred_interval.is_zero() || store.segment_max_age.is_zero() {
             return err(format!(
-                "{cfg_name}: purge.interval and store.segment_max_age must be above zero"
+                "{cfg_name}: purge.interval, purge.shred_interval and store.segment_max_age must be above zero"
             ));
         }
 

@@ -199,6 +199,16 @@ impl Keys {
         keyed_hash(&self.email_hash, email.trim().to_lowercase().as_bytes())
     }
 
+    /// Keyed hash of another kind of identifier (an external id), under the
+    /// same key as emails but apart from them (`kind` is hashed in).
+    pub fn identifier_hash(&self, kind: &str, value: &str) -> String {
+        let mut data = Vec::with_capacity(kind.len() + 1 + value.len());
+        data.extend_from_slice(kind.as_bytes());
+        data.push(0);
+        data.extend_from_slice(value.as_bytes());
+        keyed_hash(&self.email_hash, &data)
+    }
+
     /// Keyed hash of an identifier for the audit log.
     pub fn audit_hash(&self, value: &str) -> String {
         keyed_hash(&self.audit_hash, value.as_bytes())

@@ -19,10 +19,6 @@ pub struct Envelope {
     pub created_at: Option<i64>,
     pub item_type: Option<String>,
     pub item_id: Option<String>,
-    /// Intercom contact ids the notification concerns (for erasure and
-    /// export): the contact item itself, a wrapped contact or user, the
-    /// contacts of a conversation or ticket.
-    pub contact_ids: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -45,27 +41,8 @@ struct RawItem {
     kind: Option<Value>,
     id: Option<Value>,
     conversation_id: Option<Value>,
-    contact: Option<RawRef>,
-    user: Option<RawRef>,
-    ticket: Option<RawRef>,
-    contacts: Option<RawContacts>,
-}
-
-#[derive(Deserialize)]
-struct RawRef {
-    id: Option<Value>,
-    contacts: Option<RawContacts>,
-}
-
-#[derive(Deserialize)]
-struct RawContacts {
-    contacts: Option<Vec<RawRef>>,
-}
-
-fn ids_of(list: &Option<RawContacts>, out: &mut Vec<String>) {
-    if let Some(cs) = list.as_ref().and_then(|c| c.contacts.as_ref()) {
-        out.extend(cs.iter().filter_map(|c| c.id.as_ref().and_then(id_string)));
-    }
+    contact: Option<Value>,
+    ticket: Option<Value>,
 }
 
 /// Why a verified body is not a notification (kept with status `invalid`).
@@ -107,22 +84,9 @@ pub fn parse(body: &[u8]) -> Result<Envelope, Invalid> {
         .as_ref()
         .and_then(id_string)
         .or_else(|| item.conversation_id.as_ref().and_then(id_string))
-        .or_else(|| item.ticket.as_ref().and_then(|t| t.id.as_ref()).and_then(id_string))
-        .or_else(|| item.contact.as_ref().and_then(|c| c.id.as_ref()).and_then(id_string));
+        .or_else(|| item.ticket.as_ref().and_then(|t| t.get("id")).and_then(id_string))
+        .or_else(|| item.contact.as_ref().and_then(|c| c.get("id")).and_then(id_string));
     let kind = item.kind.as_ref().and_then(|v| v.as_str().map(str::to_string));
-    let mut contact_ids = Vec::new();
-    if matches!(kind.as_deref(), Some("contact" | "user" | "lead")) {
-        contact_ids.extend(item.id.as_ref().and_then(id_string));
-    }
-    for r in [&item.contact, &item.user].into_iter().flatten() {
-        contact_ids.extend(r.id.as_ref().and_then(id_string));
-    }
-    ids_of(&item.contacts, &mut contact_ids);
-    if let Some(t) = &item.ticket {
-        ids_of(&t.contacts, &mut contact_ids);
-    }
-    contact_ids.sort();
-    contact_ids.dedup();
     Ok(Envelope {
         id: raw.id.as_ref().and_then(id_string),
         topic,
@@ -130,7 +94,6 @@ pub fn parse(body: &[u8]) -> Result<Envelope, Invalid> {
         created_at: raw.created_at.as_ref().and_then(parse_timestamp),
         item_type: kind,
         item_id,
-        contact_ids,
     })
 }
 
@@ -215,9 +178,6 @@ mod tests {
         assert_eq!(env.item_id.as_deref(), Some("c1"));
         assert_eq!(env.created_at, Some(1767225600));
         assert_eq!(event_key(&env), "notif_1");
-        assert_eq!(env.contact_ids, vec!["c1"]);
-        let conv = br#"{"data":{"item":{"type":"conversation","id":"9","contacts":{"contacts":[{"id":"a"},{"id":"b"}]}}},"id":"n","topic":"conversation.user.replied"}"#;
-        assert_eq!(parse(conv).unwrap().contact_ids, vec!["a", "b"]);
     }
 
     #[test]

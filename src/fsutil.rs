@@ -24,6 +24,18 @@ pub fn private_file(path: &Path, create_new: bool) -> std::io::Result<File> {
     opts.open(path)
 }
 
+/// Opens `path` for appending, creating it owner-only (0600) if needed.
+pub fn private_append(path: &Path) -> std::io::Result<File> {
+    let mut opts = OpenOptions::new();
+    opts.append(true).create(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    opts.open(path)
+}
+
 /// Creates `dir` and any missing parents accessible to their owner only
 /// (0700), whatever the umask; folders that exist are left as they are.
 /// The data dir holds only encrypted payloads, but also sled's index (ids,

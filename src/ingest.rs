@@ -38,7 +38,9 @@ pub struct Identity {
 
 pub async fn ingest(store: &Store, webhook: VerifiedWebhook, now_ms: i64) -> (Result<Outcome, StoreError>, Identity) {
     let body = webhook.body().clone();
-    let (meta, invalid) = match classify(&body) {
+    let subjects = crate::identifiers::identifiers(&body).subject_keys(store.keys());
+    let mut meta = EventMeta::received(now_ms, body.len() as u32, subjects);
+    let invalid = match classify(&body) {
         Classified::Ping => {
             return (
                 Ok(Outcome::Ping),
@@ -48,52 +50,22 @@ pub async fn ingest(store: &Store, webhook: VerifiedWebhook, now_ms: i64) -> (Re
                 },
             )
         }
-        Classified::Notification { key, envelope } => (
-            EventMeta {
-                key,
-                notification_id: envelope.id,
-                topic: envelope.topic,
-                app_id: envelope.app_id,
-                item_type: envelope.item_type,
-                item_id: envelope.item_id,
-                created_at: envelope.created_at,
-                received_ms: now_ms,
-                last_delivery_ms: now_ms,
-                delivery_count: 1,
-                status: Status::Pending,
-                attempts: 0,
-                retry_at_ms: None,
-                last_error: None,
-                history: Vec::new(),
-                body_len: body.len() as u32,
-                contact_ids: envelope.contact_ids,
-                loc: None,
-            },
-            false,
-        ),
-        Classified::Invalid { key, why } => (
-            EventMeta {
-                key,
-                notification_id: None,
-                topic: String::new(),
-                app_id: None,
-                item_type: None,
-                item_id: None,
-                created_at: None,
-                received_ms: now_ms,
-                last_delivery_ms: now_ms,
-                delivery_count: 1,
-                status: Status::Invalid,
-                attempts: 0,
-                retry_at_ms: None,
-                last_error: Some(why.reason().to_string()),
-                history: Vec::new(),
-                body_len: body.len() as u32,
-                contact_ids: Vec::new(),
-                loc: None,
-            },
-            true,
-        ),
+        Classified::Notification { key, envelope } => {
+            meta.key = key;
+            meta.notification_id = envelope.id;
+            meta.topic = envelope.topic;
+            meta.app_id = envelope.app_id;
+            meta.item_type = envelope.item_type;
+            meta.item_id = envelope.item_id;
+            meta.created_at = envelope.created_at;
+            false
+        }
+        Classified::Invalid { key, why } => {
+            meta.key = key;
+            meta.status = Status::Invalid;
+            meta.last_error = Some(why.reason().to_string());
+            true
+        }
     };
     let identity = Identity {
         key: meta.key.clone(),

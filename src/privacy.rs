@@ -9,12 +9,12 @@
 //! them (forgotten, and the log segments that held them rewritten under new
 //! keys, the old keys destroyed). Running it again finds nothing more to do.
 
-use std::collections::BTreeSet;
-
 use serde_json::{json, Value};
 
 use crate::cache::{decode, CacheCodec, ContactRecord, ConversationRecord};
 use crate::client::{ApiError, IntercomClient};
+pub use crate::erasure::Subject;
+use crate::erasure::{self, Found};
 use crate::store::{CacheKind, Store, StoreError};
 use crate::timefmt::{format_ms, now_ms};
 
@@ -28,139 +28,63 @@ pub enum PrivacyError {
     BadRequest(String),
 }
 
-/// Whose data: by email or by Intercom contact id.
-#[derive(Debug, Clone)]
-pub enum Subject {
-    Email(String),
-    ContactId(String),
-}
-
 impl Subject {
-    /// From the `{"email":..}` / `{"contact_id":..}` request shape.
-    pub fn from_parts(email: Option<String>, contact_id: Option<String>) -> Result<Subject, PrivacyError> {
-        match (
-            email.filter(|e| !e.trim().is_empty()),
-            contact_id.filter(|c| !c.trim().is_empty()),
-        ) {
-            (Some(e), None) => Ok(Subject::Email(e)),
-            (None, Some(c)) => Ok(Subject::ContactId(c.trim().to_string())),
+    /// From the `{"email":..}` / `{"contact_id":..}` / `{"external_id":..}`
+    /// request shape: exactly one of them.
+    pub fn from_parts(
+        email: Option<String>,
+        contact_id: Option<String>,
+        external_id: Option<String>,
+    ) -> Result<Subject, PrivacyError> {
+        let given = |v: Option<String>| v.map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        match (given(email), given(contact_id), given(external_id)) {
+            (Some(e), None, None) => Ok(Subject::Email(e)),
+            (None, Some(c), None) => Ok(Subject::ContactId(c)),
+            (None, None, Some(x)) => Ok(Subject::ExternalId(x)),
             _ => Err(PrivacyError::BadRequest(
-                "give exactly one of email or contact_id".into(),
+                "give exactly one of email, contact_id or external_id".into(),
             )),
         }
     }
-
-    /// The keyed hash the audit log records instead of the identifier.
-    fn audit_hash(&self, codec: &CacheCodec) -> String {
-        match self {
-            Subject::Email(e) => codec.keys().audit_hash(&format!("email:{}", e.trim().to_lowercase())),
-            Subject::ContactId(c) => codec.keys().audit_hash(&format!("contact:{c}")),
-        }
-    }
 }
 
-/// The contact ids a subject maps to: locally (email hash index) and, with
-/// a client, in Intercom (search by email).
+/// Everything we hold about the subject, starting from their identifier and
+/// (with a client, for an email) the contacts Intercom has under it.
 async fn resolve(
     store: &Store,
     codec: &CacheCodec,
     client: Option<&IntercomClient>,
     subject: &Subject,
-) -> Result<Vec<String>, PrivacyError> {
-    let mut ids = BTreeSet::new();
-    match subject {
-        Subject::ContactId(id) => {
-            ids.insert(id.clone());
-        }
-        Subject::Email(email) => {
-            if let Some(hash) = codec.email_hash(email) {
-                ids.extend(store.contacts_for_email_hash(&hash)?);
-            }
-            if let Some(c) = client {
-                for contact in c.search_contacts_by_email(email).await? {
-                    if let Some(id) = contact.get("id").and_then(crate::envelope::id_string) {
-                        ids.insert(id);
-                    }
-                }
+) -> Result<(Found, Vec<String>), PrivacyError> {
+    let mut seeds = vec![subject.key(codec)];
+    let mut intercom_ids = Vec::new();
+    if let (Subject::Email(email), Some(c)) = (subject, client) {
+        for contact in c.search_contacts_by_email(email).await? {
+            if let Some(id) = contact.get("id").and_then(crate::envelope::id_string) {
+                intercom_ids.push(id);
             }
         }
     }
-    Ok(ids.into_iter().collect())
-}
-
-/// What we hold locally about a set of contacts.
-struct LocalHoldings {
-    contacts: Vec<(String, ContactRecord)>,
-    conversations: Vec<(String, ConversationRecord)>,
-    event_keys: Vec<String>,
-}
-
-fn holdings(store: &Store, ids: &[String]) -> Result<LocalHoldings, StoreError> {
-    let mut contacts = Vec::new();
-    let mut event_keys = BTreeSet::new();
-    for id in ids {
-        if let Some(bytes) = store.cache_get(CacheKind::Contact, id)? {
-            if let Some(r) = decode::<ContactRecord>(&bytes) {
-                contacts.push((id.clone(), r));
-            }
+    seeds.extend(intercom_ids.iter().cloned());
+    let (store, codec_keys) = (store.clone(), codec.clone());
+    let found = tokio::task::spawn_blocking(move || erasure::find(&store, &codec_keys, &seeds))
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))??;
+    // A contact id given by the operator counts even if we hold nothing of it
+    // (Intercom may still have it).
+    let mut ids = found.contact_ids();
+    if let Subject::ContactId(c) = subject {
+        if !ids.contains(c) {
+            ids.push(c.clone());
         }
-        event_keys.extend(store.events_for_contact(id)?.into_iter().map(|m| m.key));
     }
-    // Erasure is rare: a scan of the conversation cache is affordable.
-    let conversations = store
-        .cache_all(CacheKind::Conversation)?
-        .into_iter()
-        .filter_map(|(id, bytes)| decode::<ConversationRecord>(&bytes).map(|r| (id, r)))
-        .filter(|(_, r)| r.contacts.present().iter().any(|c| ids.contains(c)))
-        .collect();
-    Ok(LocalHoldings {
-        contacts,
-        conversations,
-        event_keys: event_keys.into_iter().collect(),
-    })
-}
-
-/// Erases everything held locally about `ids` (no Intercom call). Events in
-/// `keep` (the `contact.deleted` notification being handled) stay.
-pub fn erase_local(store: &Store, ids: &[String], keep: Option<&str>) -> Result<Value, StoreError> {
-    let h = holdings(store, ids)?;
-    let now = now_ms();
-    let stamp = now / 1000;
-    for id in ids {
-        store.cache_txn(|tx| {
-            if let Some(bytes) = tx.get(CacheKind::Contact, id)? {
-                let r = decode::<ContactRecord>(&bytes);
-                if let Some(h) = r.as_ref().and_then(|r| r.email_hash.as_deref()) {
-                    tx.unindex_email(h, id)?;
-                }
-                tx.remove(CacheKind::Contact, id, r.map(|r| r.filed().at()))?;
-            }
-            if tx.tombstone(CacheKind::Contact, id)?.is_none() {
-                tx.put_tombstone(CacheKind::Contact, id, stamp, now)?;
-            }
-            Ok(())
-        })?;
+    for id in intercom_ids {
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
     }
-    for (id, _) in &h.conversations {
-        store.cache_txn(|tx| {
-            if let Some(bytes) = tx.get(CacheKind::Conversation, id)? {
-                let filed = decode::<ConversationRecord>(&bytes).map(|r| r.filed().at());
-                tx.remove(CacheKind::Conversation, id, filed)?;
-            }
-            if tx.tombstone(CacheKind::Conversation, id)?.is_none() {
-                tx.put_tombstone(CacheKind::Conversation, id, stamp, now)?;
-            }
-            Ok(())
-        })?;
-    }
-    let keys: Vec<String> = h.event_keys.into_iter().filter(|k| Some(k.as_str()) != keep).collect();
-    let erased = store.erase_events(&keys)?;
-    Ok(json!({
-        "cached_contacts": h.contacts.len(),
-        "cached_conversations": h.conversations.len(),
-        "events": erased.events,
-        "log_segments_rewritten": erased.segments_rewritten,
-    }))
+    ids.sort();
+    Ok((found, ids))
 }
 
 /// A data-subject erasure. With `dry_run` it says exactly what would go and
@@ -180,24 +104,21 @@ pub async fn erase(
         ));
     }
     let client = if local_only { None } else { client };
-    let ids = resolve(store, codec, client, &subject).await?;
-    let h = {
-        let (store, ids) = (store.clone(), ids.clone());
-        tokio::task::spawn_blocking(move || holdings(&store, &ids))
-            .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))??
-    };
+    let (found, ids) = resolve(store, codec, client, &subject).await?;
+    let matched_nothing = found.is_empty() && (local_only || ids.is_empty());
     let plan = json!({
         "contact_ids": ids,
+        "identifiers": found.subjects.len(),
         "intercom": if local_only { json!("skipped (--local-only)") } else { json!({"delete_contacts": ids.len()}) },
         "local": {
-            "cached_contacts": h.contacts.len(),
-            "cached_conversations": h.conversations.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>(),
-            "events": h.event_keys,
+            "cached_contacts": found.cached_contacts,
+            "cached_conversations": found.conversations,
+            "events": found.events,
         },
     });
+    let note = matched_nothing.then_some("the identifier matches nothing we hold");
     if dry_run {
-        return Ok(json!({"dry_run": true, "would_erase": plan}));
+        return Ok(json!({"dry_run": true, "matched_nothing": matched_nothing, "note": note, "would_erase": plan}));
     }
     let mut deleted = 0;
     let mut absent = 0;
@@ -211,8 +132,8 @@ pub async fn erase(
         }
     }
     let local = {
-        let (store, ids) = (store.clone(), ids.clone());
-        tokio::task::spawn_blocking(move || erase_local(&store, &ids, None))
+        let (store, found) = (store.clone(), found.clone());
+        tokio::task::spawn_blocking(move || erasure::erase(&store, &found, None, true))
             .await
             .map_err(|e| StoreError::Unavailable(e.to_string()))??
     };
@@ -228,29 +149,10 @@ pub async fn erase(
         "local": local,
     });
     crate::audit::append(store, "erase", details.clone())?;
-    tracing::info!(contacts = ids.len(), "Erasure done.");
-    Ok(json!({"dry_run": false, "contact_ids": ids, "intercom": intercom, "local": local}))
-}
-
-/// The local erasure a `contact.deleted` notification triggers, audited.
-pub fn erase_on_webhook(
-    store: &Store,
-    codec: &CacheCodec,
-    contact_id: &str,
-    event_key: &str,
-) -> Result<(), StoreError> {
-    let local = erase_local(store, &[contact_id.to_string()], Some(event_key))?;
-    crate::audit::append(
-        store,
-        "erase",
-        json!({
-            "trigger": "contact.deleted webhook",
-            "contact_id_hashes": [codec.keys().audit_hash(&format!("contact:{contact_id}"))],
-            "intercom": "skipped (deleted there)",
-            "local": local,
-        }),
-    )?;
-    Ok(())
+    tracing::info!(contacts = ids.len(), events = local.events, "Erasure done.");
+    Ok(
+        json!({"dry_run": false, "matched_nothing": matched_nothing, "note": note, "contact_ids": ids, "intercom": intercom, "local": local}),
+    )
 }
 
 /// Notes keep only what is theirs: not the author, not the body (which may
@@ -259,18 +161,200 @@ fn strip_note(n: &Value) -> Value {
     json!({"type": n.get("type"), "id": n.get("id"), "created_at": n.get("created_at")})
 }
 
-/// A data-subject access export. Layout (`format: intercom-webhooks/export/v1`):
+/// Who wrote a part or a conversation's first message, as the export sees it.
+enum Author {
+    /// The subject (one of their contact ids).
+    Subject,
+    /// A teammate, a bot or a team: their words to the subject are part of
+    /// the subject's conversation, their name, email and avatar are not.
+    Teammate,
+    /// Anybody else (another contact, an unknown author).
+    Other,
+}
+
+fn author_of(v: &Value, subject_ids: &[String]) -> Author {
+    let a = v.get("author").unwrap_or(&Value::Null);
+    let id = a.get("id").and_then(crate::envelope::id_string);
+    match a.get("type").and_then(Value::as_str) {
+        Some("admin" | "bot" | "team") => Author::Teammate,
+        Some("user" | "lead" | "contact") if id.as_ref().is_some_and(|i| subject_ids.contains(i)) => Author::Subject,
+        _ => Author::Other,
+    }
+}
+
+/// Copies only the named fields of an object.
+fn pick(v: &Value, fields: &[&str]) -> Value {
+    let mut out = serde_json::Map::new();
+    for f in fields {
+        if let Some(x) = v.get(*f) {
+            out.insert((*f).to_string(), x.clone());
+        }
+    }
+    Value::Object(out)
+}
+
+/// A conversation as the subject's access export holds it: its own fields,
+/// the subject's messages, teammates' replies without the teammate's name,
+/// email or avatar; other contacts' messages, internal notes, other
+/// participants and statistics left out. Allow-listed: a field Intercom
+/// adds later is left out until it is added here.
+fn conversation_for_subject(conv: &Value, subject_ids: &[String]) -> Value {
+    let mut out = pick(
+        conv,
+        &[
+            "type",
+            "id",
+            "title",
+            "created_at",
+            "updated_at",
+            "waiting_since",
+            "snoozed_until",
+            "open",
+            "state",
+            "read",
+            "priority",
+        ],
+    );
+    let message = |m: &Value| match author_of(m, subject_ids) {
+        Author::Subject => {
+            let mut p = pick(
+                m,
+                &[
+                    "type",
+                    "id",
+                    "part_type",
+                    "delivered_as",
+                    "subject",
+                    "body",
+                    "created_at",
+                    "updated_at",
+                    "attachments",
+                    "url",
+                ],
+            );
+            p["author"] = pick(m.get("author").unwrap_or(&Value::Null), &["type", "id"]);
+            Some(p)
+        }
+        Author::Teammate => {
+            let mut p = pick(
+                m,
+                &[
+                    "type",
+                    "id",
+                    "part_type",
+                    "delivered_as",
+                    "subject",
+                    "body",
+                    "created_at",
+                    "updated_at",
+                ],
+            );
+            p["author"] = pick(m.get("author").unwrap_or(&Value::Null), &["type"]);
+            Some(p)
+        }
+        Author::Other => None,
+    };
+    if let Some(src) = conv.get("source") {
+        out["source"] = message(src).unwrap_or_else(|| pick(src, &["type", "id", "delivered_as"]));
+    }
+    let parts = conv
+        .pointer("/conversation_parts/conversation_parts")
+        .and_then(Value::as_array)
+        .map(|ps| {
+            ps.iter()
+                .filter(|p| p.get("part_type").and_then(Value::as_str) != Some("note"))
+                .filter_map(message)
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    out["conversation_parts"] = json!(parts);
+    let contacts: Vec<Value> = conv
+        .pointer("/contacts/contacts")
+        .and_then(Value::as_array)
+        .map(|cs| {
+            cs.iter()
+                .filter(|c| {
+                    c.get("id")
+                        .and_then(crate::envelope::id_string)
+                        .is_some_and(|i| subject_ids.contains(&i))
+                })
+                .map(|c| pick(c, &["type", "id"]))
+                .collect()
+        })
+        .unwrap_or_default();
+    out["contacts"] = json!(contacts);
+    if let Some(r) = conv.get("conversation_rating").filter(|r| {
+        r.pointer("/contact/id")
+            .and_then(crate::envelope::id_string)
+            .is_some_and(|i| subject_ids.contains(&i))
+    }) {
+        out["conversation_rating"] = pick(r, &["rating", "remark", "created_at", "updated_at"]);
+    }
+    if let Some(tags) = conv.pointer("/tags/tags").and_then(Value::as_array) {
+        out["tags"] = json!(tags
+            .iter()
+            .map(|t| pick(t, &["type", "id", "name"]))
+            .collect::<Vec<_>>());
+    }
+    out
+}
+
+fn event_summary(m: &crate::store::EventMeta) -> Value {
+    json!({"id": m.key, "topic": m.topic, "received_at": format_ms(m.received_ms), "status": m.status.as_str()})
+}
+
+/// What we hold locally of one of the subject's contact ids: the cached
+/// contact, the cached conversations they take part in (listing the
+/// subject's contact ids only), and the stored notifications that carry the id.
+fn local_for(store: &Store, codec: &CacheCodec, found: &Found, id: &str, ids: &[String]) -> Result<Value, StoreError> {
+    let contact = store
+        .cache_get(CacheKind::Contact, id)?
+        .and_then(|b| decode::<ContactRecord>(&b))
+        .map(|r| codec.contact_view(&r));
+    let mut conversations = Vec::new();
+    for cid in &found.conversations {
+        let Some(r) = store
+            .cache_get(CacheKind::Conversation, cid)?
+            .and_then(|b| decode::<ConversationRecord>(&b))
+        else {
+            continue;
+        };
+        if !r.contacts.present().iter().any(|c| c == id) {
+            continue;
+        }
+        let mut view = codec.conversation_view(&r);
+        view["contact_ids"] = json!(r
+            .contacts
+            .present()
+            .into_iter()
+            .filter(|c| ids.contains(c))
+            .collect::<Vec<_>>());
+        conversations.push(view);
+    }
+    let events: Vec<Value> = found
+        .events
+        .iter()
+        .filter_map(|k| store.get(k).ok().flatten())
+        .filter(|m| m.subjects.iter().any(|s| s == id))
+        .map(|m| event_summary(&m))
+        .collect();
+    Ok(json!({"cached_contact": contact, "cached_conversations": conversations, "events": events}))
+}
+
+/// A data-subject access export. Layout (`format: intercom-webhooks/export/v2`):
 /// `subject` (keyed hash), `contacts[]` each with `intercom` (contact,
-/// tags, companies, segments, notes without author/body, conversations) and
-/// `local` (cached contact, cached conversations, stored events' metadata),
-/// and `audit_entries` about the subject.
+/// tags, companies, segments, notes without author/body, conversations as
+/// [`conversation_for_subject`] keeps them) and `local` (cached contact,
+/// cached conversations, stored events' metadata), `other_events` (found
+/// through the subject's email or external id alone), and `audit_entries`
+/// about the subject.
 pub async fn export(
     store: &Store,
     codec: &CacheCodec,
     client: Option<&IntercomClient>,
     subject: Subject,
 ) -> Result<Value, PrivacyError> {
-    let ids = resolve(store, codec, client, &subject).await?;
+    let (found, ids) = resolve(store, codec, client, &subject).await?;
     let mut contacts = Vec::new();
     let mut counts = json!({"contacts": ids.len(), "conversations": 0, "events": 0, "notes": 0});
     for id in &ids {
@@ -305,7 +389,7 @@ pub async fn export(
                         continue;
                     };
                     match c.get_conversation(&cid).await {
-                        Ok(full) => conversations.push(full),
+                        Ok(full) => conversations.push(conversation_for_subject(&full, &ids)),
                         Err(ApiError::NotFound) => {}
                         Err(e) => return Err(e.into()),
                     }
@@ -316,26 +400,19 @@ pub async fn export(
                 json!({"contact": contact, "tags": tags, "companies": companies, "segments": segments, "notes": notes, "conversations": conversations})
             }
         };
-        let local = {
-            let (st, one) = (store.clone(), id.clone());
-            let h = tokio::task::spawn_blocking(move || holdings(&st, std::slice::from_ref(&one)))
-                .await
-                .map_err(|e| StoreError::Unavailable(e.to_string()))??;
-            let events: Vec<Value> = h
-                .event_keys
-                .iter()
-                .filter_map(|k| store.get(k).ok().flatten())
-                .map(|m| json!({"id": m.key, "topic": m.topic, "received_at": format_ms(m.received_ms), "status": m.status.as_str()}))
-                .collect();
-            counts["events"] = json!(counts["events"].as_u64().unwrap_or(0) + events.len() as u64);
-            json!({
-                "cached_contact": h.contacts.first().map(|(_, r)| codec.contact_view(r)),
-                "cached_conversations": h.conversations.iter().map(|(_, r)| codec.conversation_view(r)).collect::<Vec<_>>(),
-                "events": events,
-            })
-        };
+        let local = local_for(store, codec, &found, id, &ids)?;
+        counts["events"] =
+            json!(counts["events"].as_u64().unwrap_or(0) + local["events"].as_array().map_or(0, Vec::len) as u64);
         contacts.push(json!({"id": id, "intercom": intercom, "local": local}));
     }
+    // Notifications found through an email or external id alone.
+    let other_events: Vec<Value> = found
+        .events
+        .iter()
+        .filter_map(|k| store.get(k).ok().flatten())
+        .filter(|m| !m.subjects.iter().any(|s| ids.contains(s)))
+        .map(|m| event_summary(&m))
+        .collect();
     let subject_hash = subject.audit_hash(codec);
     let id_hashes: Vec<String> = ids
         .iter()
@@ -353,10 +430,11 @@ pub async fn export(
         .collect();
     crate::audit::append(store, "export", json!({"subject_hash": subject_hash, "counts": counts}))?;
     Ok(json!({
-        "format": "intercom-webhooks/export/v1",
+        "format": "intercom-webhooks/export/v2",
         "generated_at": format_ms(now_ms()),
         "subject": {"hash": subject_hash},
         "contacts": contacts,
+        "other_events": other_events,
         "audit_entries": audit_entries,
     }))
 }

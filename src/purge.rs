@@ -284,6 +284,26 @@ fn purge_tombstones(store: &Store, kind: CacheKind, before: i64, batch: usize) -
 }
 
 /// The background purge: runs every `[purge] interval` until shutdown.
+/// Rewrites the log segments queued by webhook erasures, every
+/// `[purge] shred_interval`, until shutdown.
+pub async fn shred_loop(store: Store, settings: std::sync::Arc<Settings>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(settings.purge.shred_interval) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        if store.shred_queue_len() == 0 {
+            continue;
+        }
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || s.shred()).await {
+            Ok(Ok(n)) => tracing::info!(segments = n, "Rewrote log segments without erased records."),
+            Ok(Err(e)) => tracing::error!(error = %e, "Shredding erased records failed; will try again."),
+            Err(e) => tracing::error!(error = %e, "Shredding erased records failed; will try again."),
+        }
+    }
+}
+
 pub async fn run_loop(
     store: Store,
     settings: std::sync::Arc<Settings>,

@@ -158,7 +158,7 @@ fn process_work(ctx: &WorkerCtx, work: Work) -> Result<Processed, StoreError> {
                 Ok(applied) => {
                     // A contact deleted in Intercom is erased here too.
                     if let crate::dispatch::Action::ContactDelete { id } = &action {
-                        crate::privacy::erase_on_webhook(&ctx.store, &ctx.codec, id, key)?;
+                        crate::erasure::on_webhook(&ctx.store, &ctx.codec, id, key)?;
                     }
                     let outcome = match applied {
                         Applied::Updated => "processed".to_string(),

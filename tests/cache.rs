@@ -458,34 +458,6 @@ async fn failing_handlers_retry_then_fail_without_personal_data() {
     app.stop().await;
 }
 
-/// Every string value under a personal key in a JSON document.
-fn personal_strings(v: &Value, under_personal: bool, out: &mut Vec<String>) {
-    const KEYS: &[&str] = &[
-        "email",
-        "name",
-        "phone",
-        "body",
-        "subject",
-        "pseudonym",
-        "city_name",
-        "region_name",
-        "country_name",
-        "postal_code",
-        "remark",
-        "formatted_phone",
-    ];
-    match v {
-        Value::Object(m) => {
-            for (k, val) in m {
-                personal_strings(val, KEYS.contains(&k.as_str()), out);
-            }
-        }
-        Value::Array(a) => a.iter().for_each(|x| personal_strings(x, under_personal, out)),
-        Value::String(s) if under_personal && s.chars().count() >= 6 => out.push(s.clone()),
-        _ => {}
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_captured_payload_is_accepted_and_no_personal_data_reaches_disk() {
     let dir = tempfile::tempdir().unwrap();
@@ -528,10 +500,13 @@ async fn every_captured_payload_is_accepted_and_no_personal_data_reaches_disk() 
         );
         *by_status.entry(st).or_insert(0) += 1;
     }
-    assert!(by_status["processed"] >= 40, "{by_status:?}");
+    assert!(by_status["processed"] >= 30, "{by_status:?}");
     let erased = by_status.get("erased").copied().unwrap_or(0);
+    // A deletion reaches every notification of the person: through their
+    // contact id, and the email and external id that the deleted contact
+    // shares with them (the captures reuse a few of each).
     assert!(
-        (1..=20).contains(&erased),
+        (1..=30).contains(&erased),
         "the captured deletions erase their contacts' events: {by_status:?}"
     );
     assert!(by_status["skipped"] >= 20, "{by_status:?}");

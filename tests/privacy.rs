@@ -138,7 +138,25 @@ async fn get_conversation(State(f): State<Arc<Fake>>, headers: HeaderMap, Path(i
             "Something went wrong",
         );
     }
-    Json(json!({"type":"conversation","id":id,"state":"open","source":{"body":"<p>Hi</p>"}})).into_response()
+    // As Intercom answers: the subject's message, a teammate's reply (with
+    // their name, email and avatar), an internal note, another customer's
+    // message, and the other participants.
+    Json(json!({"type":"conversation","id":id,"state":"open","created_at":1767225600,
+        "source":{"type":"conversation","id":"src1","delivered_as":"customer_initiated","body":"<p>Hi, it is Zoë</p>",
+                  "author":{"type":"user","id":C1,"name":"Zoë Example","email":EMAIL}},
+        "contacts":{"type":"contact.list","contacts":[{"type":"contact","id":C1},{"type":"contact","id":"65f0c0ffee0000000000f999","external_id":"other-ext"}]},
+        "teammates":{"type":"admin.list","admins":[{"type":"admin","id":"a1"}]},
+        "statistics":{"type":"conversation_statistics","last_closed_by_id":"a1"},
+        "conversation_parts":{"type":"conversation_part.list","total_count":4,"conversation_parts":[
+            {"type":"conversation_part","id":"p1","part_type":"comment","body":"<p>Happy to help, Zoë</p>","created_at":1767225700,
+             "author":{"type":"admin","id":"a1","name":"Agent Smith","email":"agent@example.com","avatar":"https://example.com/agent.png"}},
+            {"type":"conversation_part","id":"p2","part_type":"note","body":"<p>Internal: she sounds upset</p>","created_at":1767225800,
+             "author":{"type":"admin","id":"a1","name":"Agent Smith","email":"agent@example.com"}},
+            {"type":"conversation_part","id":"p3","part_type":"comment","body":"<p>I am Bob, a different customer</p>","created_at":1767225900,
+             "author":{"type":"user","id":"65f0c0ffee0000000000f999","name":"Bob Other","email":"bob@example.net"}},
+            {"type":"conversation_part","id":"p4","part_type":"comment","body":"<p>Thanks!</p>","created_at":1767226000,
+             "author":{"type":"user","id":C1,"name":"Zoë Example","email":EMAIL}}]}}))
+    .into_response()
 }
 
 async fn delete_contact(State(f): State<Arc<Fake>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
@@ -203,7 +221,7 @@ async fn export_then_erase_end_to_end() {
     let r = app.admin_post("/admin/export", json!({"email": EMAIL})).await;
     assert_eq!(r.status(), 200);
     let doc: Value = r.json().await.unwrap();
-    assert_eq!(doc["format"], "intercom-webhooks/export/v1");
+    assert_eq!(doc["format"], "intercom-webhooks/export/v2");
     let contacts = doc["contacts"].as_array().unwrap();
     assert_eq!(contacts.len(), 2, "both search pages followed: {doc}");
     let c1 = contacts.iter().find(|c| c["id"] == C1).unwrap();
@@ -219,6 +237,26 @@ async fn export_then_erase_end_to_end() {
         c1["intercom"]["conversations"][0]["id"], "7001",
         "after a 429 and a 500"
     );
+    // Their conversation holds their words and the teammate's reply, not the
+    // teammate's identity, the internal note or the other customer.
+    let conv = &c1["intercom"]["conversations"][0];
+    let text = conv.to_string();
+    assert!(text.contains("Hi, it is Zo") && text.contains("Thanks!"), "{conv}");
+    assert!(text.contains("Happy to help"), "teammates' replies stay: {conv}");
+    for other in [
+        "Agent Smith",
+        "agent@example.com",
+        "agent.png",
+        "Internal: she sounds upset",
+        "Bob",
+        "bob@example.net",
+        "65f0c0ffee0000000000f999",
+        "other-ext",
+        "last_closed_by_id",
+    ] {
+        assert!(!text.contains(other), "{other} is someone else's: {conv}");
+    }
+    assert_eq!(conv["contacts"], json!([{"type":"contact","id":C1}]));
     assert_eq!(c1["local"]["cached_contact"]["id"], C1);
     assert_eq!(c1["local"]["cached_conversations"][0]["id"], "7001");
     assert_eq!(c1["local"]["events"].as_array().unwrap().len(), 2);

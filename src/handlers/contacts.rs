@@ -57,7 +57,8 @@ pub fn upsert(tx: &CacheTx<'_>, ctx: &Ctx<'_>, contact: &Value, archived: Option
     let mut r = existing.clone().unwrap_or_default();
     r.id = id;
     r.app_id = ctx.app_id.map(str::to_string).or(r.app_id);
-    r.external_id = str_field(contact, "external_id").or_else(|| str_field(contact, "user_id"));
+    let external_id = str_field(contact, "external_id").or_else(|| str_field(contact, "user_id"));
+    ctx.codec.set_external_id(&mut r, external_id);
     r.role = str_field(contact, "role").or_else(|| match str_field(contact, "type").as_deref() {
         Some("user") => Some("user".into()),
         _ if bool_field(contact, "anonymous") == Some(true) => Some("lead".into()),

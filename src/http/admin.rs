@@ -226,6 +226,7 @@ async fn audit_verify(State(app): State<AppState>) -> AdminResult {
 pub struct PrivacyRequest {
     pub email: Option<String>,
     pub contact_id: Option<String>,
+    pub external_id: Option<String>,
     #[serde(default)]
     pub dry_run: bool,
     #[serde(default)]
@@ -242,7 +243,7 @@ fn privacy_error(e: crate::privacy::PrivacyError) -> Response {
 }
 
 async fn erase(State(app): State<AppState>, Json(req): Json<PrivacyRequest>) -> Response {
-    let subject = match crate::privacy::Subject::from_parts(req.email, req.contact_id) {
+    let subject = match crate::privacy::Subject::from_parts(req.email, req.contact_id, req.external_id) {
         Ok(s) => s,
         Err(e) => return privacy_error(e),
     };
@@ -254,7 +255,7 @@ async fn erase(State(app): State<AppState>, Json(req): Json<PrivacyRequest>) -> 
 }
 
 async fn export(State(app): State<AppState>, Json(req): Json<PrivacyRequest>) -> Response {
-    let subject = match crate::privacy::Subject::from_parts(req.email, req.contact_id) {
+    let subject = match crate::privacy::Subject::from_parts(req.email, req.contact_id, req.external_id) {
         Ok(s) => s,
         Err(e) => return privacy_error(e),
     };

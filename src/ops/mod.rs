@@ -138,6 +138,10 @@ pub fn stats(store: &Store, metrics: Option<&Metrics>) -> Result<Value, OpsError
         "last_received_at": store.last_received_ms()?.map(format_ms),
         "duplicates_seen": duplicates,
         "store_size_bytes": store.size_on_disk(),
+        "erasure": {
+            "erasures_in_ledger": store.ledger_len()?,
+            "segments_to_shred": store.shred_queue_len(),
+        },
     });
     if let Some(m) = metrics {
         let failures: u64 = ["missing", "malformed", "mismatch"]

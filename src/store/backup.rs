@@ -72,8 +72,14 @@ impl Store {
         // The root key, wrapped by the data key (which is not in the backup).
         let root = std::fs::read(self.inner.dir.join(crate::crypto::ROOT_FILE))?;
         section(out, FILE, crate::crypto::ROOT_FILE, &root)?;
+        // The erasures made so far: a restore applies them again, and those
+        // made after this backup come from the ledger it is given.
+        let ledger = super::ledger::read_lines(&self.inner.dir.join(super::LEDGER_FILE))?;
+        let mut text = ledger.join("\n");
+        text.push('\n');
+        section(out, FILE, super::LEDGER_FILE, text.as_bytes())?;
         out.flush()?;
-        Ok((entries, files + 2))
+        Ok((entries, files + 3))
     }
 }
 
@@ -138,11 +144,25 @@ pub fn restore(input: &mut impl Read, dir: &Path) -> Result<(u64, u64), StoreErr
             FILE => {
                 let safe = name == "keyring.bin"
                     || name == crate::crypto::ROOT_FILE
+                    || name == super::LEDGER_FILE
                     || (name.starts_with("log/") && name.ends_with(".seg") && !name.contains(".."));
                 if !safe {
                     return Err(StoreError::Corrupt(format!("unexpected file {name} in backup")));
                 }
-                std::fs::write(dir.join(&name), &data)?;
+                if name == super::LEDGER_FILE {
+                    // Merged, never replaced: a ledger already in the data
+                    // dir may hold erasures made after the backup.
+                    let have: std::collections::HashSet<String> =
+                        super::ledger::read_lines(&dir.join(&name))?.into_iter().collect();
+                    let lines: Vec<String> = String::from_utf8_lossy(&data)
+                        .lines()
+                        .filter(|l| !l.trim().is_empty() && !have.contains(*l))
+                        .map(str::to_string)
+                        .collect();
+                    super::ledger::append_lines(dir, &lines)?;
+                } else {
+                    crate::fsutil::private_file(&dir.join(&name), false)?.write_all(&data)?;
+                }
                 files += 1;
             }
             _ => return Err(StoreError::Corrupt("unknown section".into())),
@@ -151,6 +171,9 @@ pub fn restore(input: &mut impl Read, dir: &Path) -> Result<(u64, u64), StoreErr
     // Re-apply the whole log on first open: picks up records appended while
     // the index was being exported.
     db.open_tree("state")?.remove(CHECKPOINT)?;
+    // ...and every erasure in the ledger (which may now hold lines from
+    // before and after the backup's own).
+    db.open_tree("state")?.remove(super::ledger::APPLIED)?;
     db.flush()?;
     drop(db);
     Ok((entries, files))

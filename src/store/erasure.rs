@@ -15,13 +15,14 @@ use crate::timefmt::now_ms;
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct ErasedEvents {
     pub events: u64,
-    pub segments_rewritten: u64,
+    /// Log segments that held their records, queued to be rewritten.
+    pub segments_queued: u64,
 }
 
 impl Store {
-    /// Events that concern a contact id.
-    pub fn events_for_contact(&self, contact_id: &str) -> Result<Vec<EventMeta>, StoreError> {
-        let mut prefix = contact_id.as_bytes().to_vec();
+    /// Events indexed under a subject key (see `identifiers`).
+    pub fn events_for_subject(&self, subject: &str) -> Result<Vec<EventMeta>, StoreError> {
+        let mut prefix = subject.as_bytes().to_vec();
         prefix.push(0);
         let mut out = Vec::new();
         for kv in self.inner.trees.subjects.scan_prefix(&prefix) {
@@ -59,9 +60,12 @@ impl Store {
         Ok(out)
     }
 
-    /// Forgets events (a dedup marker stays, so a re-delivery is still a
-    /// duplicate) and rewrites every log segment that held one of them.
-    /// Blocking: call from a blocking context.
+    /// Forgets events at once: from here on they are not listed, shown,
+    /// exported, replayed or processed, and a dedup marker stays so a
+    /// re-delivery is still a duplicate. The log segments that hold their
+    /// records are queued for [`shred`](Self::shred): many erasures share
+    /// one rewrite of each segment. The change is made durable before this
+    /// returns. Blocking: call from a blocking context.
     pub fn erase_events(&self, keys: &[String]) -> Result<ErasedEvents, StoreError> {
         let t = &self.inner.trees;
         let mut report = ErasedEvents::default();
@@ -80,24 +84,55 @@ impl Store {
             }
             t.by_time.remove(tk.clone())?;
             t.pending.remove(tk)?;
-            for c in &m.contact_ids {
+            for c in &m.subjects {
                 t.subjects.remove(subject_key(c, key))?;
             }
             report.events += 1;
         }
-        if segments.is_empty() {
-            return Ok(report);
-        }
-        // The open segment has to be closed before it can be rewritten.
-        if self.open_segment()?.is_some_and(|open| segments.contains(&open)) {
-            self.roll_segment_blocking()?;
-        }
-        for seq in segments {
-            if self.rewrite_segment(seq)? {
-                report.segments_rewritten += 1;
+        for seq in &segments {
+            if t.shred.insert(seq.to_be_bytes(), &[])?.is_none() {
+                report.segments_queued += 1;
             }
         }
+        self.flush_index()?;
         Ok(report)
+    }
+
+    /// Segments waiting to be rewritten without erased records.
+    pub fn shred_queue_len(&self) -> usize {
+        self.inner.trees.shred.len()
+    }
+
+    /// Rewrites every queued segment without its erased records, under a
+    /// new key, and destroys the old segment and its key, so the erased
+    /// records cannot be decrypted from any copy of the old bytes. Returns
+    /// how many segments were rewritten. Blocking.
+    pub fn shred(&self) -> Result<u64, StoreError> {
+        let _one = self.inner.shred_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let t = &self.inner.trees;
+        let mut queued = Vec::new();
+        for kv in t.shred.iter() {
+            let (k, _) = kv?;
+            if let Ok(b) = <[u8; 8]>::try_from(k.as_ref()) {
+                queued.push(u64::from_be_bytes(b));
+            }
+        }
+        if queued.is_empty() {
+            return Ok(0);
+        }
+        // The open segment has to be closed before it can be rewritten.
+        if self.open_segment()?.is_some_and(|open| queued.contains(&open)) {
+            self.roll_segment_blocking()?;
+        }
+        let mut rewritten = 0;
+        for seq in queued {
+            if self.rewrite_segment(seq)? {
+                rewritten += 1;
+            }
+            t.shred.remove(seq.to_be_bytes())?;
+        }
+        self.flush_index()?;
+        Ok(rewritten)
     }
 
     /// Copies the records of segment `seq` whose events are still indexed

@@ -121,15 +121,42 @@ pub struct EventMeta {
     #[serde(default)]
     pub history: Vec<Attempt>,
     pub body_len: u32,
-    /// Contact ids the notification concerns (erasure and export find the
-    /// events of a person through them).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub contact_ids: Vec<String>,
+    /// Subject keys of the people the notification concerns (see
+    /// `identifiers`): contact ids as they are, emails and external ids as
+    /// keyed hashes. Erasure and export find a person's events through them.
+    /// (Field name kept for the JSON of format v1.)
+    #[serde(default, skip_serializing_if = "Vec::is_empty", rename = "contact_ids")]
+    pub subjects: Vec<String>,
     /// `None` once the payload has been purged.
     pub loc: Option<Location>,
 }
 
 impl EventMeta {
+    /// A notification just received: pending, delivered once, not yet
+    /// given its key and envelope fields.
+    pub fn received(now_ms: i64, body_len: u32, subjects: Vec<String>) -> EventMeta {
+        EventMeta {
+            key: String::new(),
+            notification_id: None,
+            topic: String::new(),
+            app_id: None,
+            item_type: None,
+            item_id: None,
+            created_at: None,
+            received_ms: now_ms,
+            last_delivery_ms: now_ms,
+            delivery_count: 1,
+            status: Status::Pending,
+            attempts: 0,
+            retry_at_ms: None,
+            last_error: None,
+            history: Vec::new(),
+            body_len,
+            subjects,
+            loc: None,
+        }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::with_capacity(160 + 48 * self.history.len());
         w.u8(META_VERSION);
@@ -155,8 +182,8 @@ impl EventMeta {
             w.opt(a.duration_us, Writer::u64);
         }
         w.u32(self.body_len);
-        w.len(self.contact_ids.len());
-        for c in &self.contact_ids {
+        w.len(self.subjects.len());
+        for c in &self.subjects {
             w.str(c);
         }
         w.opt(self.loc, |w, l| {
@@ -206,7 +233,7 @@ impl EventMeta {
                 h
             },
             body_len: r.u32()?,
-            contact_ids: {
+            subjects: {
                 let n = r.len()?;
                 let mut c = Vec::with_capacity(n);
                 for _ in 0..n {
@@ -273,7 +300,7 @@ mod tests {
             last_error: None,
             history: vec![],
             body_len: 10,
-            contact_ids: vec![],
+            subjects: vec![],
             loc: Some(Location {
                 seg: 1,
                 off: 32,
@@ -288,7 +315,7 @@ mod tests {
         let bytes = m.encode();
         assert_eq!(bytes[0], META_VERSION);
         assert_eq!(EventMeta::decode(&bytes), Some(m.clone()));
-        m.contact_ids = vec!["c1".into(), String::new()];
+        m.subjects = vec!["c1".into(), String::new()];
         m.last_error = Some("no data.item".into());
         m.retry_at_ms = Some(-1);
         m.push_history(Attempt {

@@ -69,7 +69,7 @@ impl Store {
         let existed = match t.events.get(key.as_bytes())? {
             Some(v) => {
                 let meta = EventMeta::decode(&v);
-                for c in meta.as_ref().map(|m| m.contact_ids.as_slice()).unwrap_or_default() {
+                for c in meta.as_ref().map(|m| m.subjects.as_slice()).unwrap_or_default() {
                     t.subjects.remove(super::subject_key(c, key))?;
                 }
                 t.markers.insert(key.as_bytes(), &ms.to_be_bytes())?;

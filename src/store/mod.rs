@@ -23,6 +23,7 @@ mod committer;
 mod erasure;
 pub mod event;
 pub mod keyring;
+mod ledger;
 pub mod log;
 mod maintenance;
 mod progress;
@@ -48,6 +49,7 @@ pub use cache_ops::{CacheKind, CacheTx, TxError, TxResult};
 use committer::{AppendReq, Cmd, Committer};
 pub use event::{time_key, Attempt, EventMeta, Location, Status};
 use keyring::{Keyring, KeyringError};
+pub use ledger::{merge as merge_ledger, LedgerEntry, LEDGER_FILE};
 use progress::Progress;
 
 const NEXT_SEQ: &[u8] = b"next_seq";
@@ -119,8 +121,12 @@ pub(crate) struct Trees {
     pub cache_time: sled::Tree,
     /// email hash + contact id → () : find contacts by email without the email
     pub email_index: sled::Tree,
-    /// contact id + 0 + event key → () : the events that concern a person
+    /// subject key + 0 + event key → () : the events that concern a person
+    /// (subject keys: contact ids, keyed hashes of emails and external ids)
     pub subjects: sled::Tree,
+    /// segment number (big-endian) → () : segments holding erased records,
+    /// waiting to be rewritten without them (see `erasure.rs`)
+    pub shred: sled::Tree,
     /// sequence (big-endian) → audit entry
     pub audit: sled::Tree,
     pub state: sled::Tree,
@@ -142,6 +148,7 @@ impl Trees {
             cache_time: db.open_tree("cache_time")?,
             email_index: db.open_tree("email_index")?,
             subjects: db.open_tree("subjects")?,
+            shred: db.open_tree("shred")?,
             audit: db.open_tree("audit")?,
             state: db.open_tree("state")?,
             db,
@@ -270,6 +277,8 @@ struct Inner {
     work_tx: Sender<Work>,
     work_rx: Receiver<Work>,
     audit_lock: Mutex<()>,
+    /// One segment rewrite at a time (background pass and operator erasure).
+    shred_lock: Mutex<()>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     stop_checkpoint: Sender<()>,
 }
@@ -352,7 +361,7 @@ pub(crate) fn apply_new(trees: &Trees, meta: &EventMeta, fresh: bool) -> Result<
     if pending_entry {
         trees.pending.insert(&tk, &[])?;
     }
-    for c in &indexed.contact_ids {
+    for c in &indexed.subjects {
         trees.subjects.insert(subject_key(c, &indexed.key), &[])?;
     }
     Ok(existing.is_none().then(|| Snapshot {
@@ -490,6 +499,12 @@ impl Store {
             }
             trees.state.insert(FAILED_INDEXED, &[1])?;
         }
+        // The ledger always exists, so `restore --ledger <this dir's>` works
+        // for a store that has had no erasure yet.
+        if !dir.join(LEDGER_FILE).exists() {
+            ledger::append_lines(dir, &[])?;
+            crate::fsutil::private_append(&dir.join(LEDGER_FILE))?;
+        }
         let keyring = Keyring::open(dir, keys.wrap)?;
         let segs = log::list_segments(&log_dir)?;
         let stored_next = trees
@@ -589,6 +604,7 @@ impl Store {
                 work_tx,
                 work_rx,
                 audit_lock: Mutex::new(()),
+                shred_lock: Mutex::new(()),
                 threads: Mutex::new(threads),
                 stop_checkpoint: stop_tx,
             }),
@@ -1241,7 +1257,7 @@ mod tests {
             last_error: None,
             history: Vec::new(),
             body_len: 2,
-            contact_ids: Vec::new(),
+            subjects: Vec::new(),
             loc: None,
         }
     }

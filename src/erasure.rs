@@ -1,0 +1,267 @@
+//! ERASE, locally: finding everything we hold about a person and forgetting
+//! it. No Intercom call is made here (that is `privacy`), so the worker's
+//! erasure on a `contact.deleted` webhook depends on nothing that talks to
+//! the network.
+//!
+//! **Finding.** A person is named by one identifier (a contact id, an email
+//! or an external id), but may be known to us by several: a lead merged
+//! into a user, a contact whose email is also in an `event.created`, an
+//! external id that is the email. [`find`] starts from the identifier's
+//! subject key and follows links until nothing new turns up: the events
+//! indexed under a key are read, and every person object in them that
+//! holds the key adds its other identifiers (see `identifiers`); a cached
+//! contact adds its email and external id hashes; an email hash adds the
+//! cached contacts that have it. Other people in the same notification (the
+//! other participants of a conversation) are not followed.
+//!
+//! **Forgetting.** [`erase`] removes and tombstones the cached contacts and
+//! the cached conversations they take part in, and forgets every event
+//! found: from then on nothing of it is listed, shown, exported, replayed
+//! or processed. The log segments holding the records are queued and
+//! rewritten without them by `Store::shred` (at once for an operator's
+//! erasure, batched for webhook erasures), and their old keys destroyed.
+//! Last, the erasure is written to the ledger (`store::ledger`), from
+//! which a restored or rebuilt index is brought up to date
+//! ([`apply_ledger`]).
+
+use std::collections::{BTreeSet, VecDeque};
+
+use serde::Serialize;
+
+use crate::cache::{decode, CacheCodec, ContactRecord, ConversationRecord};
+use crate::identifiers;
+use crate::store::{CacheKind, LedgerEntry, Store, StoreError};
+use crate::timefmt::now_ms;
+
+/// Whose data: the identifier an operator (or a webhook) names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subject {
+    Email(String),
+    ContactId(String),
+    ExternalId(String),
+}
+
+impl Subject {
+    /// The subject key this identifier is indexed under.
+    pub fn key(&self, codec: &CacheCodec) -> String {
+        match self {
+            Subject::Email(e) => identifiers::email_key(codec.keys(), e),
+            Subject::ContactId(c) => identifiers::contact_key(c.trim()),
+            Subject::ExternalId(x) => identifiers::external_key(codec.keys(), x),
+        }
+    }
+
+    /// The keyed hash the audit log records instead of the identifier.
+    pub fn audit_hash(&self, codec: &CacheCodec) -> String {
+        match self {
+            Subject::Email(e) => codec.keys().audit_hash(&format!("email:{}", e.trim().to_lowercase())),
+            Subject::ContactId(c) => codec.keys().audit_hash(&format!("contact:{}", c.trim())),
+            Subject::ExternalId(x) => codec.keys().audit_hash(&format!("external_id:{}", x.trim())),
+        }
+    }
+}
+
+/// A subject key that is a contact id (not a hash of an email or external id).
+pub fn is_contact_key(key: &str) -> bool {
+    !key.starts_with("e:") && !key.starts_with("x:")
+}
+
+/// Everything we hold about one person.
+#[derive(Debug, Default, Clone)]
+pub struct Found {
+    /// Every subject key that names them.
+    pub subjects: BTreeSet<String>,
+    /// Keys of the stored notifications that carry any of those.
+    pub events: BTreeSet<String>,
+    /// Cached contacts among their contact ids.
+    pub cached_contacts: usize,
+    /// Cached conversations they take part in.
+    pub conversations: Vec<String>,
+}
+
+impl Found {
+    pub fn contact_ids(&self) -> Vec<String> {
+        self.subjects.iter().filter(|s| is_contact_key(s)).cloned().collect()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.cached_contacts == 0 && self.conversations.is_empty()
+    }
+}
+
+/// Follows every link from `seeds` (subject keys). Reads and decrypts the
+/// payloads it passes through. Blocking.
+pub fn find(store: &Store, codec: &CacheCodec, seeds: &[String]) -> Result<Found, StoreError> {
+    let mut found = Found::default();
+    let mut queue: VecDeque<String> = seeds.iter().cloned().collect();
+    while let Some(s) = queue.pop_front() {
+        if !found.subjects.insert(s.clone()) {
+            continue;
+        }
+        if let Some(hash) = s.strip_prefix("e:") {
+            queue.extend(store.contacts_for_email_hash(hash)?);
+        } else if is_contact_key(&s) {
+            if let Some(r) = store
+                .cache_get(CacheKind::Contact, &s)?
+                .and_then(|b| decode::<ContactRecord>(&b))
+            {
+                found.cached_contacts += 1;
+                queue.extend(r.email_hash.map(|h| format!("e:{h}")));
+                queue.extend(r.external_id_hash.map(|h| format!("x:{h}")));
+                if let Some(x) = &r.legacy_external_id {
+                    queue.push_back(identifiers::external_key(codec.keys(), x));
+                }
+            }
+        }
+        for meta in store.events_for_subject(&s)? {
+            found.events.insert(meta.key.clone());
+            let Some(body) = store.read_body(&meta)? else { continue };
+            for group in identifiers::identifiers(&body).linked_keys(codec.keys()) {
+                if group.contains(&s) {
+                    queue.extend(group.into_iter().filter(|k| !found.subjects.contains(k)));
+                }
+            }
+        }
+    }
+    let ids = found.contact_ids();
+    // Erasure is rare: a scan of the conversation cache is affordable.
+    found.conversations = store
+        .cache_all(CacheKind::Conversation)?
+        .into_iter()
+        .filter_map(|(id, bytes)| decode::<ConversationRecord>(&bytes).map(|r| (id, r)))
+        .filter(|(_, r)| r.contacts.present().iter().any(|c| ids.contains(c)))
+        .map(|(id, _)| id)
+        .collect();
+    Ok(found)
+}
+
+/// What an erasure removed.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Erased {
+    pub cached_contacts: u64,
+    pub cached_conversations: u64,
+    pub events: u64,
+    /// Log segments queued to be rewritten without the erased records.
+    pub log_segments_queued: u64,
+    /// ...and rewritten by the time this returned (0 when left to the
+    /// background pass).
+    pub log_segments_rewritten: u64,
+}
+
+/// Forgets everything in `found` but the event `keep` (the `contact.deleted`
+/// notification being handled), tombstones the contacts and conversations,
+/// records the erasure in the ledger, and with `shred_now` rewrites the log
+/// segments before returning. Blocking.
+pub fn erase(store: &Store, found: &Found, keep: Option<&str>, shred_now: bool) -> Result<Erased, StoreError> {
+    let mut out = Erased::default();
+    let contacts = found.contact_ids();
+    out.cached_contacts = forget_cached(store, CacheKind::Contact, &contacts)?;
+    out.cached_conversations = forget_cached(store, CacheKind::Conversation, &found.conversations)?;
+    let keys: Vec<String> = found
+        .events
+        .iter()
+        .filter(|k| Some(k.as_str()) != keep)
+        .cloned()
+        .collect();
+    let events = store.erase_events(&keys)?;
+    out.events = events.events;
+    out.log_segments_queued = events.segments_queued;
+    store.ledger_append(&LedgerEntry {
+        at_ms: now_ms(),
+        subjects: found.subjects.iter().cloned().collect(),
+        conversations: found.conversations.clone(),
+    })?;
+    // Every line in the ledger was appended after its erasure was durable
+    // in this index, so all of them are applied here.
+    store.ledger_mark_applied(store.ledger_len()? as u64)?;
+    if shred_now {
+        out.log_segments_rewritten = store.shred()?;
+    }
+    Ok(out)
+}
+
+/// Removes cached records and leaves tombstones, so late or replayed events
+/// cannot bring them back. Returns how many records there were.
+fn forget_cached(store: &Store, kind: CacheKind, ids: &[String]) -> Result<u64, StoreError> {
+    let (now, mut removed) = (now_ms(), 0);
+    for id in ids {
+        let had = store.cache_txn(|tx| {
+            let mut had = false;
+            if let Some(bytes) = tx.get(kind, id)? {
+                had = true;
+                let filed = match kind {
+                    CacheKind::Contact => {
+                        let r = decode::<ContactRecord>(&bytes);
+                        if let Some(h) = r.as_ref().and_then(|r| r.email_hash.as_deref()) {
+                            tx.unindex_email(h, id)?;
+                        }
+                        r.map(|r| r.filed().at())
+                    }
+                    CacheKind::Conversation => decode::<ConversationRecord>(&bytes).map(|r| r.filed().at()),
+                };
+                tx.remove(kind, id, filed)?;
+            }
+            if tx.tombstone(kind, id)?.is_none() {
+                tx.put_tombstone(kind, id, now / 1000, now)?;
+            }
+            Ok(had)
+        })?;
+        removed += u64::from(had);
+    }
+    Ok(removed)
+}
+
+/// The local erasure a `contact.deleted` notification triggers, audited.
+/// The segments are left to the background shred pass, so a bulk deletion
+/// in Intercom costs one rewrite per segment, not one per contact.
+pub fn on_webhook(store: &Store, codec: &CacheCodec, contact_id: &str, event_key: &str) -> Result<(), StoreError> {
+    let found = find(store, codec, &[identifiers::contact_key(contact_id)])?;
+    let local = erase(store, &found, Some(event_key), false)?;
+    crate::audit::append(
+        store,
+        "erase",
+        serde_json::json!({
+            "trigger": "contact.deleted webhook",
+            "contact_id_hashes": found.contact_ids().iter().map(|id| codec.keys().audit_hash(&format!("contact:{id}"))).collect::<Vec<_>>(),
+            "intercom": "skipped (deleted there)",
+            "local": local,
+        }),
+    )?;
+    Ok(())
+}
+
+/// Brings the index up to date with the erasure ledger: after a restore
+/// from a backup taken before an erasure, or an index rebuilt from the
+/// intake log, everything erased since is erased again (and shredded)
+/// before anything else runs. Returns how many ledger entries were applied.
+pub fn apply_ledger(store: &Store) -> Result<usize, StoreError> {
+    let (entries, count) = store.ledger_unapplied()?;
+    if entries.is_empty() {
+        return Ok(0);
+    }
+    let mut events = BTreeSet::new();
+    let mut contacts = Vec::new();
+    let mut conversations = Vec::new();
+    for e in &entries {
+        for s in &e.subjects {
+            events.extend(store.events_for_subject(s)?.into_iter().map(|m| m.key));
+            if is_contact_key(s) {
+                contacts.push(s.clone());
+            }
+        }
+        conversations.extend(e.conversations.iter().cloned());
+    }
+    forget_cached(store, CacheKind::Contact, &contacts)?;
+    forget_cached(store, CacheKind::Conversation, &conversations)?;
+    let erased = store.erase_events(&events.into_iter().collect::<Vec<_>>())?;
+    let rewritten = store.shred()?;
+    store.ledger_mark_applied(count)?;
+    store.flush_index()?;
+    tracing::warn!(
+        entries = entries.len(),
+        events = erased.events,
+        segments_rewritten = rewritten,
+        "Applied erasures from the ledger that this index did not have (restored or rebuilt index)."
+    );
+    Ok(entries.len())
+}
