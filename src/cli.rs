@@ -136,7 +136,13 @@ pub enum EventsCommand {
     /// List stored notifications, newest first.
     List(EventFilterArgs),
     /// One notification: metadata, history and its payload with personal data masked.
-    Show { id: String },
+    Show {
+        id: String,
+        /// Print the payload unmasked, personal data included. Writes an
+        /// audit entry naming the event.
+        #[arg(long)]
+        raw: bool,
+    },
 }
 
 /// Which events: by status, topic and receipt time.

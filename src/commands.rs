@@ -135,10 +135,13 @@ pub async fn run(cli: Cli, settings: Settings) -> CmdResult {
             print_doc(&doc, json_out, render_events);
             Ok(())
         }
-        Command::Events(EventsCommand::Show { id }) => {
+        Command::Events(EventsCommand::Show { id, raw }) => {
             let doc = match access(&settings)? {
-                Access::Local(store) => blocking(move || Ok(ops::show_event(&store, &id)?)).await?,
-                Access::Remote(r) => r.get(&format!("/admin/events/{}", encode_path(&id)), &[]).await?,
+                Access::Local(store) => blocking(move || Ok(ops::show_event(&store, &id, raw)?)).await?,
+                Access::Remote(r) => {
+                    let query: Vec<(&str, String)> = if raw { vec![("raw", "true".into())] } else { vec![] };
+                    r.get(&format!("/admin/events/{}", encode_path(&id)), &query).await?
+                }
             };
             print_doc(&doc, json_out, |d| serde_json::to_string_pretty(d).unwrap_or_default());
             Ok(())

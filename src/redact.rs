@@ -180,95 +180,115 @@ mod tests {
     }
 }
 
-/// Keys whose values are personal or free text. Their scalar values are
-/// masked wherever they appear; the JSON's shape is kept.
-const PERSONAL_KEYS: &[&str] = &[
-    "email",
-    "name",
-    "phone",
-    "formatted_phone",
-    "body",
-    "subject",
-    "url",
-    "image_url",
-    "avatar",
-    "pseudonym",
-    "location",
-    "location_data",
-    "city",
-    "city_name",
-    "region",
-    "region_name",
-    "country",
-    "country_name",
-    "postal_code",
-    "latitude",
-    "longitude",
-    "timezone",
-    "browser",
-    "browser_version",
-    "browser_language",
-    "os",
-    "user_agent",
-    "user_agent_data",
-    "last_seen_ip",
-    "ip",
-    "referrer",
-    "remark",
-    "title",
-    "description",
-    "label",
-    "social_profiles",
+/// Keys whose scalar values `events show` prints: envelope and structural
+/// fields (ids, types, topics, states, times, counts). Everything else is
+/// masked, so a field Intercom adds tomorrow is masked until it is listed.
+const SHOWN_KEYS: &[&str] = &[
+    "type",
+    "id",
+    "topic",
+    "app_id",
+    "workspace_id",
+    "state",
+    "open",
+    "read",
+    "part_type",
+    "delivered_as",
+    "priority",
+    "category",
+    "role",
+    "status",
+    "delivery_status",
+    "delivery_attempts",
+    "redacted",
+    "deleted",
+    "archived",
+    "anonymous",
+    "rating",
+    "channel",
+    "message_type",
+    "total_count",
+    "has_more",
+    "page",
+    "per_page",
+    "total_pages",
+    "self",
+];
+
+/// Identifier-shaped keys that are the workspace's own names for people,
+/// not Intercom's ids: masked despite the `_id` suffix.
+const PERSON_ID_KEYS: &[&str] = &["external_id", "user_id", "email_id", "pseudonym_id"];
+
+/// Objects whose keys are chosen by the workspace or hold free text: every
+/// value under them is masked, whatever its key.
+const FREE_FORM: &[&str] = &[
     "custom_attributes",
     "ticket_attributes",
     "metadata",
-    "message",
-    "utm_campaign",
-    "utm_content",
-    "utm_medium",
-    "utm_source",
-    "utm_term",
-    "attachments",
-    "ua",
-    "website",
-    "json_blocks",
-    "summary",
-    "job_title",
-    "note",
-    "notes_text",
-    "user_id",
-    "external_id",
+    "ext_metadata",
+    "event_details",
 ];
 
-/// A payload with personal data masked (for `events show`): every scalar
-/// under a personal key becomes `"[redacted]"`; every other string still has
-/// emails, phones and card numbers masked.
-pub fn payload(v: &serde_json::Value) -> serde_json::Value {
-    walk(v, false)
+/// Intercom objects about a person whose every value is personal but whose
+/// `type` is schema: only `type` is shown under them.
+const PERSONAL_OBJECTS: &[&str] = &["location", "social_profiles", "attachments", "avatar"];
+
+/// How much of a subtree is masked.
+#[derive(Clone, Copy, PartialEq)]
+enum Mask {
+    /// Allow-listed keys are shown.
+    AllowListed,
+    /// Only `type` is shown.
+    AllButType,
+    /// Everything is masked.
+    All,
 }
 
-fn walk(v: &serde_json::Value, personal: bool) -> serde_json::Value {
+fn shown(key: &str) -> bool {
+    if PERSON_ID_KEYS.contains(&key) {
+        return false;
+    }
+    SHOWN_KEYS.contains(&key)
+        || key.ends_with("_id")
+        || key.ends_with("_ids")
+        || key.ends_with("_at")
+        || key.ends_with("_count")
+        || key.ends_with("_until")
+        || key.ends_with("_since")
+        || key.starts_with("time_to_")
+        || key.starts_with("count_")
+}
+
+/// A payload as `events show` prints it: allow-listed. Booleans and nulls
+/// are shown; a string or number is shown only under a key of
+/// [`SHOWN_KEYS`] (or an id, time or count suffix), never under a
+/// free-form object; every other value becomes `"[redacted]"`. The JSON's
+/// shape (keys, nesting, list lengths) is kept.
+pub fn payload(v: &serde_json::Value) -> serde_json::Value {
+    walk(v, None, Mask::AllowListed)
+}
+
+fn walk(v: &serde_json::Value, key: Option<&str>, mask: Mask) -> serde_json::Value {
     use serde_json::Value;
     match v {
         Value::Object(map) => Value::Object(
             map.iter()
                 .map(|(k, val)| {
-                    // `type` fields stay readable: they are schema, not data.
-                    let p = (personal && k != "type" && k != "id") || PERSONAL_KEYS.contains(&k.as_str());
-                    (k.clone(), walk(val, p))
+                    let inner = match mask {
+                        Mask::All => Mask::All,
+                        _ if FREE_FORM.contains(&k.as_str()) => Mask::All,
+                        _ if PERSONAL_OBJECTS.contains(&k.as_str()) => Mask::AllButType,
+                        m => m,
+                    };
+                    (k.clone(), walk(val, Some(k), inner))
                 })
                 .collect(),
         ),
-        Value::Array(items) => Value::Array(items.iter().map(|i| walk(i, personal)).collect()),
-        Value::Null => Value::Null,
-        _ if personal => Value::String("[redacted]".into()),
-        Value::String(s) if s.starts_with('{') || s.starts_with('[') => match serde_json::from_str::<Value>(s) {
-            // JSON inside a string (some internal-shaped items carry it).
-            Ok(inner) => Value::String(walk(&inner, false).to_string()),
-            Err(_) => Value::String(mask(s).into_owned()),
-        },
-        Value::String(s) => Value::String(mask(s).into_owned()),
-        other => other.clone(),
+        Value::Array(items) => Value::Array(items.iter().map(|i| walk(i, key, mask)).collect()),
+        Value::Null | Value::Bool(_) => v.clone(),
+        _ if mask == Mask::AllowListed && key.is_some_and(shown) => v.clone(),
+        _ if mask == Mask::AllButType && key == Some("type") => v.clone(),
+        _ => Value::String("[redacted]".into()),
     }
 }
 
@@ -288,9 +308,40 @@ mod payload_tests {
         assert_eq!(r["location"]["type"], "location");
         assert_eq!(r["location"]["city"], "[redacted]");
         assert_eq!(r["custom_attributes"]["plan"], "[redacted]");
-        assert_eq!(r["notes"], "call [email]");
+        assert_eq!(r["notes"], "[redacted]");
         assert_eq!(r["created_at"], 5);
         assert_eq!(r["tags"]["data"][0]["id"], "t");
         assert!(!r.to_string().contains("Zo"));
+    }
+
+    #[test]
+    fn anything_not_allow_listed_is_masked() {
+        let v = json!({"type":"conversation","id":"9","ip_address":"203.0.113.9","brand_new_field":"Zoë",
+            "description":"Agent Ann Smith called", "external_id":"zoe@example.org","user_id":"12",
+            "admin_assignee_id":42,"statistics":{"time_to_admin_reply":30,"count_reopens":1},
+            "custom_attributes":{"id":"secret-id","updated_at":"x"},"open":true,"title":null,
+            "data":"{\"participant\":{\"email\":\"p@example.org\"}}","age":33});
+        let r = payload(&v);
+        for masked in [
+            "ip_address",
+            "brand_new_field",
+            "description",
+            "external_id",
+            "user_id",
+            "data",
+            "age",
+        ] {
+            assert_eq!(r[masked], "[redacted]", "{masked}");
+        }
+        assert_eq!(r["custom_attributes"]["id"], "[redacted]");
+        assert_eq!(r["custom_attributes"]["updated_at"], "[redacted]");
+        assert_eq!(r["admin_assignee_id"], 42);
+        assert_eq!(r["statistics"]["time_to_admin_reply"], 30);
+        assert_eq!(r["open"], true);
+        assert_eq!(r["title"], serde_json::Value::Null);
+        assert_eq!(
+            (r["type"].as_str(), r["id"].as_str()),
+            (Some("conversation"), Some("9"))
+        );
     }
 }

@@ -487,3 +487,48 @@ fn cli_export_and_erase_log_nothing_personal() {
         "trace logging was on"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_show_masks_by_allow_list_and_raw_is_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn_app(dir.path()).await;
+    let body = notification(
+        "notif_show",
+        "conversation.admin.replied",
+        json!({"type":"conversation","id":"9001","state":"open","admin_assignee_id":42,"updated_at":1767226000,
+               "ip_address":"203.0.113.9","a_field_added_next_year":"Zoë's secret",
+               "description":"Agent Ann Smith called her",
+               "contacts":{"type":"contact.list","contacts":[{"type":"contact","id":C1,"external_id":"zoe-ext-77"}]},
+               "source":{"type":"conversation","body":"<p>hello</p>","author":{"type":"admin","id":"a1","name":"Ann Smith","email":"ann@example.com"}}}),
+        1767226000,
+    );
+    assert_eq!(app.post_signed(&body).await.status(), 200);
+    app.wait_final("notif_show").await;
+    let shown = app.admin_json("/admin/events/notif_show").await;
+    let text = shown["payload"].to_string();
+    for secret in [
+        "203.0.113.9",
+        "Zoë",
+        "Ann Smith",
+        "ann@example.com",
+        "zoe-ext-77",
+        "hello",
+    ] {
+        assert!(!text.contains(secret), "{secret} shown: {text}");
+    }
+    assert_eq!(shown["payload"]["data"]["item"]["id"], "9001");
+    assert_eq!(shown["payload"]["data"]["item"]["admin_assignee_id"], 42);
+    assert_eq!(shown["payload"]["topic"], "conversation.admin.replied");
+    assert_eq!(
+        app.admin_json("/admin/audit").await["entries"],
+        json!([]),
+        "a masked view is not audited"
+    );
+
+    let raw = app.admin_json("/admin/events/notif_show?raw=true").await;
+    assert_eq!(raw["payload"]["data"]["item"]["ip_address"], "203.0.113.9");
+    let audit = app.admin_json("/admin/audit").await;
+    assert_eq!(audit["entries"][0]["action"], "payload_viewed");
+    assert_eq!(audit["entries"][0]["details"]["event"], "notif_show");
+    app.stop().await;
+}

@@ -151,8 +151,14 @@ async fn list_events(State(app): State<AppState>, Query(q): Query<FilterQuery>) 
     blocking(move || ops::list_events(&app.store, &q)).await
 }
 
-async fn show_event(State(app): State<AppState>, Path(id): Path<String>) -> AdminResult {
-    blocking(move || ops::show_event(&app.store, &id)).await
+#[derive(Debug, Default, Deserialize)]
+pub struct ShowQuery {
+    #[serde(default)]
+    pub raw: bool,
+}
+
+async fn show_event(State(app): State<AppState>, Path(id): Path<String>, Query(q): Query<ShowQuery>) -> AdminResult {
+    blocking(move || ops::show_event(&app.store, &id, q.raw)).await
 }
 
 async fn replay(State(app): State<AppState>, Json(req): Json<ReplayRequest>) -> AdminResult {

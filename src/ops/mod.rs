@@ -90,11 +90,19 @@ pub fn list_events(store: &Store, q: &FilterQuery) -> Result<Value, OpsError> {
     }))
 }
 
-pub fn show_event(store: &Store, id: &str) -> Result<Value, OpsError> {
+/// One event: metadata, history and the payload, masked by an allow-list
+/// (see `redact::payload`). With `raw` the payload is shown as stored,
+/// personal data included, and an audit entry records that it was.
+pub fn show_event(store: &Store, id: &str, raw: bool) -> Result<Value, OpsError> {
     let m = store
         .get(id)?
         .ok_or_else(|| OpsError::NotFound(format!("no event with id {id}")))?;
     let payload = match store.read_body(&m)? {
+        Some(body) if raw => {
+            crate::audit::append(store, "payload_viewed", json!({"event": m.key}))?;
+            serde_json::from_slice::<Value>(&body)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()))
+        }
         Some(body) => match serde_json::from_slice::<Value>(&body) {
             Ok(v) => crate::redact::payload(&v),
             Err(_) => json!({"unparsable_body_bytes": body.len()}),
