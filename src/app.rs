@@ -47,6 +47,13 @@ pub fn open_store(settings: &Settings) -> anyhow::Result<Store> {
     // Erasures this index does not have (restored or rebuilt): applied
     // before anything can read or process what they erased.
     crate::erasure::apply_ledger(&store)?;
+    let upgraded = crate::audit::upgrade(&store)?;
+    if upgraded > 0 {
+        tracing::warn!(
+            entries = upgraded,
+            "Audit log re-authenticated under the audit key (written by an older release)."
+        );
+    }
     tracing::info!(segments = recovery.segments, pending = recovery.pending, "Store open.");
     Ok(store)
 }

@@ -1,9 +1,19 @@
-//! The audit log: append-only, hash-chained, no plaintext personal data.
-//! Each entry's `hash` is SHA-256 over the previous entry's hash and the
-//! entry's own canonical fields, so changing, removing or reordering any
-//! entry breaks the chain from there on; `verify` names the first bad one.
+//! The audit log: append-only, chained, authenticated, no plaintext
+//! personal data. Each entry's `hash` is HMAC-SHA256, under a key derived
+//! from the data dir's keys (`Keys::audit_mac`), over the previous entry's
+//! hash and the entry's own canonical fields: changing, removing or
+//! reordering any entry breaks the chain from there on, and recomputing the
+//! chain after an edit needs the key. `verify` names the first bad entry.
+//!
+//! The chain's head (sequence and hash) is logged at every append and shown
+//! by `verify`; checked against a head recorded elsewhere (`--expect-head`),
+//! it also shows a tail that was cut off, which a chain alone cannot.
 //! Expired entries are removed from the front only, and the last removed
 //! entry's hash stays as the anchor the remaining chain must start from.
+//!
+//! Entries of releases before the key (version 1, plain SHA-256) are
+//! checked once as they were and re-authenticated when the store opens
+//! ([`upgrade`]); after that an unkeyed entry is a broken one.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -22,18 +32,42 @@ pub struct AuditEntry {
     pub details: Value,
     pub prev_hash: String,
     pub hash: String,
+    /// 2: keyed (HMAC); 1 (absent): plain SHA-256, from older releases.
+    #[serde(default = "v1")]
+    pub v: u8,
 }
 
-fn entry_hash(prev_hash: &str, seq: u64, at_ms: i64, action: &str, details: &Value) -> String {
-    let mut h = Sha256::new();
-    h.update(prev_hash.as_bytes());
-    h.update(b"\n");
-    h.update(
+fn v1() -> u8 {
+    1
+}
+
+fn canonical(prev_hash: &str, seq: u64, at_ms: i64, action: &str, details: &Value) -> Vec<u8> {
+    let mut out = prev_hash.as_bytes().to_vec();
+    out.push(b'\n');
+    out.extend_from_slice(
         json!({"seq": seq, "at_ms": at_ms, "action": action, "details": details})
             .to_string()
             .as_bytes(),
     );
-    hex::encode(h.finalize())
+    out
+}
+
+/// The unkeyed hash of version 1 entries.
+fn entry_hash_v1(prev_hash: &str, seq: u64, at_ms: i64, action: &str, details: &Value) -> String {
+    hex::encode(Sha256::digest(canonical(prev_hash, seq, at_ms, action, details)))
+}
+
+fn entry_mac(key: &[u8; 32], prev_hash: &str, seq: u64, at_ms: i64, action: &str, details: &Value) -> String {
+    crate::crypto::keyed_hash(key, &canonical(prev_hash, seq, at_ms, action, details))
+}
+
+impl AuditEntry {
+    fn expected_hash(&self, key: &[u8; 32]) -> String {
+        match self.v {
+            2 => entry_mac(key, &self.prev_hash, self.seq, self.at_ms, &self.action, &self.details),
+            _ => entry_hash_v1(&self.prev_hash, self.seq, self.at_ms, &self.action, &self.details),
+        }
+    }
 }
 
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -41,6 +75,8 @@ const GENESIS: &str = "000000000000000000000000000000000000000000000000000000000
 /// Appends an entry and makes it durable before returning.
 pub fn append(store: &Store, action: &str, details: Value) -> Result<u64, StoreError> {
     let at_ms = now_ms();
+    let key = store.keys().audit_mac;
+    let head = std::sync::Mutex::new(String::new());
     let seq = store.audit_append(|last| {
         let (seq, prev_hash) = match last {
             Some((s, bytes)) => (
@@ -51,7 +87,8 @@ pub fn append(store: &Store, action: &str, details: Value) -> Result<u64, StoreE
             ),
             None => (1, GENESIS.to_string()),
         };
-        let hash = entry_hash(&prev_hash, seq, at_ms, action, &details);
+        let hash = entry_mac(&key, &prev_hash, seq, at_ms, action, &details);
+        *head.lock().unwrap_or_else(|p| p.into_inner()) = hash.clone();
         let entry = AuditEntry {
             seq,
             at_ms,
@@ -59,10 +96,15 @@ pub fn append(store: &Store, action: &str, details: Value) -> Result<u64, StoreE
             details: details.clone(),
             prev_hash,
             hash,
+            v: 2,
         };
         serde_json::to_vec(&entry).expect("serialising plain data cannot fail")
     })?;
     store.flush_index()?;
+    let head = head.into_inner().unwrap_or_else(|p| p.into_inner());
+    // The head, for a log collector to keep where the store cannot reach:
+    // `audit verify --expect-head SEQ:HASH` then shows a cut-off tail.
+    tracing::info!(audit_seq = seq, audit_head = %head, action, "Audit entry appended.");
     Ok(seq)
 }
 
@@ -78,19 +120,31 @@ pub fn list(store: &Store) -> Result<Value, StoreError> {
     Ok(json!({ "entries": entries }))
 }
 
-/// Checks the chain. `ok: false` names the first entry that does not fit.
-pub fn verify(store: &Store) -> Result<Value, StoreError> {
+/// A head recorded elsewhere: `SEQ:HASH`.
+pub fn parse_head(text: &str) -> Option<(u64, String)> {
+    let (seq, hash) = text.trim().split_once(':')?;
+    let hash = hash.trim().to_ascii_lowercase();
+    (hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit())).then_some((seq.trim().parse().ok()?, hash))
+}
+
+/// Checks the chain, and with `expect_head` that the entry recorded
+/// elsewhere is still there, unchanged. `ok: false` names the first entry
+/// that does not fit.
+pub fn verify(store: &Store, expect_head: Option<(u64, String)>) -> Result<Value, StoreError> {
+    let key = store.keys().audit_mac;
     let entries = store.audit_entries()?;
-    let (mut expected_seq, mut prev_hash) = match store.audit_anchor()? {
+    let (anchor_seq, mut prev_hash) = match store.audit_anchor()? {
         Some((seq, bytes)) => (
-            seq + 1,
+            seq,
             serde_json::from_slice::<AuditEntry>(&bytes)
                 .map(|e| e.hash)
                 .unwrap_or_default(),
         ),
-        None => (1, GENESIS.to_string()),
+        None => (0, GENESIS.to_string()),
     };
+    let mut expected_seq = anchor_seq + 1;
     let total = entries.len();
+    let mut hashes = std::collections::HashMap::new();
     for (seq, bytes) in entries {
         let problem = match serde_json::from_slice::<AuditEntry>(&bytes) {
             Err(_) => Some("entry is unreadable"),
@@ -98,10 +152,10 @@ pub fn verify(store: &Store) -> Result<Value, StoreError> {
                 Some("entry is out of sequence (removed or reordered entries)")
             }
             Ok(e) if e.prev_hash != prev_hash => Some("entry does not link to the one before it"),
-            Ok(e) if entry_hash(&e.prev_hash, e.seq, e.at_ms, &e.action, &e.details) != e.hash => {
-                Some("entry was altered")
-            }
+            Ok(e) if e.v != 2 => Some("entry is not authenticated (an unkeyed entry after the upgrade)"),
+            Ok(e) if e.expected_hash(&key) != e.hash => Some("entry was altered"),
             Ok(e) => {
+                hashes.insert(e.seq, e.hash.clone());
                 prev_hash = e.hash;
                 None
             }
@@ -111,7 +165,86 @@ pub fn verify(store: &Store) -> Result<Value, StoreError> {
         }
         expected_seq += 1;
     }
-    Ok(json!({"ok": true, "entries": total}))
+    let last_seq = expected_seq - 1;
+    let head = json!({"seq": last_seq, "hash": if last_seq == 0 { Value::Null } else { json!(prev_hash) }});
+    let checked = expect_head.is_some();
+    if let Some((seq, hash)) = expect_head {
+        let problem = if seq > last_seq {
+            Some(format!(
+                "the log ends at entry {last_seq}, before the expected head {seq}: entries were cut off"
+            ))
+        } else if seq <= anchor_seq {
+            Some(format!(
+                "the expected head {seq} has expired (retention) and cannot be checked"
+            ))
+        } else if hashes.get(&seq) != Some(&hash) {
+            Some(format!("entry {seq} is not the expected head: the chain was rewritten"))
+        } else {
+            None
+        };
+        if let Some(reason) = problem {
+            return Ok(json!({"ok": false, "entries": total, "head": head, "reason": reason}));
+        }
+    }
+    Ok(json!({"ok": true, "entries": total, "head": head, "expected_head_checked": checked}))
+}
+
+/// Re-authenticates a chain written by a release before the keyed audit:
+/// if every entry checks out as it was written (plain SHA-256), the chain is
+/// rewritten entry by entry under the key. A chain that does not check out
+/// is left alone, so `verify` goes on naming its first bad entry.
+pub fn upgrade(store: &Store) -> Result<u64, StoreError> {
+    let entries = store.audit_entries()?;
+    if entries
+        .iter()
+        .all(|(_, b)| serde_json::from_slice::<AuditEntry>(b).is_ok_and(|e| e.v == 2))
+    {
+        return Ok(0);
+    }
+    rechain(
+        store,
+        |e| e.v == 2 || e.expected_hash(&[0; 32]) == e.hash,
+        &store.keys().audit_mac,
+    )
+}
+
+/// Rewrites every entry's link and MAC under `key`, after checking each one
+/// with `valid` (as it stands). Returns how many were rewritten, or 0 (and
+/// changes nothing) if any entry does not check out.
+pub(crate) fn rechain(store: &Store, valid: impl Fn(&AuditEntry) -> bool, key: &[u8; 32]) -> Result<u64, StoreError> {
+    let mut prev = match store.audit_anchor()? {
+        Some((_, bytes)) => serde_json::from_slice::<AuditEntry>(&bytes)
+            .map(|e| e.hash)
+            .unwrap_or_default(),
+        None => GENESIS.to_string(),
+    };
+    let mut parsed = Vec::new();
+    let mut linked = prev.clone();
+    for (seq, b) in store.audit_entries()? {
+        match serde_json::from_slice::<AuditEntry>(&b) {
+            Ok(e) if e.seq == seq && e.prev_hash == linked && valid(&e) => {
+                linked = e.hash.clone();
+                parsed.push(e);
+            }
+            _ => {
+                tracing::error!("The audit log does not verify; it was left as it is (see `audit verify`).");
+                return Ok(0);
+            }
+        }
+    }
+    let n = parsed.len() as u64;
+    for mut e in parsed {
+        e.prev_hash = prev;
+        e.v = 2;
+        e.hash = entry_mac(key, &e.prev_hash, e.seq, e.at_ms, &e.action, &e.details);
+        prev = e.hash.clone();
+        store.audit_overwrite(
+            e.seq,
+            &serde_json::to_vec(&e).expect("serialising plain data cannot fail"),
+        )?;
+    }
+    store.flush_index()?;
+    Ok(n)
 }
 
 /// Removes entries older than `before_ms` from the front of the chain.

@@ -253,8 +253,14 @@ pub struct ExportArgs {
 pub enum AuditCommand {
     /// The audit entries, oldest first.
     List,
-    /// Check the hash chain; names the first bad entry.
-    Verify,
+    /// Check the authenticated chain; names the first bad entry and prints
+    /// the head (SEQ:HASH).
+    Verify {
+        /// A head recorded elsewhere (logged at every append): fails if the
+        /// log ends before it or the entry was rewritten.
+        #[arg(long, value_name = "SEQ:HASH")]
+        expect_head: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

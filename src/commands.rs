@@ -203,12 +203,24 @@ pub async fn run(cli: Cli, settings: Settings) -> CmdResult {
         } => restore(&settings, &from, ledger.as_deref(), without_ledger, json_out),
         Command::Export(args) => export(&settings, args).await,
         Command::Audit(cmd) => {
-            let verify = matches!(cmd, AuditCommand::Verify);
+            let (verify, expect) = match cmd {
+                AuditCommand::Verify { expect_head } => (true, expect_head),
+                AuditCommand::List => (false, None),
+            };
+            let head = match expect.as_deref() {
+                None => None,
+                Some(text) => Some(crate::audit::parse_head(text).ok_or_else(|| {
+                    Failure::new(
+                        2,
+                        "--expect-head takes SEQ:HASH (the sequence number and the 64-hex hash)",
+                    )
+                })?),
+            };
             let doc = match access(&settings)? {
                 Access::Local(store) => {
                     blocking(move || {
                         Ok(if verify {
-                            crate::audit::verify(&store)?
+                            crate::audit::verify(&store, head)?
                         } else {
                             crate::audit::list(&store)?
                         })
@@ -216,13 +228,22 @@ pub async fn run(cli: Cli, settings: Settings) -> CmdResult {
                     .await?
                 }
                 Access::Remote(r) => {
-                    r.get(if verify { "/admin/audit/verify" } else { "/admin/audit" }, &[])
+                    let query: Vec<(&str, String)> = expect.iter().map(|h| ("expect_head", h.clone())).collect();
+                    r.get(if verify { "/admin/audit/verify" } else { "/admin/audit" }, &query)
                         .await?
                 }
             };
             if verify {
                 print_doc(&doc, json_out, |d| match d["ok"].as_bool() {
-                    Some(true) => format!("audit log intact: {} entries", d["entries"]),
+                    Some(true) => format!(
+                        "audit log intact: {} entries, head {}:{}",
+                        d["entries"],
+                        d["head"]["seq"],
+                        d["head"]["hash"].as_str().unwrap_or("-")
+                    ),
+                    _ if d["first_bad_seq"].is_null() => {
+                        format!("audit log BROKEN: {}", d["reason"].as_str().unwrap_or(""))
+                    }
                     _ => format!(
                         "audit log BROKEN at entry {}: {}",
                         d["first_bad_seq"],

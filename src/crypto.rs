@@ -176,6 +176,9 @@ pub struct Keys {
     pub email_hash: [u8; 32],
     /// Keys the audit log's hashes of identifiers.
     pub audit_hash: [u8; 32],
+    /// Authenticates the audit chain (HMAC-SHA256 per entry), so rewriting
+    /// it needs this key, not just SHA-256.
+    pub audit_mac: [u8; 32],
 }
 
 impl std::fmt::Debug for Keys {
@@ -191,6 +194,7 @@ impl Keys {
             cache: key.derive("cache/v1"),
             email_hash: key.derive("email-hash/v1"),
             audit_hash: key.derive("audit-hash/v1"),
+            audit_mac: key.derive("audit-mac/v1"),
         }
     }
 

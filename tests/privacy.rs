@@ -387,7 +387,7 @@ async fn export_then_erase_end_to_end() {
     store
         .audit_overwrite(seq, &serde_json::to_vec(&tampered).unwrap())
         .unwrap();
-    let v = intercom_webhooks::audit::verify(&store).unwrap();
+    let v = intercom_webhooks::audit::verify(&store, None).unwrap();
     assert_eq!(v["ok"], false);
     assert_eq!(v["first_bad_seq"], seq);
     store.close().unwrap();
@@ -531,4 +531,107 @@ async fn events_show_masks_by_allow_list_and_raw_is_audited() {
     assert_eq!(audit["entries"][0]["action"], "payload_viewed");
     assert_eq!(audit["entries"][0]["details"]["event"], "notif_show");
     app.stop().await;
+}
+
+/// Rewrites entry `seq` as an attacker without the key would: plain SHA-256
+/// links, recomputed from the entry before.
+fn forge_unkeyed(prev: &str, seq: u64, at_ms: i64, action: &str, details: &Value) -> Value {
+    use sha2::Digest;
+    let mut data = prev.as_bytes().to_vec();
+    data.push(b'\n');
+    data.extend_from_slice(
+        json!({"seq": seq, "at_ms": at_ms, "action": action, "details": details})
+            .to_string()
+            .as_bytes(),
+    );
+    let hash = hex::encode(sha2::Sha256::digest(&data));
+    json!({"seq": seq, "at_ms": at_ms, "action": action, "details": details, "prev_hash": prev, "hash": hash, "v": 2})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_chain_needs_the_key_and_a_cut_tail_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn_app(dir.path()).await;
+    for i in 0..3 {
+        let r = app
+            .admin_post(
+                "/admin/erase",
+                json!({"contact_id": format!("65f0c0ffee00000000000d0{i}"), "local_only": true}),
+            )
+            .await;
+        assert_eq!(r.status(), 200);
+    }
+    let v = app.admin_json("/admin/audit/verify").await;
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["head"]["seq"], 3);
+    let head = format!("3:{}", v["head"]["hash"].as_str().unwrap());
+    let v = app.admin_json(&format!("/admin/audit/verify?expect_head={head}")).await;
+    assert_eq!(
+        (v["ok"].as_bool(), v["expected_head_checked"].as_bool()),
+        (Some(true), Some(true)),
+        "{v}"
+    );
+    assert_eq!(
+        app.admin_get("/admin/audit/verify?expect_head=3:nothex").await.status(),
+        400
+    );
+    app.stop().await;
+
+    let s = settings(dir.path(), "", &test_env());
+    let store = intercom_webhooks::app::open_store(&s).unwrap();
+    let entries = intercom_webhooks::audit::list(&store).unwrap()["entries"].clone();
+
+    // Dropping the newest entry: the chain alone still verifies, the head does not.
+    let last: Value = entries[2].clone();
+    store.audit_remove_newest_for_tests().unwrap();
+    let v = intercom_webhooks::audit::verify(&store, None).unwrap();
+    assert_eq!(v["ok"], true, "a cut tail leaves a valid chain: {v}");
+    let expected = intercom_webhooks::audit::parse_head(&head);
+    let v = intercom_webhooks::audit::verify(&store, expected.clone()).unwrap();
+    assert_eq!(v["ok"], false, "{v}");
+    assert!(v["reason"].as_str().unwrap().contains("cut off"), "{v}");
+
+    // Editing an entry and recomputing every hash after it, without the key.
+    let mut prev = "0".repeat(64);
+    for (i, e) in entries.as_array().unwrap().iter().take(2).enumerate() {
+        let mut details = e["details"].clone();
+        if i == 0 {
+            details["local"]["events"] = json!(0);
+        }
+        let at_ms = 1767225600000 + i as i64;
+        let forged = forge_unkeyed(&prev, e["seq"].as_u64().unwrap(), at_ms, "erase", &details);
+        prev = forged["hash"].as_str().unwrap().to_string();
+        store
+            .audit_overwrite(e["seq"].as_u64().unwrap(), &serde_json::to_vec(&forged).unwrap())
+            .unwrap();
+    }
+    let v = intercom_webhooks::audit::verify(&store, None).unwrap();
+    assert_eq!(
+        v["ok"], false,
+        "a chain recomputed without the key does not verify: {v}"
+    );
+    assert_eq!(v["first_bad_seq"], 1);
+    assert!(v["reason"].as_str().unwrap().contains("altered"), "{v}");
+    drop(last);
+    store.close().unwrap();
+
+    // A chain written by an older release (unkeyed, no version) is checked
+    // as it was and re-authenticated when the store opens.
+    let old = tempfile::tempdir().unwrap();
+    let s = settings(old.path(), "", &test_env());
+    let store = intercom_webhooks::app::open_store(&s).unwrap();
+    let mut prev = "0".repeat(64);
+    for seq in 1..=2u64 {
+        let mut e = forge_unkeyed(&prev, seq, 1767225600000, "purge", &json!({"removed": seq}));
+        e.as_object_mut().unwrap().remove("v");
+        prev = e["hash"].as_str().unwrap().to_string();
+        store.audit_overwrite(seq, &serde_json::to_vec(&e).unwrap()).unwrap();
+    }
+    store.close().unwrap();
+    drop(store);
+    let store = intercom_webhooks::app::open_store(&s).unwrap();
+    let v = intercom_webhooks::audit::verify(&store, None).unwrap();
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["entries"], 2);
+    store.close().unwrap();
 }

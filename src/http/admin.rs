@@ -224,8 +224,24 @@ async fn audit_list(State(app): State<AppState>) -> AdminResult {
     blocking(move || crate::audit::list(&app.store).map_err(OpsError::from)).await
 }
 
-async fn audit_verify(State(app): State<AppState>) -> AdminResult {
-    blocking(move || crate::audit::verify(&app.store).map_err(OpsError::from)).await
+#[derive(Debug, Default, Deserialize)]
+pub struct VerifyQuery {
+    pub expect_head: Option<String>,
+}
+
+async fn audit_verify(State(app): State<AppState>, Query(q): Query<VerifyQuery>) -> AdminResult {
+    let head = match q.expect_head.as_deref() {
+        None => None,
+        Some(text) => match crate::audit::parse_head(text) {
+            Some(h) => Some(h),
+            None => {
+                return Err(AdminError(OpsError::BadRequest(
+                    "expect_head takes SEQ:HASH (the sequence number and the 64-hex hash)".into(),
+                )))
+            }
+        },
+    };
+    blocking(move || crate::audit::verify(&app.store, head).map_err(OpsError::from)).await
 }
 
 #[derive(Debug, Deserialize)]

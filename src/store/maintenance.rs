@@ -222,6 +222,15 @@ impl Store {
         Ok(())
     }
 
+    /// For tests that cut the audit log's tail, as an attacker would.
+    #[doc(hidden)]
+    pub fn audit_remove_newest_for_tests(&self) -> Result<(), StoreError> {
+        if let Some((k, _)) = self.inner.trees.audit.last()? {
+            self.inner.trees.audit.remove(k)?;
+        }
+        Ok(())
+    }
+
     /// For tests and tools that must see raw audit bytes.
     #[doc(hidden)]
     pub fn audit_overwrite(&self, seq: u64, bytes: &[u8]) -> Result<(), StoreError> {
