@@ -62,6 +62,12 @@ fn entry_mac(key: &[u8; 32], prev_hash: &str, seq: u64, at_ms: i64, action: &str
 }
 
 impl AuditEntry {
+    /// Whether the entry's hash is right under `key` (version 1 entries:
+    /// under plain SHA-256, whatever the key).
+    pub fn authentic_under(&self, key: &[u8; 32]) -> bool {
+        self.expected_hash(key) == self.hash
+    }
+
     fn expected_hash(&self, key: &[u8; 32]) -> String {
         match self.v {
             2 => entry_mac(key, &self.prev_hash, self.seq, self.at_ms, &self.action, &self.details),

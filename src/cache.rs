@@ -248,6 +248,36 @@ impl CacheCodec {
         r.legacy_external_id.clone()
     }
 
+    /// Re-encrypts a record's sealed values from `self`'s keys (or, for a
+    /// value an interrupted rotation already re-sealed, `next`'s) under
+    /// `next`'s. `Err` names a value neither opens.
+    pub fn reseal(&self, next: &CacheCodec, r: &mut ContactRecord) -> Result<bool, &'static str> {
+        let mut changed = false;
+        if let Some(sealed) = r.custom_attributes.clone() {
+            let attrs = match self.open_attributes(&r.id, &sealed) {
+                Some(a) => a,
+                None if next.open_attributes(&r.id, &sealed).is_some() => return Ok(changed),
+                None => return Err("custom attributes"),
+            };
+            let plain = serde_json::to_vec(&attrs).expect("serialising plain data cannot fail");
+            let s = crypto::seal(&next.keys.cache, format!("contact:{}", r.id).as_bytes(), &plain);
+            r.custom_attributes = Some(base64::engine::general_purpose::STANDARD.encode(s));
+            changed = true;
+        }
+        if r.external_id_sealed.is_some() || r.legacy_external_id.is_some() {
+            let x = match (self.external_id(r), next.external_id(r)) {
+                (Some(x), _) => x,
+                (None, Some(_)) => return Ok(changed),
+                (None, None) => return Err("external id"),
+            };
+            r.external_id_sealed = None;
+            r.external_id_hash = None;
+            next.set_external_id(r, Some(x));
+            changed = true;
+        }
+        Ok(changed)
+    }
+
     pub fn open_attributes(&self, contact_id: &str, sealed: &str) -> Option<Value> {
         let bytes = base64::engine::general_purpose::STANDARD.decode(sealed).ok()?;
         let plain = crypto::open(&self.keys.cache, format!("contact:{contact_id}").as_bytes(), &bytes).ok()?;

@@ -98,8 +98,14 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         out: std::path::PathBuf,
     },
-    /// Re-wrap the store under INTERCOM_WEBHOOKS_NEW_DATA_KEY (server stopped).
-    RotateDataKey,
+    /// Move the store to new keys under INTERCOM_WEBHOOKS_NEW_DATA_KEY
+    /// (server stopped): nothing written afterwards opens with the old key.
+    RotateDataKey {
+        /// Also write the new key into the data dir's data.key (by default
+        /// it is never written there; configure it instead).
+        #[arg(long)]
+        write_key_file: bool,
+    },
     /// Load a backup into an empty data dir.
     Restore {
         #[arg(long, value_name = "FILE")]

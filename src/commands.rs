@@ -195,7 +195,7 @@ pub async fn run(cli: Cli, settings: Settings) -> CmdResult {
         }
         Command::Erase(args) => erase(&settings, args, json_out).await,
         Command::Backup { out } => backup(&settings, &out, json_out).await,
-        Command::RotateDataKey => rotate_data_key(&settings, json_out),
+        Command::RotateDataKey { write_key_file } => rotate_data_key(&settings, write_key_file, json_out),
         Command::Restore {
             from,
             ledger,
@@ -670,7 +670,7 @@ fn restore(
     Ok(())
 }
 
-fn rotate_data_key(settings: &Settings, json_out: bool) -> CmdResult {
+fn rotate_data_key(settings: &Settings, write_key_file: bool, json_out: bool) -> CmdResult {
     use crate::crypto::{self, DataKey};
     let new = settings.new_data_key.as_ref().ok_or_else(|| {
         Failure::new(
@@ -690,29 +690,49 @@ fn rotate_data_key(settings: &Settings, json_out: bool) -> CmdResult {
             format!("there is no store in {}", settings.data_dir.display()),
         ));
     }
-    // Opening the store proves the old key works and that no server holds it.
-    match open_store(settings) {
-        Ok(store) => store.close()?,
-        Err(e) => match e.downcast_ref::<StoreError>() {
-            Some(StoreError::Locked(_)) => {
-                return Err(Failure::new(
-                    1,
-                    "the store is in use: stop the server before rotating the data key",
-                ))
-            }
-            _ => return Err(Failure::new(1, e.to_string())),
-        },
+    let resuming = settings.data_dir.join(crypto::ROOT_NEXT_FILE).exists();
+    // Opening the store proves the old key works and that no server holds
+    // it (a rotation being resumed cannot open it: the rotation checks both).
+    if !resuming {
+        match open_store(settings) {
+            Ok(store) => store.close()?,
+            Err(e) => match e.downcast_ref::<StoreError>() {
+                Some(StoreError::Locked(_)) => {
+                    return Err(Failure::new(
+                        1,
+                        "the store is in use: stop the server before rotating the data key",
+                    ))
+                }
+                _ => return Err(Failure::new(1, e.to_string())),
+            },
+        }
     }
     let (old, source) = DataKey::load_or_create(settings.data_key.as_ref(), &settings.data_dir)
         .map_err(|e| Failure::new(1, e.to_string()))?;
-    crypto::rotate_root(&settings.data_dir, &old, &new).map_err(|e| Failure::new(1, e.to_string()))?;
-    let key_file = source != crypto::KeySource::Configured;
-    if key_file {
+    let mut doc = crate::rotation::rotate(
+        &settings.data_dir,
+        &settings.store,
+        &old,
+        &new,
+        settings.cache.contact_custom_attributes.clone(),
+    )
+    .map_err(|e| match e {
+        crate::rotation::RotationError::Store(StoreError::Locked(_)) => {
+            Failure::new(1, "the store is in use: stop the server before rotating the data key")
+        }
+        e => Failure::new(1, e.to_string()),
+    })?;
+    let key_file = settings.data_dir.join(crypto::KEY_FILE);
+    if write_key_file {
         crypto::replace_key_file(&settings.data_dir, &new).map_err(|e| Failure::new(1, e.to_string()))?;
+    } else if source != crypto::KeySource::Configured && key_file.exists() {
+        // The old generated key opens nothing now; the new one is never
+        // written beside the data it protects unless asked.
+        std::fs::remove_file(&key_file).map_err(|e| Failure::new(1, e.to_string()))?;
     }
-    let doc = json!({"rotated": true, "key_file_updated": key_file});
+    doc["key_file_written"] = json!(write_key_file);
     print_doc(&doc, json_out, |_| {
-        if key_file {
+        if write_key_file {
             "data key rotated; data.key now holds the new key".to_string()
         } else {
             "data key rotated: set INTERCOM_WEBHOOKS_DATA_KEY to the new key before the next start".to_string()

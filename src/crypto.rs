@@ -111,51 +111,108 @@ impl DataKey {
     }
 }
 
-/// The data dir's root key: random, made once per data dir, and stored only
-/// wrapped (encrypted) by the data key. Every purpose key derives from it,
-/// so rotating the data key re-wraps this one file and nothing else.
-pub fn load_or_create_root(data_dir: &Path, data_key: &DataKey) -> Result<DataKey, CryptoError> {
-    let path = data_dir.join(ROOT_FILE);
-    match std::fs::read(&path) {
-        Ok(sealed) => {
-            let root = open(&data_key.0, ROOT_AAD, &sealed)
-                .map_err(|_| CryptoError::WrongDataKey(path.display().to_string()))?;
-            let root: [u8; 32] = root
-                .try_into()
-                .map_err(|_| CryptoError::WrongDataKey(path.display().to_string()))?;
-            Ok(DataKey(root))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let root = random_key();
-            write_root(data_dir, data_key, &root)?;
-            Ok(DataKey(root))
-        }
-        Err(source) => Err(CryptoError::KeyFileIo {
-            path: path.display().to_string(),
-            source,
-        }),
+/// The data dir's keys, stored only wrapped (encrypted) by the data key in
+/// `root.key`. `root` is random, made anew by every data key rotation, and
+/// every encryption and authentication key derives from it. `pseudonym`
+/// keys the one-way hashes (of emails, external ids, audit identifiers):
+/// those cannot be recomputed without the plaintext, so it outlives
+/// rotations. Files written before rotations revoked (version 1) hold one
+/// key that serves as both.
+#[derive(Clone)]
+pub struct RootKeys {
+    pub root: DataKey,
+    pub pseudonym: DataKey,
+}
+
+impl std::fmt::Debug for RootKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RootKeys([redacted])")
     }
 }
 
-/// Writes the wrapped root key atomically.
-fn write_root(data_dir: &Path, data_key: &DataKey, root: &[u8; 32]) -> Result<(), CryptoError> {
+const ROOT_AAD_V2: &[u8] = b"intercom-webhooks/root-key/v2";
+/// A rotation in progress: the new keys, wrapped by the new data key.
+pub const ROOT_NEXT_FILE: &str = "root.key.next";
+
+fn open_root_file(path: &Path, data_key: &DataKey) -> Result<RootKeys, CryptoError> {
+    let wrong = || CryptoError::WrongDataKey(path.display().to_string());
+    let sealed = std::fs::read(path).map_err(|source| CryptoError::KeyFileIo {
+        path: path.display().to_string(),
+        source,
+    })?;
+    if let Ok(both) = open(&data_key.0, ROOT_AAD_V2, &sealed) {
+        let both: [u8; 64] = both.try_into().map_err(|_| wrong())?;
+        let (mut root, mut pseudonym) = ([0u8; 32], [0u8; 32]);
+        root.copy_from_slice(&both[..32]);
+        pseudonym.copy_from_slice(&both[32..]);
+        return Ok(RootKeys {
+            root: DataKey(root),
+            pseudonym: DataKey(pseudonym),
+        });
+    }
+    let root = open(&data_key.0, ROOT_AAD, &sealed).map_err(|_| wrong())?;
+    let root: [u8; 32] = root.try_into().map_err(|_| wrong())?;
+    Ok(RootKeys {
+        root: DataKey(root),
+        pseudonym: DataKey(root),
+    })
+}
+
+/// The data dir's keys (see [`RootKeys`]), made on first use.
+pub fn load_or_create_root(data_dir: &Path, data_key: &DataKey) -> Result<RootKeys, CryptoError> {
     let path = data_dir.join(ROOT_FILE);
+    if path.exists() {
+        return open_root_file(&path, data_key);
+    }
+    let keys = RootKeys {
+        root: DataKey(random_key()),
+        pseudonym: DataKey(random_key()),
+    };
+    write_root(data_dir, ROOT_FILE, data_key, &keys)?;
+    Ok(keys)
+}
+
+/// Writes wrapped root keys atomically to `name` in the data dir.
+pub fn write_root(data_dir: &Path, name: &str, data_key: &DataKey, keys: &RootKeys) -> Result<(), CryptoError> {
+    let path = data_dir.join(name);
     let io = |source| CryptoError::KeyFileIo {
         path: path.display().to_string(),
         source,
     };
     crate::fsutil::private_dir_all(data_dir).map_err(io)?;
-    crate::fsutil::replace_private(&path, &seal(&data_key.0, ROOT_AAD, root)).map_err(io)
+    let mut both = [0u8; 64];
+    both[..32].copy_from_slice(&keys.root.0);
+    both[32..].copy_from_slice(&keys.pseudonym.0);
+    crate::fsutil::replace_private(&path, &seal(&data_key.0, ROOT_AAD_V2, &both)).map_err(io)
 }
 
-/// Re-wraps the root key under a new data key. The old key stops opening
-/// the data dir; copies taken before the rotation still open with it.
-pub fn rotate_root(data_dir: &Path, old: &DataKey, new: &DataKey) -> Result<(), CryptoError> {
-    let root = load_or_create_root(data_dir, old)?;
-    write_root(data_dir, new, &root.0)
+/// The keys of a rotation: the current ones (opened with the old data key)
+/// and the next ones (a new random root, the same pseudonym key), written
+/// to [`ROOT_NEXT_FILE`] under the new data key before anything is
+/// re-encrypted, or read back from it when an interrupted rotation resumes.
+pub fn rotation_keys(data_dir: &Path, old: &DataKey, new: &DataKey) -> Result<(RootKeys, RootKeys), CryptoError> {
+    let current = open_root_file(&data_dir.join(ROOT_FILE), old)?;
+    let next_path = data_dir.join(ROOT_NEXT_FILE);
+    let next = if next_path.exists() {
+        open_root_file(&next_path, new)?
+    } else {
+        let next = RootKeys {
+            root: DataKey(random_key()),
+            pseudonym: current.pseudonym.clone(),
+        };
+        write_root(data_dir, ROOT_NEXT_FILE, new, &next)?;
+        next
+    };
+    Ok((current, next))
 }
 
-/// Replaces the generated key file (used when no key is configured).
+/// Ends a rotation: the next keys become the data dir's keys.
+pub fn finish_rotation(data_dir: &Path) -> std::io::Result<()> {
+    std::fs::rename(data_dir.join(ROOT_NEXT_FILE), data_dir.join(ROOT_FILE))?;
+    std::fs::File::open(data_dir)?.sync_all()
+}
+
+/// Writes a key file with the given key (only when the operator asks).
 pub fn replace_key_file(data_dir: &Path, key: &DataKey) -> Result<(), CryptoError> {
     let path = data_dir.join(KEY_FILE);
     crate::fsutil::replace_private(&path, hex::encode(key.0).as_bytes()).map_err(|source| CryptoError::KeyFileIo {
@@ -188,13 +245,21 @@ impl std::fmt::Debug for Keys {
 }
 
 impl Keys {
+    /// Every key from one key (tests; version 1 data dirs).
     pub fn derive(key: &DataKey) -> Self {
+        Self::from_root(&RootKeys {
+            root: key.clone(),
+            pseudonym: key.clone(),
+        })
+    }
+
+    pub fn from_root(keys: &RootKeys) -> Self {
         Keys {
-            wrap: key.derive("segment-key-wrap/v1"),
-            cache: key.derive("cache/v1"),
-            email_hash: key.derive("email-hash/v1"),
-            audit_hash: key.derive("audit-hash/v1"),
-            audit_mac: key.derive("audit-mac/v1"),
+            wrap: keys.root.derive("segment-key-wrap/v1"),
+            cache: keys.root.derive("cache/v1"),
+            email_hash: keys.pseudonym.derive("email-hash/v1"),
+            audit_hash: keys.pseudonym.derive("audit-hash/v1"),
+            audit_mac: keys.root.derive("audit-mac/v1"),
         }
     }
 
@@ -328,17 +393,34 @@ mod tests {
     }
 
     #[test]
-    fn root_key_is_wrapped_and_rotates() {
+    fn rotation_makes_a_new_root_and_keeps_the_pseudonym_key() {
         let dir = tempfile::tempdir().unwrap();
         let (old, new) = (DataKey::from_bytes([1; 32]), DataKey::from_bytes([2; 32]));
-        let root = load_or_create_root(dir.path(), &old).unwrap();
-        assert_eq!(load_or_create_root(dir.path(), &old).unwrap().0, root.0);
-        rotate_root(dir.path(), &old, &new).unwrap();
-        assert_eq!(load_or_create_root(dir.path(), &new).unwrap().0, root.0);
+        let first = load_or_create_root(dir.path(), &old).unwrap();
+        assert_eq!(load_or_create_root(dir.path(), &old).unwrap().root.0, first.root.0);
+        let (current, next) = rotation_keys(dir.path(), &old, &new).unwrap();
+        assert_eq!(current.root.0, first.root.0);
+        assert_ne!(next.root.0, first.root.0, "a rotation revokes: new root");
+        assert_eq!(next.pseudonym.0, first.pseudonym.0, "hashes stay comparable");
+        // Resuming an interrupted rotation finds the same next keys.
+        assert_eq!(rotation_keys(dir.path(), &old, &new).unwrap().1.root.0, next.root.0);
+        finish_rotation(dir.path()).unwrap();
+        assert_eq!(load_or_create_root(dir.path(), &new).unwrap().root.0, next.root.0);
         assert!(matches!(
             load_or_create_root(dir.path(), &old),
             Err(CryptoError::WrongDataKey(_))
         ));
+    }
+
+    #[test]
+    fn version_1_root_files_still_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = DataKey::from_bytes([1; 32]);
+        std::fs::write(dir.path().join(ROOT_FILE), seal(&key.0, ROOT_AAD, &[7; 32])).unwrap();
+        let keys = load_or_create_root(dir.path(), &key).unwrap();
+        assert_eq!((keys.root.0, keys.pseudonym.0), ([7; 32], [7; 32]));
+        let k = Keys::from_root(&keys);
+        assert_eq!(k.email_hash, Keys::derive(&DataKey::from_bytes([7; 32])).email_hash);
     }
 
     #[test]

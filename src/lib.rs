@@ -53,6 +53,7 @@ pub mod ops;
 pub mod privacy;
 pub mod purge;
 pub mod redact;
+pub mod rotation;
 pub mod samples;
 pub mod secret;
 pub mod server;

@@ -352,7 +352,15 @@ fn rotating_the_data_key() {
     let bin = Binary::new(dir.path());
     let (child, public, _) = bin.serve(&[]);
     assert_eq!(post(public, &contact("65f0c0ffee00000000000a77", "notif_rot1")), 200);
+    let with_ext = notification(
+        "notif_rot1x",
+        "contact.user.created",
+        json!({"type":"contact","id":"65f0c0ffee00000000000a78","external_id":"ext-rotated-1","updated_at":1767225600}),
+        1767225600,
+    );
+    assert_eq!(post(public, &with_ext), 200);
     std::thread::sleep(std::time::Duration::from_millis(300));
+    let data = dir.path().join("data");
     let new_key = "6b".repeat(32);
     let mut rotate = Binary::new(dir.path());
     rotate
@@ -362,6 +370,8 @@ fn rotating_the_data_key() {
     assert_eq!(code, 1, "refused while the server runs");
     assert!(err.contains("stop the server"), "{err}");
     child.terminate();
+    let old_root = std::fs::read(data.join("root.key")).unwrap();
+    let old_keyring = std::fs::read(data.join("keyring.bin")).unwrap();
     let (code, out, err) = rotate.run(&["rotate-data-key"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("INTERCOM_WEBHOOKS_DATA_KEY"), "{out}");
@@ -380,4 +390,51 @@ fn rotating_the_data_key() {
             .1,
     );
     assert_eq!(c["tag_ids"], json!(["t1"]));
+    let c = json_of(
+        &with_new
+            .run(&["cache", "show", "contact", "65f0c0ffee00000000000a78", "--json"])
+            .1,
+    );
+    assert_eq!(c["external_id"], "ext-rotated-1", "sealed values re-sealed: {c}");
+    assert!(
+        !data.join("data.key").exists(),
+        "the new key is not written into the data dir"
+    );
+    assert!(with_new.run(&["audit", "verify"]).1.contains("intact"));
+
+    // Revocation: write after the rotation, then try the old data key with
+    // the old root.key (as every older backup holds): nothing opens.
+    let (child, public, _) = with_new.serve(&[]);
+    assert_eq!(post(public, &contact("65f0c0ffee00000000000a79", "notif_rot2")), 200);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    child.terminate();
+    let stolen = dir.path().join("stolen");
+    copy_dir(&data, &stolen);
+    std::fs::write(stolen.join("root.key"), &old_root).unwrap();
+    let mut thief = Binary::new(dir.path());
+    thief.env.retain(|(k, _)| k != "INTERCOM_WEBHOOKS_DATA_DIR");
+    thief
+        .env
+        .push(("INTERCOM_WEBHOOKS_DATA_DIR".into(), stolen.to_str().unwrap().into()));
+    for id in ["notif_rot2", "notif_rot1"] {
+        let (code, out, _) = thief.run(&["events", "show", id, "--json"]);
+        assert_ne!(code, 0, "the old key opened {id}: {out}");
+        assert!(!out.contains("contact.user.created"), "{out}");
+    }
+    // The old keyring (a backup's) never had the new segments' keys.
+    std::fs::write(stolen.join("keyring.bin"), &old_keyring).unwrap();
+    let (code, out, _) = thief.run(&["events", "show", "notif_rot2", "--json"]);
+    assert!(code != 0 || json_of(&out)["payload"].is_null(), "{out}");
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            copy_dir(&p, &to.join(e.file_name()));
+        } else {
+            std::fs::copy(&p, to.join(e.file_name())).unwrap();
+        }
+    }
 }

@@ -87,6 +87,39 @@ impl Keyring {
     }
 }
 
+/// Re-wraps every key in the keyring of `dir` from `old` to `new`, as one
+/// atomic replacement of the file (the store must be closed). A key that
+/// already opens with `new` (a rotation resumed after an interruption) is
+/// kept; destroyed slots stay zeros. Returns how many keys were re-wrapped.
+pub fn rewrap_file(dir: &Path, old: &[u8; 32], new: &[u8; 32]) -> Result<u64, KeyringError> {
+    let path = dir.join("keyring.bin");
+    let mut bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e.into()),
+    };
+    let mut n = 0;
+    for (seq, slot) in bytes.chunks_exact_mut(SLOT as usize).enumerate() {
+        let seq = seq as u64;
+        if slot[0] != MAGIC || slot[1..9] != seq.to_le_bytes() {
+            continue;
+        }
+        let sealed = &slot[9..9 + 24 + 32 + 16];
+        let aad = Keyring::aad(seq);
+        match crypto::open(old, &aad, sealed) {
+            Ok(key) => {
+                let resealed = crypto::seal(new, &aad, &key);
+                slot[9..9 + resealed.len()].copy_from_slice(&resealed);
+                n += 1;
+            }
+            Err(_) if crypto::open(new, &aad, sealed).is_ok() => {}
+            Err(_) => return Err(KeyringError::WrongDataKey),
+        }
+    }
+    crate::fsutil::replace_private(&path, &bytes)?;
+    Ok(n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,5 +139,15 @@ mod tests {
         let wrong = Keyring::open(dir.path(), [4; 32]).unwrap();
         ring.create(6).unwrap();
         assert!(matches!(wrong.get(6), Err(KeyringError::WrongDataKey)));
+        drop((ring, wrong));
+        assert_eq!(rewrap_file(dir.path(), &[3; 32], &[4; 32]).unwrap(), 1);
+        assert_eq!(rewrap_file(dir.path(), &[3; 32], &[4; 32]).unwrap(), 0, "resumable");
+        let now = Keyring::open(dir.path(), [4; 32]).unwrap();
+        assert!(now.get(6).unwrap().is_some() && now.get(5).unwrap().is_none());
+        let old = Keyring::open(dir.path(), [3; 32]).unwrap();
+        assert!(
+            matches!(old.get(6), Err(KeyringError::WrongDataKey)),
+            "the old wrap is revoked"
+        );
     }
 }
