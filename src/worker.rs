@@ -156,14 +156,20 @@ fn process_work(ctx: &WorkerCtx, work: Work) -> Result<Processed, StoreError> {
             };
             match ctx.store.cache_txn(|tx| handlers::apply(&action, tx, &hctx)) {
                 Ok(applied) => {
-                    // A contact deleted in Intercom is erased here too.
-                    if let crate::dispatch::Action::ContactDelete { id } = &action {
-                        crate::erasure::on_webhook(&ctx.store, &ctx.codec, id, key)?;
-                    }
                     let outcome = match applied {
                         Applied::Updated => "processed".to_string(),
                         other => format!("processed:{}", other.as_str()),
                     };
+                    // A contact deleted in Intercom is erased here too; the
+                    // deletion notification names them as well (id, external
+                    // id), so it goes once its outcome is recorded. Its dedup
+                    // marker stays, and the audit entry says what happened.
+                    if let crate::dispatch::Action::ContactDelete { id } = &action {
+                        crate::erasure::on_webhook(&ctx.store, &ctx.codec, id, key)?;
+                        let done = finish(ctx, &seen, Status::Processed, outcome, started)?;
+                        ctx.store.erase_events(&[key.to_string()])?;
+                        return Ok(done);
+                    }
                     return finish(ctx, &seen, Status::Processed, outcome, started);
                 }
                 Err(StoreError::Rejected(msg)) => msg,

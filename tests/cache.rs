@@ -217,7 +217,12 @@ async fn stale_duplicate_and_deleted_events_do_not_corrupt_the_cache() {
         1772409600,
     );
     app.post_signed(&deleted).await;
-    app.wait_final("notif_del").await;
+    app.wait_idle().await;
+    assert_eq!(
+        app.admin_get("/admin/events/notif_del").await.status(),
+        404,
+        "the deletion notification names them too: erased once processed"
+    );
     assert_eq!(app.admin_get(&format!("/admin/contacts/{id}")).await.status(), 404);
     let late = notification(
         "notif_late",

@@ -412,11 +412,28 @@ async fn a_contact_deleted_webhook_erases_local_copies() {
         1767229200,
     ))
     .await;
-    app.wait_final("notif_w2").await;
+    app.wait_idle().await;
     assert_eq!(
         app.admin_get("/admin/events/notif_w1").await.status(),
         404,
         "their stored notification is gone"
+    );
+    assert_eq!(
+        app.admin_get("/admin/events/notif_w2").await.status(),
+        404,
+        "and so is the deletion notification, once processed"
+    );
+    assert_eq!(
+        app.post_signed(&notification(
+            "notif_w2",
+            "contact.deleted",
+            json!({"type":"contact","id":C1,"deleted":true}),
+            1767229200
+        ))
+        .await
+        .status(),
+        200,
+        "a redelivery of it is a duplicate (its marker stays)"
     );
     assert_eq!(app.admin_get(&format!("/admin/contacts/{C1}")).await.status(), 404);
     let audit = app.admin_json("/admin/audit").await;
