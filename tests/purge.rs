@@ -141,7 +141,7 @@ async fn expired_data_goes_newer_stays_dry_run_removes_nothing() {
         .filter(|e| e["action"] == "purge")
         .collect();
     assert_eq!(entries.len(), 1, "{audit}");
-    assert_eq!(entries[0]["details"]["removed"]["events"], 4);
+    assert_eq!(entries[0]["details"]["removed"]["events"], 3);
     assert!(
         !audit.to_string().contains("65f0c0ffee"),
         "no ids of people in the audit entry"
