@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmarks, run by hand (not in CI): intake, processing, replay and purge.
-#   bash benches/run.sh [intake|replay|purge|all]
+#   bash benches/run.sh [intake|replay|purge|erase|all]
 # Needs a release build: cargo build --release --examples --bins
 # Prints figures; the machine, load generator included, is whatever runs it.
 set -euo pipefail
@@ -118,9 +118,55 @@ TOML
   stop
 }
 
+# Sends N signed contact.deleted notifications for the load generator's
+# contacts c0..c(N-1), over one keep-alive connection.
+send_deletions() { # $1 = N
+  python3 - "$1" "$PUBLIC" "$INTERCOM_CLIENT_SECRET" <<'PY'
+import hashlib, hmac, http.client, json, sys, time
+n, addr, secret = int(sys.argv[1]), sys.argv[2], sys.argv[3].encode()
+host, port = addr.split(':')
+conn = http.client.HTTPConnection(host, int(port))
+codes = {}
+for i in range(n):
+    body = json.dumps({"type": "notification_event", "app_id": "abc12xyz", "topic": "contact.deleted",
+        "id": f"notif_bench_delete_{i}", "created_at": int(time.time()), "delivery_attempts": 1,
+        "data": {"type": "notification_event_data", "item": {"type": "contact", "id": f"c{i}", "deleted": True}}}).encode()
+    sig = "sha1=" + hmac.new(secret, body, hashlib.sha1).hexdigest()
+    conn.request("POST", "/webhooks/intercom", body, {"X-Hub-Signature": sig, "Content-Type": "application/json"})
+    r = conn.getresponse(); r.read(); codes[r.status] = codes.get(r.status, 0) + 1
+print(f"deletions sent: {n}, answers {codes}")
+PY
+}
+
+erase() {
+  echo "== erasure at scale: 1,000 contact.deleted against ~1,000,000 stored events"
+  start
+  for i in 1 2 3 4; do $LOADGEN --url $URL --connections 64 --seconds 120 --bodies 250000 2>/dev/null | sed -n 1p; done
+  wait_idle
+  echo "store: $(du -sh $WORK/data | cut -f1) ($(ls $WORK/data/log | wc -l) segments)"
+  $LOADGEN --url $URL --connections 16 --rate 1000 --seconds 10 --bodies 12000 2>/dev/null | grep '^latency' | sed 's/^/intake at 1000\/s before: /'
+  ( $LOADGEN --url $URL --connections 16 --rate 1000 --seconds ${ERASE_LOAD_SECONDS:-240} --bodies 250000 2>/dev/null | grep '^latency' | sed 's/^/intake at 1000\/s during erasure: /' ) &
+  LG=$!
+  sleep 2
+  local t0=$(date +%s.%N)
+  send_deletions 1000
+  local t1=$(date +%s.%N)
+  # Processed (each one erased at once, so unreadable), then shredded.
+  while [ "$(metric intercom_webhooks_pending_depth)" != "0" ]; do sleep 0.5; done
+  local t2=$(date +%s.%N)
+  sleep 1
+  while [ "$(metric intercom_webhooks_erasure_segments_to_shred)" != "0" ]; do sleep 0.5; done
+  local t3=$(date +%s.%N)
+  python3 -c "print(f'sent in {$t1-$t0:.1f} s; all processed (unreadable) {$t2-$t0:.1f} s after the first; all shredded {$t3-$t0:.1f} s after the first')"
+  wait $LG
+  echo "store after: $(du -sh $WORK/data | cut -f1) ($(ls $WORK/data/log | wc -l) segments)"
+  stop
+}
+
 case "${1:-all}" in
   intake) intake ;;
   replay) replay ;;
   purge) purge ;;
+  erase) erase ;;
   all) intake; replay; purge ;;
 esac

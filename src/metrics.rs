@@ -47,6 +47,7 @@ pub struct Metrics {
     /// Seconds handler threads paused for a saturated receiver.
     pub worker_yielded: Counter<f64, AtomicU64>,
     pub pending_depth: Gauge,
+    pub shred_queue: Gauge,
     pub intake_in_flight: Gauge,
     pub failed_events: Gauge,
     pub replays: Counter,
@@ -132,6 +133,7 @@ impl Metrics {
             processed: Family::default(),
             worker_yielded: Counter::default(),
             pending_depth: Gauge::default(),
+            shred_queue: Gauge::default(),
             intake_in_flight: Gauge::default(),
             failed_events: Gauge::default(),
             replays: Counter::default(),
@@ -182,6 +184,11 @@ impl Metrics {
                 m.worker_yielded.clone(),
             );
             r.register("pending_depth", "Events waiting for a worker", m.pending_depth.clone());
+            r.register(
+                "erasure_segments_to_shred",
+                "Log segments holding erased records, waiting for the shred pass to rewrite them",
+                m.shred_queue.clone(),
+            );
             r.register(
                 "intake_in_flight",
                 "Requests the webhook route is working on (over 8: saturated, handlers yield)",

@@ -133,6 +133,7 @@ async fn metrics(State(app): State<AppState>) -> Response {
     app.metrics.failed_events.set(failed as i64);
     app.metrics.intake_in_flight.set(app.intake_load.in_flight() as i64);
     app.metrics.fsyncs.set(app.store.fsync_stats().0 as i64);
+    app.metrics.shred_queue.set(app.store.shred_queue_len() as i64);
     (
         [(
             header::CONTENT_TYPE,

@@ -70,6 +70,7 @@ impl Store {
         let t = &self.inner.trees;
         let mut report = ErasedEvents::default();
         let mut segments = BTreeSet::new();
+        let locs = self.inner.loc_lock.lock().unwrap_or_else(|p| p.into_inner());
         for key in keys {
             let Some(m) = self.get(key)? else { continue };
             if let Some(loc) = m.loc {
@@ -94,6 +95,7 @@ impl Store {
                 report.segments_queued += 1;
             }
         }
+        drop(locs);
         self.flush_index()?;
         Ok(report)
     }
@@ -186,13 +188,23 @@ impl Store {
                 closed: true,
             };
             self.inner.trees.segments.insert(new_seq.to_be_bytes(), info.encode())?;
+            let locs = self.inner.loc_lock.lock().unwrap_or_else(|p| p.into_inner());
+            let mut erased_meanwhile = false;
             for (key, loc) in &moved {
-                self.update(key, |m| {
+                let still = self.update(key, |m| {
                     if m.loc.is_some_and(|l| l.seg == seq) {
                         m.loc = Some(*loc);
                     }
                 })?;
+                erased_meanwhile |= still.is_none();
             }
+            // An event erased while its record was being copied (a webhook
+            // erasure running beside this pass) left its record in the new
+            // segment: that one is shredded on the next pass.
+            if erased_meanwhile {
+                self.inner.trees.shred.insert(new_seq.to_be_bytes(), &[])?;
+            }
+            drop(locs);
             // The new locations must be durable before the old copy goes.
             self.flush_index()?;
         }

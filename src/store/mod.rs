@@ -279,6 +279,9 @@ struct Inner {
     audit_lock: Mutex<()>,
     /// One segment rewrite at a time (background pass and operator erasure).
     shred_lock: Mutex<()>,
+    /// Held while erasure forgets events and while a rewrite points events
+    /// at their new segment, so every erased record's segment is queued.
+    loc_lock: Mutex<()>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     stop_checkpoint: Sender<()>,
 }
@@ -605,6 +608,7 @@ impl Store {
                 work_rx,
                 audit_lock: Mutex::new(()),
                 shred_lock: Mutex::new(()),
+                loc_lock: Mutex::new(()),
                 threads: Mutex::new(threads),
                 stop_checkpoint: stop_tx,
             }),
