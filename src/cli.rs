@@ -280,7 +280,7 @@ pub struct SimulateArgs {
     /// Topic of the sample notification.
     #[arg(long, required_unless_present = "list")]
     pub topic: Option<String>,
-    /// Receiver URL [default: http://<listen>/webhooks/intercom].
+    /// Receiver URL (default: `http://<listen>/webhooks/intercom`).
     #[arg(long)]
     pub url: Option<String>,
     /// List the topics with a sample.

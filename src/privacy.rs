@@ -344,7 +344,7 @@ fn local_for(store: &Store, codec: &CacheCodec, found: &Found, id: &str, ids: &[
 /// A data-subject access export. Layout (`format: intercom-webhooks/export/v2`):
 /// `subject` (keyed hash), `contacts[]` each with `intercom` (contact,
 /// tags, companies, segments, notes without author/body, conversations as
-/// [`conversation_for_subject`] keeps them) and `local` (cached contact,
+/// `conversation_for_subject` keeps them) and `local` (cached contact,
 /// cached conversations, stored events' metadata), `other_events` (found
 /// through the subject's email or external id alone), and `audit_entries`
 /// about the subject.

@@ -261,7 +261,7 @@ fn shown(key: &str) -> bool {
 
 /// A payload as `events show` prints it: allow-listed. Booleans and nulls
 /// are shown; a string or number is shown only under a key of
-/// [`SHOWN_KEYS`] (or an id, time or count suffix), never under a
+/// `SHOWN_KEYS` (or an id, time or count suffix), never under a
 /// free-form object; every other value becomes `"[redacted]"`. The JSON's
 /// shape (keys, nesting, list lengths) is kept.
 pub fn payload(v: &serde_json::Value) -> serde_json::Value {

@@ -30,7 +30,7 @@ pub struct WorkerCtx {
     pub metrics: Arc<Metrics>,
     pub settings: WorkerSettings,
     pub runtime: tokio::runtime::Handle,
-    /// How busy the receiver is (see [`yield_to_intake`]).
+    /// How busy the receiver is (see `yield_to_intake`).
     pub intake_load: IntakeLoad,
 }
 

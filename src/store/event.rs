@@ -1,6 +1,6 @@
 //! What the store records about each notification, and how it is encoded in
 //! sled and in the intake log: a format-version byte, then the fields in the
-//! binary layout of [`codec`](super::codec) (version 2; version 1, JSON, is
+//! binary layout of `codec` (version 2; version 1, JSON, is
 //! still read). The metadata holds no personal data (ids, topic, times,
 //! statuses); the payload lives encrypted in the intake log and is found
 //! through `loc`.

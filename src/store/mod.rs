@@ -2,11 +2,11 @@
 //!
 //! - `log/*.seg`: the intake log. Every accepted notification is appended
 //!   here, encrypted under its segment's key, and `fdatasync`ed before the
-//!   `200` (group commit in [`committer`]). This is what makes a `200`
+//!   `200` (group commit in `committer`). This is what makes a `200`
 //!   survive a power cut.
 //! - `index/` (sled): event metadata by key, a time index, the pending
 //!   queue (events not handed to a worker straight from intake; see
-//!   [`progress`]), dedup markers, segment info, the cache and the audit log. sled is
+//!   `progress`), dedup markers, segment info, the cache and the audit log. sled is
 //!   made durable by a checkpointer (sled `flush` + our own `fsync` of its
 //!   file, since sled's flush is no fsync); after a crash, log records past
 //!   the last checkpoint are re-applied to sled on open.
@@ -864,7 +864,7 @@ impl Store {
         Ok(updated)
     }
 
-    /// A fresh event of `batch` has its outcome in sled (see [`progress`]).
+    /// A fresh event of `batch` has its outcome in sled (see `progress`).
     pub fn fresh_finished(&self, batch: u64) {
         self.inner.shared.progress().finished(batch);
     }
