@@ -11,7 +11,7 @@ WORK=${BENCH_DIR:-/tmp/iw-bench}
 PUBLIC=127.0.0.1:18090
 ADMIN=127.0.0.1:19090
 export INTERCOM_CLIENT_SECRET=test-client-secret
-export INTERCOM_WEBHOOKS_ADMIN_TOKEN=bench-token
+export INTERCOM_WEBHOOKS_ADMIN_TOKEN=bench-admin-token-0001
 export INTERCOM_WEBHOOKS_DATA_KEY=$(printf '5a%.0s' {1..32})
 export INTERCOM_WEBHOOKS_ADMIN_URL=http://$ADMIN
 export RUST_LOG=warn
@@ -27,7 +27,7 @@ start() { # $1 = config file (optional)
   echo "server did not start"; exit 1
 }
 stop() { kill -TERM $SERVER; wait $SERVER || true; }
-admin() { curl -sf -H "Authorization: Bearer bench-token" "$@"; }
+admin() { curl -sf -H "Authorization: Bearer bench-admin-token-0001" "$@"; }
 metric() { admin http://$ADMIN/metrics | awk -v m="$1" '$1==m {print $2}'; }
 # From /metrics, which is cheap; /admin/stats counts every event.
 wait_idle() { while [ "$(metric intercom_webhooks_pending_depth)" != "0" ]; do sleep 0.2; done; }

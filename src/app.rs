@@ -59,6 +59,10 @@ pub fn open_store(settings: &Settings) -> anyhow::Result<Store> {
     }
     // Erasures this index does not have (restored or rebuilt): applied
     // before anything can read or process what they erased.
+    crate::erasure::upgrade(
+        &store,
+        &crate::cache::CacheCodec::new(store.keys().clone(), settings.cache.contact_custom_attributes.clone()),
+    )?;
     crate::erasure::apply_ledger(&store)?;
     let upgraded = crate::audit::upgrade(&store)?;
     if upgraded > 0 {

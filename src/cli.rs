@@ -97,6 +97,9 @@ pub enum Command {
     Backup {
         #[arg(long, value_name = "FILE")]
         out: std::path::PathBuf,
+        /// Replace FILE if it exists (by default an existing file or link is refused).
+        #[arg(long)]
+        force: bool,
     },
     /// Move the store to new keys under INTERCOM_WEBHOOKS_NEW_DATA_KEY
     /// (server stopped): nothing written afterwards opens with the old key.
@@ -253,6 +256,14 @@ pub struct ExportArgs {
     /// Write the export here (mode 0600) instead of stdout.
     #[arg(long, value_name = "FILE")]
     pub out: Option<std::path::PathBuf>,
+    /// Replace FILE if it exists (by default an existing file or link is refused).
+    #[arg(long, requires = "out")]
+    pub force: bool,
+    /// Our copies only, without asking Intercom (needed when
+    /// INTERCOM_ACCESS_TOKEN is not set: an export must not look complete
+    /// when it is not).
+    #[arg(long)]
+    pub local_only: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -194,7 +194,7 @@ pub async fn run(cli: Cli, settings: Settings) -> CmdResult {
             Ok(())
         }
         Command::Erase(args) => erase(&settings, args, json_out).await,
-        Command::Backup { out } => backup(&settings, &out, json_out).await,
+        Command::Backup { out, force } => backup(&settings, &out, force, json_out).await,
         Command::RotateDataKey { write_key_file } => rotate_data_key(&settings, write_key_file, json_out),
         Command::Restore {
             from,
@@ -525,6 +525,7 @@ fn intercom_client(settings: &Settings) -> Option<crate::client::IntercomClient>
 fn privacy_failure(e: crate::privacy::PrivacyError) -> Failure {
     match e {
         crate::privacy::PrivacyError::BadRequest(m) => Failure::new(2, m),
+        crate::privacy::PrivacyError::NotFound(m) => Failure::new(3, m),
         other => Failure::new(1, other.to_string()),
     }
 }
@@ -555,7 +556,7 @@ async fn erase(settings: &Settings, args: crate::cli::EraseArgs, json_out: bool)
 }
 
 async fn export(settings: &Settings, args: crate::cli::ExportArgs) -> CmdResult {
-    let body = json!({"email": args.email, "contact_id": args.contact_id, "external_id": args.external_id});
+    let body = json!({"email": args.email, "contact_id": args.contact_id, "external_id": args.external_id, "local_only": args.local_only});
     let doc = match access(settings)? {
         Access::Remote(r) => r.post("/admin/export", &body).await?,
         Access::Local(store) => {
@@ -564,7 +565,7 @@ async fn export(settings: &Settings, args: crate::cli::ExportArgs) -> CmdResult 
             let codec =
                 crate::cache::CacheCodec::new(store.keys().clone(), settings.cache.contact_custom_attributes.clone());
             let client = intercom_client(settings);
-            crate::privacy::export(&store, &codec, client.as_ref(), subject)
+            crate::privacy::export(&store, &codec, client.as_ref(), subject, args.local_only)
                 .await
                 .map_err(privacy_failure)?
         }
@@ -573,10 +574,13 @@ async fn export(settings: &Settings, args: crate::cli::ExportArgs) -> CmdResult 
     match args.out {
         Some(path) => {
             use std::io::Write;
-            let mut f = crate::fsutil::private_file(&path, false)
-                .map_err(|e| Failure::new(1, format!("cannot write {}: {e}", path.display())))?;
-            f.write_all(text.as_bytes())
-                .map_err(|e| Failure::new(1, format!("cannot write {}: {e}", path.display())))?;
+            let cannot = |e: std::io::Error| Failure::new(1, format!("cannot write {}: {e}", path.display()));
+            let (mut f, out) = crate::fsutil::create_out(&path, args.force).map_err(|e| match e.kind() {
+                std::io::ErrorKind::AlreadyExists => Failure::new(2, format!("--out {}: {e}", path.display())),
+                _ => cannot(e),
+            })?;
+            f.write_all(text.as_bytes()).map_err(cannot)?;
+            out.finish(f).map_err(cannot)?;
             eprintln!("export written to {}", path.display());
         }
         None => println!("{text}"),
@@ -584,32 +588,37 @@ async fn export(settings: &Settings, args: crate::cli::ExportArgs) -> CmdResult 
     Ok(())
 }
 
-async fn backup(settings: &Settings, out: &std::path::Path, json_out: bool) -> CmdResult {
-    let create = || {
-        crate::fsutil::private_file(out, false)
-            .map_err(|e| Failure::new(1, format!("cannot write {}: {e}", out.display())))
-    };
-    let doc = match access(settings)? {
+async fn backup(settings: &Settings, out: &std::path::Path, force: bool, json_out: bool) -> CmdResult {
+    let cannot = |e: std::io::Error| Failure::new(1, format!("cannot write {}: {e}", out.display()));
+    let (file, dest) = crate::fsutil::create_out(out, force).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => Failure::new(2, format!("--out {}: {e}", out.display())),
+        _ => cannot(e),
+    })?;
+    let (doc, file) = match access(settings)? {
         Access::Remote(r) => {
-            let mut file = std::io::BufWriter::new(create()?);
-            let bytes = r.download("/admin/backup", &mut file).await?;
-            use std::io::Write;
-            file.flush().map_err(|e| Failure::new(1, e.to_string()))?;
-            json!({"out": out.display().to_string(), "bytes": bytes, "via": "admin API"})
+            let mut w = std::io::BufWriter::new(file);
+            let bytes = r.download("/admin/backup", &mut w).await?;
+            let file = w.into_inner().map_err(|e| cannot(e.into_error()))?;
+            (
+                json!({"out": out.display().to_string(), "bytes": bytes, "via": "admin API"}),
+                file,
+            )
         }
         Access::Local(store) => {
-            let file = create()?;
             let path = out.to_path_buf();
             blocking(move || {
                 let mut w = std::io::BufWriter::new(file);
                 let (entries, files) = store.backup(&mut w)?;
-                use std::io::Write;
-                w.flush().map_err(|e| Failure::new(1, e.to_string()))?;
-                Ok(json!({"out": path.display().to_string(), "index_entries": entries, "files": files, "via": "store"}))
+                let file = w.into_inner().map_err(|e| Failure::new(1, e.into_error().to_string()))?;
+                Ok((
+                    json!({"out": path.display().to_string(), "index_entries": entries, "files": files, "via": "store"}),
+                    file,
+                ))
             })
             .await?
         }
     };
+    dest.finish(file).map_err(cannot)?;
     print_doc(&doc, json_out, |d| {
         format!("backup written to {}", d["out"].as_str().unwrap_or(""))
     });

@@ -140,8 +140,9 @@ pub struct StoreSettings {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct AdminSettings {
-    /// Admin API requests per second (all clients together).
-    pub requests_per_second: u32,
+    /// Failed admin authentications allowed per source address per minute;
+    /// past it that source gets `429`. A correct token is never limited.
+    pub failed_auth_per_minute: u32,
 }
 
 mod humantime_serde_compat {
@@ -251,6 +252,11 @@ struct FileStore {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileAdmin {
+    failed_auth_per_minute: Option<u32>,
+    /// Accepted from older config files and ignored: a correct token is no
+    /// longer rate-limited (one shared limit let strangers lock the
+    /// operator out).
+    #[allow(dead_code)]
     requests_per_second: Option<u32>,
 }
 
@@ -382,6 +388,17 @@ impl Settings {
             segment_max_age: dur(file.store.segment_max_age.as_ref(), "store.segment_max_age", "1h")?,
             min_free_bytes: file.store.min_free_bytes.unwrap_or(64 * 1024 * 1024),
         };
+        // A body must fit one intake log record (with room for its
+        // metadata): a larger limit would accept bodies that can only ever
+        // be answered 503. (A record larger than a segment gets a segment
+        // of its own.)
+        let record_max = u64::from(crate::store::log::MAX_RECORD) - 64 * 1024;
+        if http.body_limit as u64 > record_max {
+            return err(format!(
+                "{cfg_name}: server.body_limit_bytes ({}) is larger than one intake log record can be ({record_max})",
+                http.body_limit
+            ));
+        }
         if purge.interval.is_zero() || purge.shred_interval.is_zero() || store.segment_max_age.is_zero() {
             return err(format!(
                 "{cfg_name}: purge.interval, purge.shred_interval and store.segment_max_age must be above zero"
@@ -408,7 +425,7 @@ impl Settings {
             api_base_url,
             client_secrets,
             access_token: secret_var(env, "INTERCOM_ACCESS_TOKEN")?,
-            admin_token: secret_var(env, "INTERCOM_WEBHOOKS_ADMIN_TOKEN")?,
+            admin_token: admin_token(env)?,
             data_key: secret_var(env, "INTERCOM_WEBHOOKS_DATA_KEY")?,
             new_data_key: secret_var(env, "INTERCOM_WEBHOOKS_NEW_DATA_KEY")?,
             http,
@@ -420,7 +437,7 @@ impl Settings {
             worker,
             store,
             admin: AdminSettings {
-                requests_per_second: file.admin.requests_per_second.unwrap_or(50).max(1),
+                failed_auth_per_minute: file.admin.failed_auth_per_minute.unwrap_or(10).max(1),
             },
         })
     }
@@ -485,8 +502,28 @@ fn addr(value: Option<&String>, default: &str, name: &str) -> Result<SocketAddr,
 }
 
 /// A secret from `NAME`, or from the file `NAME_FILE` names.
+/// The shortest admin token accepted: shorter ones are guessable.
+pub const MIN_ADMIN_TOKEN: usize = 16;
+
+/// The admin token: a blank one would turn authentication off, a short one
+/// is guessable; both refuse to start.
+fn admin_token(env: &dyn Env) -> Result<Option<Secret>, ConfigError> {
+    let name = "INTERCOM_WEBHOOKS_ADMIN_TOKEN";
+    match secret_var(env, name)? {
+        Some(t) if t.expose().chars().count() < MIN_ADMIN_TOKEN => err(format!(
+            "{name} (or {name}_FILE) must be at least {MIN_ADMIN_TOKEN} characters (it is shorter)"
+        )),
+        other => Ok(other),
+    }
+}
+
 fn secret_var(env: &dyn Env, name: &str) -> Result<Option<Secret>, ConfigError> {
     if let Some(v) = env.var(name) {
+        if v.trim().is_empty() {
+            return err(format!(
+                "{name} is set but blank (a stray space or newline?): give a value or unset it"
+            ));
+        }
         return Ok(Some(Secret::new(v.trim())));
     }
     let file_var = format!("{name}_FILE");

@@ -163,7 +163,7 @@ pub fn erase(store: &Store, found: &Found, keep: Option<&str>, shred_now: bool) 
         .filter(|k| Some(k.as_str()) != keep)
         .cloned()
         .collect();
-    let events = store.erase_events(&keys)?;
+    let events = store.erase_events(&keys, shred_now)?;
     out.events = events.events;
     out.log_segments_queued = events.segments_queued;
     store.ledger_append(&LedgerEntry {
@@ -171,8 +171,11 @@ pub fn erase(store: &Store, found: &Found, keep: Option<&str>, shred_now: bool) 
         subjects: found.subjects.iter().cloned().collect(),
         conversations: found.conversations.clone(),
     })?;
-    // Every line in the ledger was appended after its erasure was durable
-    // in this index, so all of them are applied here.
+    // Every line in the ledger was appended after its erasure was written
+    // to this index, so all of them are applied here. The mark is written
+    // after the erasure to the same index, whose log recovers a prefix: a
+    // crash cannot keep the mark and lose the erasure, and a lost mark only
+    // makes the next open apply the lines again.
     store.ledger_mark_applied(store.ledger_len()? as u64)?;
     if shred_now {
         out.log_segments_rewritten = store.shred()?;
@@ -213,11 +216,15 @@ fn forget_cached(store: &Store, kind: CacheKind, ids: &[String]) -> Result<u64, 
 
 /// The local erasure a `contact.deleted` notification triggers, audited.
 /// The segments are left to the background shred pass, so a bulk deletion
-/// in Intercom costs one rewrite per segment, not one per contact.
+/// in Intercom costs one rewrite per segment, not one per contact, and
+/// nothing is flushed here: a bulk deletion must not fill the disk queue
+/// ahead of intake's `fdatasync`s.
 pub fn on_webhook(store: &Store, codec: &CacheCodec, contact_id: &str, event_key: &str) -> Result<(), StoreError> {
     let found = find(store, codec, &[identifiers::contact_key(contact_id)])?;
     let local = erase(store, &found, Some(event_key), false)?;
-    crate::audit::append(
+    // Not flushed here: until the next checkpoint makes it durable, a crash
+    // leaves the deletion queued, and processing it again redoes all this.
+    crate::audit::append_lazy(
         store,
         "erase",
         serde_json::json!({
@@ -253,7 +260,7 @@ pub fn apply_ledger(store: &Store) -> Result<usize, StoreError> {
     }
     forget_cached(store, CacheKind::Contact, &contacts)?;
     forget_cached(store, CacheKind::Conversation, &conversations)?;
-    let erased = store.erase_events(&events.into_iter().collect::<Vec<_>>())?;
+    let erased = store.erase_events(&events.into_iter().collect::<Vec<_>>(), true)?;
     let rewritten = store.shred()?;
     store.ledger_mark_applied(count)?;
     store.flush_index()?;
@@ -264,4 +271,55 @@ pub fn apply_ledger(store: &Store) -> Result<usize, StoreError> {
         "Applied erasures from the ledger that this index did not have (restored or rebuilt index)."
     );
     Ok(entries.len())
+}
+
+/// Brings a store written by an older release up to this one's privacy
+/// rules, once: every stored notification is indexed under every
+/// identifier it carries (older releases indexed contact ids only), and
+/// cached external ids kept in plaintext are sealed. Blocking; reads every
+/// payload once, so it takes a while on a large store (logged).
+pub fn upgrade(store: &Store, codec: &CacheCodec) -> Result<(), StoreError> {
+    const FLAG: &str = "subjects_v2";
+    if store.state_flag(FLAG)? {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    let mut reindexed = 0u64;
+    store.for_each(&crate::store::EventFilter::default(), |meta| {
+        if let Some(body) = store.read_body(&meta)? {
+            let subjects = identifiers::identifiers(&body).subject_keys(codec.keys());
+            if store.set_subjects(&meta.key, subjects)? {
+                reindexed += 1;
+            }
+        }
+        Ok(())
+    })?;
+    let mut sealed = 0u64;
+    for (id, bytes) in store.cache_all(CacheKind::Contact)? {
+        let Some(mut r) = decode::<ContactRecord>(&bytes) else {
+            continue;
+        };
+        let Some(x) = r.legacy_external_id.clone() else {
+            continue;
+        };
+        codec.set_external_id(&mut r, Some(x));
+        let value = crate::cache::encode(&r);
+        store.cache_txn(|tx| {
+            if tx.get(CacheKind::Contact, &id)?.is_some() {
+                tx.put(CacheKind::Contact, &id, &value, None)?;
+            }
+            Ok(())
+        })?;
+        sealed += 1;
+    }
+    store.set_state_flag(FLAG)?;
+    if reindexed > 0 || sealed > 0 {
+        tracing::warn!(
+            reindexed,
+            sealed,
+            seconds = started.elapsed().as_secs(),
+            "Upgraded the store: notifications indexed under every identifier they carry, cached external ids sealed."
+        );
+    }
+    Ok(())
 }

@@ -36,6 +36,74 @@ pub fn private_append(path: &Path) -> std::io::Result<File> {
     opts.open(path)
 }
 
+/// A file with no name in `dir` (`O_TMPFILE`), readable and writable by
+/// this process only: it disappears with its last handle, crash or not.
+pub fn unnamed_private_file(dir: &Path) -> std::io::Result<File> {
+    use rustix::fs::{Mode, OFlags};
+    let fd = rustix::fs::open(
+        dir,
+        OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )?;
+    Ok(File::from(fd))
+}
+
+/// Opens `path` for an operator's output (`--out`): refuses an existing
+/// path, a symlink included, unless `force`; always creates a new file
+/// with mode 0600 (an existing one is replaced by rename, never written
+/// through, so neither its mode nor a link's target is kept).
+pub fn create_out(path: &Path, force: bool) -> std::io::Result<(File, OutFile)> {
+    if std::fs::symlink_metadata(path).is_ok() && !force {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "it exists (a file or a link): give --force to replace it",
+        ));
+    }
+    let tmp = path.with_file_name(format!(
+        ".{}.partial",
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    ));
+    let _ = std::fs::remove_file(&tmp);
+    let file = private_file(&tmp, true)?;
+    Ok((
+        file,
+        OutFile {
+            tmp,
+            path: path.to_path_buf(),
+        },
+    ))
+}
+
+/// An output being written; [`OutFile::finish`] moves it into place.
+pub struct OutFile {
+    tmp: std::path::PathBuf,
+    path: std::path::PathBuf,
+}
+
+impl OutFile {
+    /// Syncs and renames the finished file over the destination.
+    pub fn finish(self, file: File) -> std::io::Result<()> {
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&self.tmp, &self.path)?;
+        let dir = self
+            .path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        File::open(dir)?.sync_all()
+    }
+}
+
+impl Drop for OutFile {
+    fn drop(&mut self) {
+        // Unfinished (an error on the way): no partial output is left.
+        let _ = std::fs::remove_file(&self.tmp);
+    }
+}
+
 /// Creates `dir` and any missing parents accessible to their owner only
 /// (0700), whatever the umask; folders that exist are left as they are.
 /// The data dir holds only encrypted payloads, but also sled's index (ids,

@@ -26,6 +26,9 @@ pub enum PrivacyError {
     Intercom(#[from] ApiError),
     #[error("{0}")]
     BadRequest(String),
+    /// The identifier matches nothing, here or in Intercom.
+    #[error("{0}")]
+    NotFound(String),
 }
 
 impl Subject {
@@ -353,13 +356,22 @@ pub async fn export(
     codec: &CacheCodec,
     client: Option<&IntercomClient>,
     subject: Subject,
+    local_only: bool,
 ) -> Result<Value, PrivacyError> {
+    // An access export must never look complete when it is not.
+    if client.is_none() && !local_only {
+        return Err(PrivacyError::BadRequest(
+            "INTERCOM_ACCESS_TOKEN is not set: cannot export what Intercom holds (use --local-only for our copies alone)"
+                .into(),
+        ));
+    }
+    let client = if local_only { None } else { client };
     let (found, ids) = resolve(store, codec, client, &subject).await?;
     let mut contacts = Vec::new();
     let mut counts = json!({"contacts": ids.len(), "conversations": 0, "events": 0, "notes": 0});
     for id in &ids {
         let intercom = match client {
-            None => json!({"skipped": "INTERCOM_ACCESS_TOKEN is not set"}),
+            None => json!({"skipped": "--local-only: Intercom was not asked"}),
             Some(c) => {
                 let contact = match c.get_contact(id).await {
                     Ok(v) => v,
@@ -404,6 +416,15 @@ pub async fn export(
         counts["events"] =
             json!(counts["events"].as_u64().unwrap_or(0) + local["events"].as_array().map_or(0, Vec::len) as u64);
         contacts.push(json!({"id": id, "intercom": intercom, "local": local}));
+    }
+    let in_intercom = contacts.iter().any(|c| {
+        let contact = &c["intercom"]["contact"];
+        !contact.is_null() && contact.get("skipped").is_none()
+    });
+    if found.is_empty() && !in_intercom {
+        return Err(PrivacyError::NotFound(
+            "the identifier matches nothing, here or in Intercom: nothing to export".into(),
+        ));
     }
     // Notifications found through an email or external id alone.
     let other_events: Vec<Value> = found

@@ -167,7 +167,7 @@ fn process_work(ctx: &WorkerCtx, work: Work) -> Result<Processed, StoreError> {
                     if let crate::dispatch::Action::ContactDelete { id } = &action {
                         crate::erasure::on_webhook(&ctx.store, &ctx.codec, id, key)?;
                         let done = finish(ctx, &seen, Status::Processed, outcome, started)?;
-                        ctx.store.erase_events(&[key.to_string()])?;
+                        ctx.store.erase_events(&[key.to_string()], false)?;
                         return Ok(done);
                     }
                     return finish(ctx, &seen, Status::Processed, outcome, started);

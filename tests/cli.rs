@@ -438,3 +438,101 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+#[test]
+fn admin_auth_cannot_be_turned_off_by_accident() {
+    let dir = tempfile::tempdir().unwrap();
+    for (value, why) in [(" ", "blank"), ("\n", "blank"), ("short-token", "at least 16")] {
+        let mut bin = Binary::new(dir.path());
+        bin.env.retain(|(k, _)| k != "INTERCOM_WEBHOOKS_ADMIN_TOKEN");
+        bin.env.push(("INTERCOM_WEBHOOKS_ADMIN_TOKEN".into(), value.into()));
+        let (code, _, err) = bin.run(&["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]);
+        assert_eq!(code, 2, "{value:?}: {err}");
+        assert!(
+            err.contains("INTERCOM_WEBHOOKS_ADMIN_TOKEN") && err.contains(why),
+            "{value:?}: {err}"
+        );
+    }
+
+    // Failed attempts are limited per source; the right token never is.
+    use std::io::{Read, Write};
+    let bin = Binary::new(dir.path());
+    let (child, _, admin) = bin.serve(&[]);
+    let get = |token: &str| -> u16 {
+        let mut s = std::net::TcpStream::connect(admin).unwrap();
+        write!(
+            s,
+            "GET /admin/stats HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out[9..12].parse().unwrap()
+    };
+    let mut limited = 0;
+    for _ in 0..40 {
+        match get("wrong-token-wrong-token") {
+            429 => limited += 1,
+            401 => {}
+            other => panic!("a wrong token got {other}"),
+        }
+        assert_eq!(get(ADMIN_TOKEN), 200, "the operator is never locked out");
+    }
+    assert!(limited >= 25, "failed attempts are limited: {limited} of 40");
+    child.terminate();
+}
+
+#[test]
+fn outputs_refuse_existing_files_and_links_and_impossible_sizes_refuse_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = Binary::new(dir.path());
+    // A store to back up.
+    let (child, public, _) = bin.serve(&[]);
+    assert_eq!(post(public, &contact("65f0c0ffee00000000000c01", "notif_out1")), 200);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    child.terminate();
+
+    let existing = dir.path().join("existing.bak");
+    std::fs::write(&existing, b"keep me").unwrap();
+    std::fs::set_permissions(&existing, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let (code, _, err) = bin.run(&["backup", "--out", existing.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--force"), "{err}");
+    assert_eq!(std::fs::read(&existing).unwrap(), b"keep me");
+
+    let target = dir.path().join("elsewhere.txt");
+    std::fs::write(&target, b"not yours").unwrap();
+    let link = dir.path().join("link.bak");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    assert_eq!(bin.run(&["backup", "--out", link.to_str().unwrap()]).0, 2);
+    let (code, _, err) = bin.run(&["backup", "--out", link.to_str().unwrap(), "--force"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        std::fs::read(&target).unwrap(),
+        b"not yours",
+        "never written through a link"
+    );
+    assert!(!std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+
+    let (code, _, err) = bin.run(&["backup", "--out", existing.to_str().unwrap(), "--force"]);
+    assert_eq!(code, 0, "{err}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&existing).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(std::fs::read(&existing).unwrap().starts_with(b"IWBACKUP1"));
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+        .collect();
+    assert!(leftovers.is_empty(), "no partial outputs left");
+
+    // A body limit no intake log record can hold is refused at start.
+    let cfg = dir.path().join("big.toml");
+    std::fs::write(&cfg, "[server]\nbody_limit_bytes = 100000000\n").unwrap();
+    let (code, _, err) = bin.run(&["--config", cfg.to_str().unwrap(), "config", "check"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("body_limit_bytes"), "{err}");
+}

@@ -468,3 +468,39 @@ fn the_captures_exercise_every_kind_of_identifier() {
         assert!(kinds.get(k).copied().unwrap_or(0) > 0, "{k}: {kinds:?}");
     }
 }
+
+/// A store indexed by an older release (contact ids only, external ids in
+/// the cache in plaintext) is brought up to the current rules when opened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_store_is_reindexed_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn_app_with(dir.path(), SMALL, test_env()).await;
+    let email = "old.release@example.org";
+    let body = notification(
+        "n_old",
+        "event.created",
+        json!({"type":"event","id":"ev-old","event_name":"x","intercom_user_id":"65f0c0ffee00000000000a1d","email":email}),
+        1767225600,
+    );
+    assert_eq!(app.post_signed(&body).await.status(), 200);
+    app.wait_idle().await;
+    app.stop().await;
+
+    let s = settings(dir.path(), SMALL, &test_env());
+    let store = intercom_webhooks::app::open_store(&s).unwrap();
+    store
+        .set_subjects("n_old", vec!["65f0c0ffee00000000000a1d".to_string()])
+        .unwrap();
+    store.clear_state_flag("subjects_v2").unwrap();
+    store.close().unwrap();
+    drop(store);
+
+    let app = spawn_app_with(dir.path(), SMALL, test_env()).await;
+    let done = erase(&app, json!({"email": email, "local_only": true})).await;
+    assert_eq!(
+        done["local"]["events"], 1,
+        "found by its email after the upgrade: {done}"
+    );
+    app.stop().await;
+    assert_absent_from_files(&dir.path().join("data"), &[email]);
+}

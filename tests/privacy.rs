@@ -652,3 +652,37 @@ async fn the_audit_chain_needs_the_key_and_a_cut_tail_is_caught() {
     assert_eq!(v["entries"], 2);
     store.close().unwrap();
 }
+
+/// An access export must never look complete when it is not, and an
+/// identifier found nowhere is "not found" (exit 3), not an empty success.
+#[test]
+fn export_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = Binary::new(dir.path());
+    let (child, public, _) = bin.serve(&[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let body = notification("notif_ex1", "contact.user.created", contact_json(C1), 1767225600);
+        let r = ::reqwest::Client::new()
+            .post(format!("http://{public}/webhooks/intercom"))
+            .header("x-hub-signature", intercom_webhooks::verify::sign(SECRET, &body))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    child.terminate();
+
+    let (code, out, err) = bin.run(&["export", "--email", EMAIL]);
+    assert_eq!(code, 2, "no token, no --local-only: {out} {err}");
+    assert!(err.contains("INTERCOM_ACCESS_TOKEN") && out.is_empty(), "{err}");
+    let (code, out, err) = bin.run(&["export", "--email", EMAIL, "--local-only"]);
+    assert_eq!(code, 0, "{err}");
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["contacts"][0]["local"]["cached_contact"]["id"], C1);
+    let (code, out, err) = bin.run(&["export", "--email", "nobody.at.all@example.org", "--local-only"]);
+    assert_eq!(code, 3, "{out} {err}");
+    assert!(out.is_empty() && err.trim().lines().count() == 1, "one line: {err}");
+}

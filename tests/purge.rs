@@ -20,8 +20,6 @@ audit = "1h"
 interval = "1h"
 [store]
 segment_max_age = "1s"
-[admin]
-requests_per_second = 100000
 "#;
 
 fn contact(n: usize) -> Vec<u8> {

@@ -4,7 +4,7 @@
 //! caps the request rate. Handlers call `ops`, the same code the CLI runs on
 //! a stopped store.
 
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -60,10 +60,15 @@ async fn count(State(app): State<AppState>, req: Request, next: Next) -> Respons
     resp
 }
 
-async fn authorize(State(app): State<AppState>, req: Request, next: Next) -> Response {
-    if app.admin_limiter.check().is_err() {
-        return error(StatusCode::TOO_MANY_REQUESTS, "admin API rate limit exceeded");
-    }
+/// A correct token is never limited; failed attempts are, per source
+/// address, so strangers cannot lock the operator out and cannot guess at
+/// speed.
+async fn authorize(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    req: Request,
+    next: Next,
+) -> Response {
     let Some(token) = &app.settings.admin_token else {
         return error(
             StatusCode::UNAUTHORIZED,
@@ -77,6 +82,12 @@ async fn authorize(State(app): State<AppState>, req: Request, next: Next) -> Res
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     if !constant_time_eq(given.as_bytes(), token.expose().as_bytes()) {
+        if app.admin_failures.check_key(&peer.ip()).is_err() {
+            return error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many failed admin authentications from this address",
+            );
+        }
         return error(StatusCode::UNAUTHORIZED, "missing or wrong admin token");
     }
     next.run(req).await
@@ -260,6 +271,7 @@ fn privacy_error(e: crate::privacy::PrivacyError) -> Response {
     use crate::privacy::PrivacyError;
     match e {
         PrivacyError::BadRequest(m) => error(StatusCode::BAD_REQUEST, &m),
+        PrivacyError::NotFound(m) => error(StatusCode::NOT_FOUND, &m),
         PrivacyError::Intercom(e) => error(StatusCode::BAD_GATEWAY, &e.to_string()),
         PrivacyError::Store(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
@@ -282,7 +294,7 @@ async fn export(State(app): State<AppState>, Json(req): Json<PrivacyRequest>) ->
         Ok(s) => s,
         Err(e) => return privacy_error(e),
     };
-    match crate::privacy::export(&app.store, &app.codec, app.intercom.as_deref(), subject).await {
+    match crate::privacy::export(&app.store, &app.codec, app.intercom.as_deref(), subject, req.local_only).await {
         Ok(v) => Json(v).into_response(),
         Err(e) => privacy_error(e),
     }
@@ -293,16 +305,11 @@ async fn export(State(app): State<AppState>, Json(req): Json<PrivacyRequest>) ->
 async fn backup(State(app): State<AppState>) -> Response {
     let store = app.store.clone();
     let made = tokio::task::spawn_blocking(move || -> Result<std::fs::File, crate::store::StoreError> {
-        let path = store.dir().join(format!("backup-{}.tmp", crate::timefmt::now_ms()));
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)?;
-        let res = store.backup(&mut std::io::BufWriter::new(&mut file));
-        // Unlinked now; the open handle keeps it readable until sent.
-        let _ = std::fs::remove_file(&path);
-        res?;
+        // An unnamed file (O_TMPFILE) beside the store: nothing is left
+        // behind if the process dies mid-backup, and it is on the data
+        // dir's disk, not in a memory-backed /tmp.
+        let mut file = crate::fsutil::unnamed_private_file(store.dir())?;
+        store.backup(&mut std::io::BufWriter::new(&mut file))?;
         use std::io::Seek;
         file.rewind()?;
         Ok(file)

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use axum::routing::{get, post};
 use axum::Router;
-use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::CacheCodec;
@@ -30,7 +30,8 @@ pub struct AppState {
     pub codec: Arc<CacheCodec>,
     /// Failed signature checks per source address.
     pub bad_signatures: Arc<DefaultKeyedRateLimiter<IpAddr>>,
-    pub admin_limiter: Arc<DefaultDirectRateLimiter>,
+    /// Failed admin authentications per source address.
+    pub admin_failures: Arc<DefaultKeyedRateLimiter<IpAddr>>,
     pub workers_running: Arc<AtomicBool>,
     /// Requests the webhook route is working on (read by the handler threads).
     pub intake_load: crate::intake_load::IntakeLoad,
@@ -43,8 +44,8 @@ impl AppState {
     pub fn new(store: Store, settings: Arc<Settings>, metrics: Arc<Metrics>, shutdown: CancellationToken) -> Self {
         let per_minute =
             std::num::NonZeroU32::new(settings.http.bad_signatures_per_minute).unwrap_or(std::num::NonZeroU32::MIN);
-        let admin_rps =
-            std::num::NonZeroU32::new(settings.admin.requests_per_second).unwrap_or(std::num::NonZeroU32::MIN);
+        let admin_failures =
+            std::num::NonZeroU32::new(settings.admin.failed_auth_per_minute).unwrap_or(std::num::NonZeroU32::MIN);
         AppState {
             verifier: Arc::new(Verifier::new(&settings.client_secrets)),
             codec: Arc::new(CacheCodec::new(
@@ -52,7 +53,7 @@ impl AppState {
                 settings.cache.contact_custom_attributes.clone(),
             )),
             bad_signatures: Arc::new(RateLimiter::keyed(Quota::per_minute(per_minute))),
-            admin_limiter: Arc::new(RateLimiter::direct(Quota::per_second(admin_rps))),
+            admin_failures: Arc::new(RateLimiter::keyed(Quota::per_minute(admin_failures))),
             workers_running: Arc::new(AtomicBool::new(false)),
             intake_load: crate::intake_load::IntakeLoad::default(),
             intercom: crate::client::IntercomClient::new(

@@ -11,6 +11,11 @@ use super::event::time_key;
 use super::{log, subject_key, EventMeta, Location, SegmentInfo, Store, StoreError, NEXT_SEQ};
 use crate::timefmt::now_ms;
 
+/// How much of a rewritten segment is written (and synced) at a time...
+const SHRED_STEP: usize = 1 << 20;
+/// ...and the pause after each step.
+const SHRED_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// What an erasure removed from the event store.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct ErasedEvents {
@@ -64,9 +69,12 @@ impl Store {
     /// exported, replayed or processed, and a dedup marker stays so a
     /// re-delivery is still a duplicate. The log segments that hold their
     /// records are queued for [`shred`](Self::shred): many erasures share
-    /// one rewrite of each segment. The change is made durable before this
-    /// returns. Blocking: call from a blocking context.
-    pub fn erase_events(&self, keys: &[String]) -> Result<ErasedEvents, StoreError> {
+    /// one rewrite of each segment. With `durable` the change is made durable
+    /// before this returns; without, the next checkpoint (within a second)
+    /// does it, which is enough where a crash before then makes the erasure
+    /// run again (a `contact.deleted` being processed stays queued until its
+    /// outcome is durable). Blocking: call from a blocking context.
+    pub fn erase_events(&self, keys: &[String], durable: bool) -> Result<ErasedEvents, StoreError> {
         let t = &self.inner.trees;
         let mut report = ErasedEvents::default();
         let mut segments = BTreeSet::new();
@@ -96,8 +104,45 @@ impl Store {
             }
         }
         drop(locs);
-        self.flush_index()?;
+        if durable {
+            self.flush_index()?;
+        }
         Ok(report)
+    }
+
+    /// Replaces an event's subject keys (and its entries in the subject
+    /// index) with `subjects`: for events indexed by an older release.
+    pub fn set_subjects(&self, key: &str, subjects: Vec<String>) -> Result<bool, StoreError> {
+        let t = &self.inner.trees;
+        let Some(old) = self.get(key)? else { return Ok(false) };
+        if old.subjects == subjects {
+            return Ok(false);
+        }
+        for s in subjects.iter().filter(|s| !old.subjects.contains(s)) {
+            t.subjects.insert(subject_key(s, key), &[])?;
+        }
+        let updated = self.update(key, |m| m.subjects = subjects.clone())?;
+        for s in old.subjects.iter().filter(|s| !subjects.contains(s)) {
+            t.subjects.remove(subject_key(s, key))?;
+        }
+        Ok(updated.is_some())
+    }
+
+    /// A one-time flag in the index's state tree.
+    pub fn state_flag(&self, name: &str) -> Result<bool, StoreError> {
+        Ok(self.inner.trees.state.get(name.as_bytes())?.is_some())
+    }
+
+    /// For tests that stand in for a store written by an older release.
+    #[doc(hidden)]
+    pub fn clear_state_flag(&self, name: &str) -> Result<(), StoreError> {
+        self.inner.trees.state.remove(name.as_bytes())?;
+        Ok(())
+    }
+
+    pub fn set_state_flag(&self, name: &str) -> Result<(), StoreError> {
+        self.inner.trees.state.insert(name.as_bytes(), &[1])?;
+        self.flush_index()
     }
 
     /// Segments waiting to be rewritten without erased records.
@@ -177,8 +222,14 @@ impl Store {
                 first = first.min(m.received_ms);
                 last = last.max(m.received_ms);
             }
-            file.write_all_at(&buf, log::HEADER_LEN)?;
-            file.sync_data()?;
+            // In steps, each synced, with a pause between: a rewrite never
+            // queues more than a step of writeback ahead of intake's
+            // `fdatasync`s on the same disk.
+            for (i, chunk) in buf.chunks(SHRED_STEP).enumerate() {
+                file.write_all_at(chunk, log::HEADER_LEN + (i * SHRED_STEP) as u64)?;
+                file.sync_data()?;
+                std::thread::sleep(SHRED_PAUSE);
+            }
             shared.readers.register(new_seq, &self.inner.log_dir, new_cipher)?;
             let info = SegmentInfo {
                 first_ms: first,

@@ -502,6 +502,15 @@ impl Store {
             }
             trees.state.insert(FAILED_INDEXED, &[1])?;
         }
+        // Backups staged here by older releases (a crash mid-backup left a
+        // full copy, keys included): never needed, always removed.
+        for e in std::fs::read_dir(dir)?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("backup-") && name.ends_with(".tmp") {
+                std::fs::remove_file(e.path())?;
+                tracing::warn!(file = %name, "Removed a backup left in the data dir by an interrupted backup.");
+            }
+        }
         // The ledger always exists, so `restore --ledger <this dir's>` works
         // for a store that has had no erasure yet.
         if !dir.join(LEDGER_FILE).exists() {

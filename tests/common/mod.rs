@@ -69,13 +69,7 @@ pub async fn spawn_app(dir: &Path) -> TestApp {
 }
 
 pub async fn spawn_app_with(dir: &Path, toml: &str, env: MapEnv) -> TestApp {
-    // Tests poll the admin API far faster than an operator would.
-    let toml = if toml.contains("[admin]") {
-        toml.to_string()
-    } else {
-        format!("{toml}\n[admin]\nrequests_per_second = 100000\n")
-    };
-    let s = settings(dir, &toml, &env);
+    let s = settings(dir, toml, &env);
     let public = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (addr, admin_addr) = (public.local_addr().unwrap(), admin.local_addr().unwrap());
