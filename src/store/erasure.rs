@@ -154,7 +154,22 @@ impl Store {
     /// new key, and destroys the old segment and its key, so the erased
     /// records cannot be decrypted from any copy of the old bytes. Returns
     /// how many segments were rewritten. Blocking.
+    /// The pass runs on a thread of its own at the lowest CPU priority
+    /// (nice 19), so intake's threads always come first.
     pub fn shred(&self) -> Result<u64, StoreError> {
+        let store = self.clone();
+        std::thread::Builder::new()
+            .name("shred".into())
+            .spawn(move || {
+                // Linux: this thread only. Failing to lower it is harmless.
+                let _ = rustix::process::setpriority_process(None, 19);
+                store.shred_here()
+            })?
+            .join()
+            .map_err(|_| StoreError::Unavailable("the shred pass panicked".into()))?
+    }
+
+    fn shred_here(&self) -> Result<u64, StoreError> {
         let _one = self.inner.shred_lock.lock().unwrap_or_else(|p| p.into_inner());
         let t = &self.inner.trees;
         let mut queued = Vec::new();
