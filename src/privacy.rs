@@ -218,45 +218,29 @@ fn conversation_for_subject(conv: &Value, subject_ids: &[String]) -> Value {
             "priority",
         ],
     );
-    let message = |m: &Value| match author_of(m, subject_ids) {
-        Author::Subject => {
-            let mut p = pick(
-                m,
-                &[
-                    "type",
-                    "id",
-                    "part_type",
-                    "delivered_as",
-                    "subject",
-                    "body",
-                    "created_at",
-                    "updated_at",
-                    "attachments",
-                    "url",
-                ],
-            );
-            p["author"] = pick(m.get("author").unwrap_or(&Value::Null), &["type", "id"]);
-            Some(p)
-        }
-        Author::Teammate => {
-            let mut p = pick(
-                m,
-                &[
-                    "type",
-                    "id",
-                    "part_type",
-                    "delivered_as",
-                    "subject",
-                    "body",
-                    "created_at",
-                    "updated_at",
-                ],
-            );
-            p["author"] = pick(m.get("author").unwrap_or(&Value::Null), &["type"]);
-            Some(p)
-        }
-        Author::Other => None,
+    // A message's own fields; the subject also keeps its attachments and page URL.
+    const MESSAGE: &[&str] = &[
+        "type",
+        "id",
+        "part_type",
+        "delivered_as",
+        "subject",
+        "body",
+        "created_at",
+        "updated_at",
+    ];
+    let message = |m: &Value| {
+        let author = m.get("author").unwrap_or(&Value::Null);
+        let (extra, author_fields): (&[&str], &[&str]) = match author_of(m, subject_ids) {
+            Author::Subject => (&["attachments", "url"], &["type", "id"]),
+            Author::Teammate => (&[], &["type"]),
+            Author::Other => return None,
+        };
+        let mut p = pick(m, &[MESSAGE, extra].concat());
+        p["author"] = pick(author, author_fields);
+        Some(p)
     };
+
     if let Some(src) = conv.get("source") {
         out["source"] = message(src).unwrap_or_else(|| pick(src, &["type", "id", "delivered_as"]));
     }
