@@ -183,6 +183,25 @@ async fn spawn_fake() -> (String, Arc<Fake>) {
     (format!("http://{addr}"), fake)
 }
 
+/// Starts the real binary, stores the subject's contact, and stops it.
+fn stored_then_stopped(bin: &Binary, id: &str) {
+    let (child, public, _) = bin.serve(&[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let body = notification(id, "contact.user.created", contact_json(C1), 1767225600);
+        let r = ::reqwest::Client::new()
+            .post(format!("http://{public}/webhooks/intercom"))
+            .header("x-hub-signature", intercom_webhooks::verify::sign(SECRET, &body))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    child.terminate();
+}
+
 fn privacy_env() -> MapEnv {
     let mut env = test_env();
     env.0.insert("INTERCOM_ACCESS_TOKEN", "fake-token".into());
@@ -452,22 +471,7 @@ fn cli_export_and_erase_log_nothing_personal() {
     bin.env.push(("INTERCOM_API_BASE_URL".into(), base));
     bin.env.push(("RUST_LOG".into(), "trace".into()));
     // Make a store with their data, then stop the server.
-    let (child, public, _) = bin.serve(&[]);
-    let rt2 = tokio::runtime::Runtime::new().unwrap();
-    rt2.block_on(async {
-        let body = notification("notif_x1", "contact.user.created", contact_json(C1), 1767225600);
-        let sig = intercom_webhooks::verify::sign(SECRET, &body);
-        let r = ::reqwest::Client::new()
-            .post(format!("http://{public}/webhooks/intercom"))
-            .header("x-hub-signature", sig)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-    });
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    child.terminate();
+    stored_then_stopped(&bin, "notif_x1");
 
     let out = dir.path().join("export.json");
     let (code, _, err_export) = bin.run(&["export", "--email", EMAIL, "--out", out.to_str().unwrap()]);
@@ -659,21 +663,7 @@ async fn the_audit_chain_needs_the_key_and_a_cut_tail_is_caught() {
 fn export_exit_codes() {
     let dir = tempfile::tempdir().unwrap();
     let bin = Binary::new(dir.path());
-    let (child, public, _) = bin.serve(&[]);
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let body = notification("notif_ex1", "contact.user.created", contact_json(C1), 1767225600);
-        let r = ::reqwest::Client::new()
-            .post(format!("http://{public}/webhooks/intercom"))
-            .header("x-hub-signature", intercom_webhooks::verify::sign(SECRET, &body))
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-    });
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    child.terminate();
+    stored_then_stopped(&bin, "notif_ex1");
 
     let (code, out, err) = bin.run(&["export", "--email", EMAIL]);
     assert_eq!(code, 2, "no token, no --local-only: {out} {err}");

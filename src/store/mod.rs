@@ -1253,26 +1253,14 @@ mod tests {
     }
 
     fn meta(key: &str) -> EventMeta {
-        EventMeta {
-            key: key.into(),
-            notification_id: Some(key.into()),
-            topic: "conversation.user.replied".into(),
-            app_id: None,
-            item_type: Some("conversation".into()),
-            item_id: Some("1".into()),
-            created_at: Some(1),
-            received_ms: now(),
-            last_delivery_ms: now(),
-            delivery_count: 1,
-            status: Status::Pending,
-            attempts: 0,
-            retry_at_ms: None,
-            last_error: None,
-            history: Vec::new(),
-            body_len: 2,
-            subjects: Vec::new(),
-            loc: None,
-        }
+        let mut m = EventMeta::received(now(), 2, Vec::new());
+        m.key = key.into();
+        m.notification_id = Some(key.into());
+        m.topic = "conversation.user.replied".into();
+        m.item_type = Some("conversation".into());
+        m.item_id = Some("1".into());
+        m.created_at = Some(1);
+        m
     }
 
     fn now() -> i64 {
