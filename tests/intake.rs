@@ -54,8 +54,7 @@ async fn published_vectors_and_reserialised_json() {
         })
         .await;
     assert_eq!(audit["entries"][0]["details"]["trigger"], "contact.deleted webhook");
-    let id = "notif_0b6a3c1e-7d2f-4e59-9a61-3f2d8c4b5e70";
-    assert_eq!(app.admin_get(&format!("/admin/events/{id}")).await.status(), 404);
+    app.wait_gone("notif_0b6a3c1e-7d2f-4e59-9a61-3f2d8c4b5e70").await;
     let r = app
         .post_with(
             DELETED.as_bytes(),

@@ -50,6 +50,7 @@ async fn expired_data_goes_newer_stays_dry_run_removes_nothing() {
     ))
     .await;
     app.wait_idle().await;
+    app.wait_gone("notif_pdel").await;
     let first_segments = segment_files(&app);
     assert_eq!(first_segments.len(), 1);
     tokio::time::sleep(Duration::from_millis(1500)).await;

@@ -192,6 +192,19 @@ impl TestApp {
         }
     }
 
+    /// Waits until an event is no longer served (erased), at most 15 s.
+    pub async fn wait_gone(&self, id: &str) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let code = self.admin_get(&format!("/admin/events/{id}")).await.status();
+            if code == 404 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "event {id} is still served: {code}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Polls an admin GET until `ok` holds for its JSON (events are indexed
     /// a moment after their `200`).
     pub async fn admin_until(&self, path: &str, ok: impl Fn(&Value) -> bool) -> Value {
