@@ -192,8 +192,12 @@ impl TestApp {
         }
     }
 
-    /// Waits until an event is no longer served (erased), at most 15 s.
+    /// Waits until an event has been processed and is no longer served
+    /// (erased), at most 15 s after the queue is idle. (An event is indexed
+    /// a moment after its `200`: a 404 before the queue is idle proves
+    /// nothing.)
     pub async fn wait_gone(&self, id: &str) {
+        self.wait_idle().await;
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             let code = self.admin_get(&format!("/admin/events/{id}")).await.status();
