@@ -303,13 +303,7 @@ pub fn upgrade(store: &Store, codec: &CacheCodec) -> Result<(), StoreError> {
             continue;
         };
         codec.set_external_id(&mut r, Some(x));
-        let value = crate::cache::encode(&r);
-        store.cache_txn(|tx| {
-            if tx.get(CacheKind::Contact, &id)?.is_some() {
-                tx.put(CacheKind::Contact, &id, &value, None)?;
-            }
-            Ok(())
-        })?;
+        store.cache_rewrite(CacheKind::Contact, &id, &crate::cache::encode(&r))?;
         sealed += 1;
     }
     store.set_state_flag(FLAG)?;

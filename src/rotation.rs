@@ -73,13 +73,7 @@ pub fn rotate(
         {
             continue;
         }
-        let value = encode(&r);
-        store.cache_txn(|tx| {
-            if tx.get(CacheKind::Contact, &id)?.is_some() {
-                tx.put(CacheKind::Contact, &id, &value, None)?;
-            }
-            Ok(())
-        })?;
+        store.cache_rewrite(CacheKind::Contact, &id, &encode(&r))?;
         resealed += 1;
     }
     let audit = crate::audit::rechain(

@@ -912,6 +912,19 @@ impl Store {
     }
 
     /// Reads the cache outside a transaction.
+    /// Replaces a cached record's bytes if it still exists, filed in the
+    /// expiry index where it was (a re-encryption, not a new write).
+    /// Returns whether it existed.
+    pub fn cache_rewrite(&self, kind: CacheKind, id: &str, value: &[u8]) -> Result<bool, StoreError> {
+        self.cache_txn(|tx| {
+            let existed = tx.get(kind, id)?.is_some();
+            if existed {
+                tx.put(kind, id, value, None)?;
+            }
+            Ok(existed)
+        })
+    }
+
     pub fn cache_get(&self, kind: CacheKind, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let tree = match kind {
             CacheKind::Contact => &self.inner.trees.contacts,
