@@ -141,15 +141,15 @@ PY
 erase() {
   echo "== erasure at scale: 1,000 contact.deleted against ~1,000,000 stored events"
   start
-  for i in 1 2 3 4; do $LOADGEN --url $URL --connections 64 --seconds 120 --bodies 250000 2>/dev/null | sed -n 1p; done
+  for i in $(seq ${ERASE_FILL_RUNS:-4}); do $LOADGEN --url $URL --connections 64 --seconds 120 --bodies 250000 2>/dev/null | sed -n 1p; done
   wait_idle
   echo "store: $(du -sh $WORK/data | cut -f1) ($(ls $WORK/data/log | wc -l) segments)"
   $LOADGEN --url $URL --connections 16 --rate 1000 --seconds 10 --bodies 12000 2>/dev/null | grep '^latency' | sed 's/^/intake at 1000\/s before: /'
-  ( $LOADGEN --url $URL --connections 16 --rate 1000 --seconds ${ERASE_LOAD_SECONDS:-240} --bodies 250000 2>/dev/null | grep '^latency' | sed 's/^/intake at 1000\/s during erasure: /' ) &
+  ( $LOADGEN --url $URL --connections 16 --rate 1000 --seconds ${ERASE_LOAD_SECONDS:-240} --bodies 250000 --windows 10 2>/dev/null | grep '^latency\|^window' | sed 's/^/intake at 1000\/s during erasure: /' ) &
   LG=$!
   sleep 2
   local t0=$(date +%s.%N)
-  send_deletions 1000
+  send_deletions ${ERASE_DELETIONS:-1000}
   local t1=$(date +%s.%N)
   # Processed (each one erased at once, so unreadable), then shredded.
   while [ "$(metric intercom_webhooks_pending_depth)" != "0" ]; do sleep 0.5; done

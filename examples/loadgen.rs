@@ -31,6 +31,8 @@ struct Args {
     dup_pct: f64,
     bad_pct: f64,
     bodies: usize,
+    /// Print latency percentiles per window of this many seconds too.
+    windows: Option<u64>,
 }
 
 fn parse_args() -> Args {
@@ -43,6 +45,7 @@ fn parse_args() -> Args {
         dup_pct: 5.0,
         bad_pct: 1.0,
         bodies: 400_000,
+        windows: None,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -57,6 +60,7 @@ fn parse_args() -> Args {
             "--dup-pct" => a.dup_pct = v.parse().expect("--dup-pct P"),
             "--bad-pct" => a.bad_pct = v.parse().expect("--bad-pct P"),
             "--bodies" => a.bodies = v.parse().expect("--bodies N"),
+            "--windows" => a.windows = Some(v.parse().expect("--windows SECONDS")),
             other => panic!("unknown argument {other}"),
         }
         i += 2;
@@ -196,8 +200,9 @@ fn main() {
                 let mut s = TcpStream::connect(&host).await.expect("connect");
                 s.set_nodelay(true).ok();
                 let mut buf = Vec::with_capacity(8192);
-                // (kind, status, latency in µs, requests in flight at send)
-                let mut lat: Vec<(Kind, u16, u32, u32)> = Vec::new();
+                // (kind, status, latency in µs, requests in flight at send,
+                // ms since the start when it was due)
+                let mut lat: Vec<(Kind, u16, u32, u32, u32)> = Vec::new();
                 let mut scheduled = Instant::now()
                     + interval
                         .map(|i| i.mul_f64(c as f64 / args.connections as f64))
@@ -227,7 +232,13 @@ fn main() {
                     outstanding.fetch_sub(1, Ordering::Relaxed);
                     let Ok(status) = answered else { break };
                     last_done = Instant::now();
-                    lat.push((p.kind, status, (last_done - t0).as_micros() as u32, depth as u32));
+                    lat.push((
+                        p.kind,
+                        status,
+                        (last_done - t0).as_micros() as u32,
+                        depth as u32,
+                        (t0 - start).as_millis() as u32,
+                    ));
                     if let Some(iv) = interval {
                         scheduled += iv;
                     }
@@ -241,12 +252,12 @@ fn main() {
         }
         let elapsed = start.elapsed().as_secs_f64();
         let mut by_status: HashMap<u16, usize> = HashMap::new();
-        for (_, st, _, _) in &all {
+        for (_, st, _, _, _) in &all {
             *by_status.entry(*st).or_default() += 1;
         }
         let mut ok: Vec<u32> = all
             .iter()
-            .filter(|(k, st, _, _)| *k != Kind::BadSignature && *st == 200)
+            .filter(|(k, st, _, _, _)| *k != Kind::BadSignature && *st == 200)
             .map(|x| x.2)
             .collect();
         ok.sort_unstable();
@@ -281,6 +292,25 @@ fn main() {
             at(&depths, 0.99),
             at(&depths, 1.0)
         );
+        if let Some(w) = args.windows {
+            // Where in the run the slow answers were.
+            let mut by_window: std::collections::BTreeMap<u32, Vec<u32>> = Default::default();
+            for x in all.iter().filter(|x| x.0 != Kind::BadSignature && x.1 == 200) {
+                by_window.entry(x.4 / (w as u32 * 1000)).or_default().push(x.2);
+            }
+            for (i, mut v) in by_window {
+                v.sort_unstable();
+                println!(
+                    "window {:>4}-{:<4}s: {:>6} accepted, p50 {:.2}  p99 {:.2}  max {:.2} ms",
+                    i as u64 * w,
+                    (i as u64 + 1) * w,
+                    v.len(),
+                    at(&v, 0.5) as f64 / 1000.0,
+                    at(&v, 0.99) as f64 / 1000.0,
+                    at(&v, 1.0) as f64 / 1000.0
+                );
+            }
+        }
         if let (Some(a), Some(b)) = (cpu_before, process_cpu_seconds()) {
             println!(
                 "load generator CPU while sending: {:.1} us/request",
