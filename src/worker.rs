@@ -34,15 +34,23 @@ pub struct WorkerCtx {
     pub intake_load: IntakeLoad,
 }
 
+/// How much lower than intake the handler threads run (a nice value):
+/// on a busy machine the scheduler gives intake's threads the CPU first, so
+/// a burst of heavy handler work (a bulk deletion's erasures, a replay)
+/// does not delay the `200`s. Handlers still get every idle cycle.
+pub const HANDLER_NICE: i32 = 10;
+
 /// Starts `settings.concurrency` worker threads; they stop when `shutdown`
 /// is cancelled. Returns their handles.
 pub fn spawn(ctx: WorkerCtx, shutdown: CancellationToken) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
     (0..ctx.settings.concurrency)
         .map(|i| {
             let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
-            std::thread::Builder::new()
-                .name(format!("worker-{i}"))
-                .spawn(move || run(ctx, shutdown))
+            std::thread::Builder::new().name(format!("worker-{i}")).spawn(move || {
+                // Linux: this thread only. Failing to lower it is harmless.
+                let _ = rustix::process::setpriority_process(None, HANDLER_NICE);
+                run(ctx, shutdown)
+            })
         })
         .collect()
 }

@@ -33,6 +33,8 @@ impl Store {
     /// Writes a consistent backup of the store to `out`. Returns the number
     /// of index entries and files written. Blocking.
     pub fn backup(&self, out: &mut impl Write) -> Result<(u64, u64), StoreError> {
+        // No shred pass moves records between the index copy and the files.
+        let _no_shred = self.inner.shred_lock.lock().unwrap_or_else(|p| p.into_inner());
         out.write_all(MAGIC)?;
         let mut entries = 0;
         let db = &self.inner.trees.db;

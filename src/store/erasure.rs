@@ -3,12 +3,12 @@
 //! copies (lingering blocks, backups) become undecryptable when the old
 //! segment's key is destroyed.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use super::event::time_key;
-use super::{log, subject_key, EventMeta, Location, SegmentInfo, Store, StoreError, NEXT_SEQ};
+use super::{log, subject_key, EventMeta, SegmentInfo, Store, StoreError, NEXT_SEQ};
 use crate::timefmt::now_ms;
 
 /// How much of a rewritten segment is written (and synced) at a time...
@@ -82,7 +82,7 @@ impl Store {
         for key in keys {
             let Some(m) = self.get(key)? else { continue };
             if let Some(loc) = m.loc {
-                segments.insert(loc.seg);
+                segments.insert(self.inner.shared.readers.resolve(loc.seg));
             }
             let tk = time_key(m.received_ms, key);
             t.markers.insert(key.as_bytes(), &m.received_ms.to_be_bytes())?;
@@ -170,7 +170,6 @@ impl Store {
     }
 
     fn shred_here(&self) -> Result<u64, StoreError> {
-        let _one = self.inner.shred_lock.lock().unwrap_or_else(|p| p.into_inner());
         let t = &self.inner.trees;
         let mut queued = Vec::new();
         for kv in t.shred.iter() {
@@ -188,6 +187,8 @@ impl Store {
         }
         let mut rewritten = 0;
         for seq in queued {
+            // One segment at a time (a backup waits for one, not the pass).
+            let _one = self.inner.shred_lock.lock().unwrap_or_else(|p| p.into_inner());
             if self.rewrite_segment(seq)? {
                 rewritten += 1;
             }
@@ -197,9 +198,12 @@ impl Store {
         Ok(rewritten)
     }
 
-    /// Copies the records of segment `seq` whose events are still indexed
-    /// there into a new segment under a new key, points their index entries
-    /// at it, then destroys the old segment and its key.
+    /// Replaces segment `seq` with a new segment, under a new key, that
+    /// holds the records whose events are still indexed there at the same
+    /// offsets (filler where the others were), records the replacement,
+    /// then destroys the old segment and its key. Index entries keep
+    /// pointing at `seq`: reads resolve it (`Readers::resolve`), so a pass
+    /// writes one index entry per segment, not one per surviving event.
     fn rewrite_segment(&self, seq: u64) -> Result<bool, StoreError> {
         let shared = &self.inner.shared;
         let Some(cipher) = shared.keyring.get(seq)? else {
@@ -211,69 +215,75 @@ impl Store {
         }
         let scan = log::scan(&path, &cipher, seq, 0)?;
         let mut live = Vec::new();
+        let (mut first, mut last) = (i64::MAX, 0);
         for r in scan.records {
+            if log::is_filler(&r.plain) {
+                continue;
+            }
             let Some((meta, _)) = log::split_plaintext(&r.plain) else {
                 continue;
             };
             if let Some(current) = self.get(&meta.key)? {
-                if current.loc.is_some_and(|l| l.seg == seq && l.off == r.off) {
-                    live.push((current, r.plain));
+                if current
+                    .loc
+                    .is_some_and(|l| shared.readers.resolve(l.seg) == seq && l.off == r.off)
+                {
+                    first = first.min(current.received_ms);
+                    last = last.max(current.received_ms);
+                    live.push((meta.key, r.off, r.plain));
                 }
             }
         }
-        let mut moved = BTreeMap::new();
-        if !live.is_empty() {
-            let new_seq = shared.next_seq.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            self.inner.trees.state.insert(NEXT_SEQ, &(new_seq + 1).to_be_bytes())?;
-            let new_cipher = Arc::new(shared.keyring.create(new_seq)?);
-            let file = log::create_segment(&self.inner.log_dir, new_seq, now_ms(), log::HEADER_LEN)?;
-            let mut buf = Vec::new();
-            let mut off = log::HEADER_LEN;
-            let (mut first, mut last) = (i64::MAX, 0);
-            for (m, plain) in &live {
-                let len = log::frame_record(&new_cipher, new_seq, off, &[plain], &mut buf);
-                moved.insert(m.key.clone(), Location { seg: new_seq, off, len });
-                off += u64::from(len);
-                first = first.min(m.received_ms);
-                last = last.max(m.received_ms);
-            }
-            // In steps, each synced, with a pause between: a rewrite never
-            // queues more than a step of writeback ahead of intake's
-            // `fdatasync`s on the same disk.
-            for (i, chunk) in buf.chunks(SHRED_STEP).enumerate() {
-                file.write_all_at(chunk, log::HEADER_LEN + (i * SHRED_STEP) as u64)?;
-                file.sync_data()?;
-                std::thread::sleep(SHRED_PAUSE);
-            }
-            shared.readers.register(new_seq, &self.inner.log_dir, new_cipher)?;
-            let info = SegmentInfo {
-                first_ms: first,
-                last_ms: last,
-                records: live.len() as u64,
-                bytes: off,
-                closed: true,
-            };
-            self.inner.trees.segments.insert(new_seq.to_be_bytes(), info.encode())?;
-            let locs = self.inner.loc_lock.lock().unwrap_or_else(|p| p.into_inner());
-            let mut erased_meanwhile = false;
-            for (key, loc) in &moved {
-                let still = self.update(key, |m| {
-                    if m.loc.is_some_and(|l| l.seg == seq) {
-                        m.loc = Some(*loc);
-                    }
-                })?;
-                erased_meanwhile |= still.is_none();
-            }
-            // An event erased while its record was being copied (a webhook
-            // erasure running beside this pass) left its record in the new
-            // segment: that one is shredded on the next pass.
-            if erased_meanwhile {
-                self.inner.trees.shred.insert(new_seq.to_be_bytes(), &[])?;
-            }
-            drop(locs);
-            // The new locations must be durable before the old copy goes.
-            self.flush_index()?;
+        if live.is_empty() {
+            self.drop_segment(seq)?;
+            return Ok(true);
         }
+        let new_seq = shared.next_seq.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.trees.state.insert(NEXT_SEQ, &(new_seq + 1).to_be_bytes())?;
+        let new_cipher = Arc::new(shared.keyring.create(new_seq)?);
+        let mut buf = Vec::new();
+        let mut end = log::HEADER_LEN;
+        for (_, off, plain) in &live {
+            log::frame_filler(&new_cipher, new_seq, end, off - end, &mut buf);
+            end = off + u64::from(log::frame_record(&new_cipher, new_seq, *off, &[plain], &mut buf));
+        }
+        let file = log::create_rewrite(&self.inner.log_dir, new_seq, seq, now_ms())?;
+        // In steps, each synced, with a pause between: a rewrite never
+        // queues more than a step of writeback ahead of intake's
+        // `fdatasync`s on the same disk.
+        for (i, chunk) in buf.chunks(SHRED_STEP).enumerate() {
+            file.write_all_at(chunk, log::HEADER_LEN + (i * SHRED_STEP) as u64)?;
+            file.sync_data()?;
+            std::thread::sleep(SHRED_PAUSE);
+        }
+        drop(buf);
+        shared.readers.register(new_seq, &self.inner.log_dir, new_cipher)?;
+        let info = SegmentInfo {
+            first_ms: first,
+            last_ms: last,
+            records: live.len() as u64,
+            bytes: end,
+            closed: true,
+        };
+        self.inner.trees.segments.insert(new_seq.to_be_bytes(), info.encode())?;
+        let locs = self.inner.loc_lock.lock().unwrap_or_else(|p| p.into_inner());
+        shared.readers.set_moved(&self.inner.trees.moved, seq, new_seq)?;
+        // An event erased while its record was being copied (a webhook
+        // erasure running beside this pass) queued `seq`, not the new
+        // segment, which holds its record: queue that one for the next pass.
+        let mut erased_meanwhile = false;
+        for (key, _, _) in &live {
+            if self.get(key)?.is_none() {
+                erased_meanwhile = true;
+                break;
+            }
+        }
+        if erased_meanwhile {
+            self.inner.trees.shred.insert(new_seq.to_be_bytes(), &[])?;
+        }
+        drop(locs);
+        // The replacement must be durable before the old copy goes.
+        self.flush_index()?;
         self.drop_segment(seq)?;
         Ok(true)
     }

@@ -1,9 +1,15 @@
 //! The intake log's file format. A segment is `log/<seq:016x>.seg`:
 //!
 //! ```text
-//! header (32 bytes): "IWLOG\0\0\x01" | seq u64 LE | created unix ms u64 LE | 0u64
+//! header (32 bytes): "IWLOG\0\0\x01" | seq u64 LE | created unix ms u64 LE | from u64 LE
 //! record:            len u32 LE | crc32 u32 LE | ciphertext (len bytes)
 //! ```
+//!
+//! `from` is 0 in a segment written by intake; in one written by a shred
+//! pass (see `erasure.rs`) it is 1 + the number of the segment it replaces,
+//! whose surviving records it holds at the same offsets, the gaps the
+//! erased ones left taken by filler records (plaintext: `u32::MAX LE`, then
+//! zeros), so the file still reads from start to end.
 //!
 //! The ciphertext is ChaCha20-Poly1305 under the segment's own key (see
 //! `keyring`), the record's offset as nonce and the segment number as
@@ -242,6 +248,53 @@ pub fn frame_record(cipher: &SegmentCipher, seq: u64, off: u64, parts: &[&[u8]],
     FRAME_LEN as u32 + ct_len
 }
 
+/// The smallest record: the frame, a filler's marker and the tag.
+pub const MIN_RECORD: u64 = FRAME_LEN + 4 + 16;
+const FILLER: [u8; 4] = u32::MAX.to_le_bytes();
+
+/// Appends filler records covering exactly `len` bytes from `off`
+/// (`len` is 0 or at least [`MIN_RECORD`]).
+pub fn frame_filler(cipher: &SegmentCipher, seq: u64, mut off: u64, mut len: u64, out: &mut Vec<u8>) {
+    let max = u64::from(MAX_RECORD);
+    while len > 0 {
+        let n = if len <= max {
+            len
+        } else if len - max >= MIN_RECORD {
+            max
+        } else {
+            max - MIN_RECORD
+        };
+        let zeros = vec![0u8; (n - MIN_RECORD) as usize];
+        frame_record(cipher, seq, off, &[&FILLER, &zeros], out);
+        off += n;
+        len -= n;
+    }
+}
+
+/// Whether a record's plaintext is a filler (see the module docs).
+pub fn is_filler(plain: &[u8]) -> bool {
+    plain.starts_with(&FILLER)
+}
+
+/// Makes segment `seq` to replace segment `from` (a shred pass): the
+/// header only, synced; the caller writes the records.
+pub fn create_rewrite(dir: &Path, seq: u64, from: u64, now_ms: i64) -> std::io::Result<File> {
+    let file = create_segment(dir, seq, now_ms, HEADER_LEN)?;
+    file.write_all_at(&(from + 1).to_le_bytes(), 24)?;
+    file.sync_all()?;
+    Ok(file)
+}
+
+/// The segment a shred pass wrote `path` to replace, if it did.
+pub fn rewritten_from(path: &Path) -> std::io::Result<Option<u64>> {
+    let mut word = [0u8; 8];
+    match File::open(path)?.read_exact_at(&mut word, 24) {
+        Ok(()) => Ok(u64::from_le_bytes(word).checked_sub(1)),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Reads and decrypts the record at `off` (whose framed length is `len`).
 pub fn read_record(file: &File, cipher: &SegmentCipher, seq: u64, off: u64, len: u32) -> Result<Vec<u8>, LogError> {
     if u64::from(len) < FRAME_LEN {
@@ -330,6 +383,31 @@ pub fn scan(path: &Path, cipher: &SegmentCipher, seq: u64, from: u64) -> Result<
 mod tests {
     use super::*;
     use crate::crypto::random_key;
+
+    /// Fillers take exactly the gap they are given, and a scan reads
+    /// through them to the records after.
+    #[test]
+    fn fillers_cover_gaps_and_scan_reads_past_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let cipher = SegmentCipher::new(&random_key());
+        let file = create_rewrite(dir.path(), 7, 3, 1).unwrap();
+        let mut buf = Vec::new();
+        frame_filler(&cipher, 7, HEADER_LEN, MIN_RECORD, &mut buf);
+        assert_eq!(buf.len() as u64, MIN_RECORD);
+        frame_filler(&cipher, 7, HEADER_LEN + MIN_RECORD, 1000, &mut buf);
+        assert_eq!(buf.len() as u64, MIN_RECORD + 1000);
+        let off = HEADER_LEN + buf.len() as u64;
+        let len = frame_record(&cipher, 7, off, &[b"live"], &mut buf);
+        file.write_all_at(&buf, HEADER_LEN).unwrap();
+        let path = segment_path(dir.path(), 7);
+        assert_eq!(rewritten_from(&path).unwrap(), Some(3));
+        let scan = scan(&path, &cipher, 7, 0).unwrap();
+        let fillers = scan.records.iter().filter(|r| is_filler(&r.plain)).count();
+        assert_eq!(fillers, 2);
+        let last = scan.records.last().unwrap();
+        assert_eq!((last.off, last.len, last.plain.as_slice()), (off, len, &b"live"[..]));
+        assert_eq!(scan.good_end, off + u64::from(len));
+    }
 
     /// Direct zero-fill (whole pages) plus the buffered rest and the
     /// header give the same file as before: full size, header, zeros.

@@ -136,6 +136,10 @@ impl Store {
         }
         log::sync_dir(&self.inner.log_dir)?;
         self.inner.trees.segments.remove(seq.to_be_bytes())?;
+        self.inner
+            .shared
+            .readers
+            .forget_moved_to(&self.inner.trees.moved, seq)?;
         Ok(())
     }
 

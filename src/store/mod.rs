@@ -127,6 +127,10 @@ pub(crate) struct Trees {
     /// segment number (big-endian) → () : segments holding erased records,
     /// waiting to be rewritten without them (see `erasure.rs`)
     pub shred: sled::Tree,
+    /// segment number (big-endian) → segment number (big-endian): a
+    /// segment a shred pass replaced, and the one that holds its surviving
+    /// records now, at the same offsets (index entries are not rewritten)
+    pub moved: sled::Tree,
     /// sequence (big-endian) → audit entry
     pub audit: sled::Tree,
     pub state: sled::Tree,
@@ -149,6 +153,7 @@ impl Trees {
             email_index: db.open_tree("email_index")?,
             subjects: db.open_tree("subjects")?,
             shred: db.open_tree("shred")?,
+            moved: db.open_tree("moved")?,
             audit: db.open_tree("audit")?,
             state: db.open_tree("state")?,
             db,
@@ -177,12 +182,68 @@ impl SegmentInfo {
 /// An open segment file and its key.
 type Reader = Arc<(File, Arc<SegmentCipher>)>;
 
-/// Open segment files and their keys, for reading payloads back.
+/// Open segment files and their keys, for reading payloads back, and
+/// where the records of segments a shred pass replaced are now.
 pub(crate) struct Readers {
     map: Mutex<HashMap<u64, Reader>>,
+    /// The `moved` tree, in memory.
+    moved: std::sync::RwLock<HashMap<u64, u64>>,
+}
+
+fn be_u64(b: &[u8]) -> Option<u64> {
+    b.try_into().ok().map(u64::from_be_bytes)
 }
 
 impl Readers {
+    fn new(moved: &sled::Tree) -> Result<Self, StoreError> {
+        let mut map = HashMap::new();
+        for kv in moved.iter() {
+            let (k, v) = kv?;
+            if let (Some(k), Some(v)) = (be_u64(&k), be_u64(&v)) {
+                map.insert(k, v);
+            }
+        }
+        Ok(Readers {
+            map: Mutex::new(HashMap::new()),
+            moved: std::sync::RwLock::new(map),
+        })
+    }
+
+    /// The segment that holds the records written to segment `seq`
+    /// (itself, unless a shred pass replaced it).
+    pub(crate) fn resolve(&self, mut seq: u64) -> u64 {
+        let moved = self.moved.read().unwrap_or_else(|p| p.into_inner());
+        // A chain is kept short (see `set_moved`), and never has a cycle:
+        // a replacement is always a newer segment.
+        while let Some(&next) = moved.get(&seq) {
+            seq = next;
+        }
+        seq
+    }
+
+    /// Records that segment `from`'s records are in `to` now, for it and
+    /// for every segment that led to it.
+    pub(crate) fn set_moved(&self, tree: &sled::Tree, from: u64, to: u64) -> Result<(), StoreError> {
+        let mut moved = self.moved.write().unwrap_or_else(|p| p.into_inner());
+        let leading: Vec<u64> = moved.iter().filter(|(_, &t)| t == from).map(|(&k, _)| k).collect();
+        for k in leading.into_iter().chain([from]) {
+            tree.insert(k.to_be_bytes(), &to.to_be_bytes())?;
+            moved.insert(k, to);
+        }
+        Ok(())
+    }
+
+    /// Forgets the replacements that lead to `seq` (which is being dropped).
+    pub(crate) fn forget_moved_to(&self, tree: &sled::Tree, seq: u64) -> Result<(), StoreError> {
+        let mut moved = self.moved.write().unwrap_or_else(|p| p.into_inner());
+        let leading: Vec<u64> = moved.iter().filter(|(_, &t)| t == seq).map(|(&k, _)| k).collect();
+        for k in leading {
+            tree.remove(k.to_be_bytes())?;
+            moved.remove(&k);
+        }
+        Ok(())
+    }
+
     fn register(&self, seq: u64, dir: &Path, cipher: Arc<SegmentCipher>) -> Result<(), StoreError> {
         let file = File::open(log::segment_path(dir, seq))?;
         self.map
@@ -527,9 +588,7 @@ impl Store {
         let next_seq = stored_next.max(segs.last().map_or(1, |s| s + 1));
         let shared = Arc::new(Shared {
             keyring,
-            readers: Readers {
-                map: Mutex::new(HashMap::new()),
-            },
+            readers: Readers::new(&trees.moved)?,
             next_seq: AtomicU64::new(next_seq),
             progress: Mutex::new(Progress::default()),
             write_failed: AtomicBool::new(false),
@@ -542,6 +601,7 @@ impl Store {
             fsyncs: AtomicU64::new(0),
             fsync_us: AtomicU64::new(0),
         });
+        let segs = drop_replaced(&trees, &shared, &log_dir, segs)?;
         let recovery = recover(&trees, &shared, &log_dir, &segs)?;
         *shared.progress() = Progress::new((next_seq, 0));
         checkpoint(&trees, &shared, dir)?;
@@ -821,24 +881,25 @@ impl Store {
     /// The raw body of an event, decrypted; `None` once purged.
     pub fn read_body(&self, meta: &EventMeta) -> Result<Option<Bytes>, StoreError> {
         let Some(loc) = meta.loc else { return Ok(None) };
-        let reader = match self.inner.shared.readers.get(loc.seg) {
+        let seg = self.inner.shared.readers.resolve(loc.seg);
+        let reader = match self.inner.shared.readers.get(seg) {
             Some(r) => r,
             None => {
-                let Some(cipher) = self.inner.shared.keyring.get(loc.seg)? else {
+                let Some(cipher) = self.inner.shared.keyring.get(seg)? else {
                     return Ok(None);
                 };
-                let path = log::segment_path(&self.inner.log_dir, loc.seg);
+                let path = log::segment_path(&self.inner.log_dir, seg);
                 if !path.exists() {
                     return Ok(None);
                 }
                 self.inner
                     .shared
                     .readers
-                    .register(loc.seg, &self.inner.log_dir, Arc::new(cipher))?;
-                self.inner.shared.readers.get(loc.seg).ok_or(StoreError::Closed)?
+                    .register(seg, &self.inner.log_dir, Arc::new(cipher))?;
+                self.inner.shared.readers.get(seg).ok_or(StoreError::Closed)?
             }
         };
-        let plain = log::read_record(&reader.0, &reader.1, loc.seg, loc.off, loc.len)?;
+        let plain = log::read_record(&reader.0, &reader.1, seg, loc.off, loc.len)?;
         let (_, body) = log::split_plaintext(&plain)
             .ok_or_else(|| StoreError::Corrupt(format!("record of event {} is malformed", meta.key)))?;
         Ok(Some(Bytes::copy_from_slice(body)))
@@ -1151,6 +1212,35 @@ fn dir_size(dir: &Path) -> u64 {
 
 /// Re-applies log records past the checkpoint that sled does not know, and
 /// cuts a torn tail off the newest segment.
+/// What a shred pass stopped half-way leaves (see `erasure.rs`): a
+/// segment it replaced but had not yet removed goes, key first; so does a
+/// replacement it wrote but had not yet recorded (its records are indexed
+/// in their source segment, which is still there and still queued).
+/// Returns the segments that stay.
+fn drop_replaced(trees: &Trees, shared: &Shared, log_dir: &Path, segs: Vec<u64>) -> Result<Vec<u64>, StoreError> {
+    let mut kept = Vec::new();
+    for seq in segs {
+        let path = log::segment_path(log_dir, seq);
+        let replaced = shared.readers.resolve(seq) != seq;
+        let unrecorded = match log::rewritten_from(&path)? {
+            Some(from) => shared.readers.resolve(from) != seq && log::segment_path(log_dir, from).exists(),
+            None => false,
+        };
+        if replaced || unrecorded {
+            shared.keyring.destroy(seq)?;
+            std::fs::remove_file(&path)?;
+            trees.segments.remove(seq.to_be_bytes())?;
+            tracing::warn!(
+                segment = seq,
+                "Removed an intake log segment left by an interrupted shred pass."
+            );
+            continue;
+        }
+        kept.push(seq);
+    }
+    Ok(kept)
+}
+
 fn recover(trees: &Trees, shared: &Shared, log_dir: &Path, segs: &[u64]) -> Result<Recovery, StoreError> {
     let (cp_seg, cp_off) = trees
         .state
@@ -1192,6 +1282,9 @@ fn recover(trees: &Trees, shared: &Shared, log_dir: &Path, segs: &[u64]) -> Resu
                 closed: true,
             });
         for r in &scan.records {
+            if log::is_filler(&r.plain) {
+                continue;
+            }
             let Some((mut meta, _)) = log::split_plaintext(&r.plain) else {
                 return Err(StoreError::Corrupt(format!(
                     "segment {seq} offset {} holds a malformed record",
@@ -1370,6 +1463,70 @@ mod tests {
     /// The failed count (read at every metrics scrape) comes from its own
     /// index, which follows every way in and out of `failed`, and is
     /// rebuilt for a store that predates it.
+    /// A shred pass writes the surviving records at their offsets into a
+    /// new segment and leaves the index entries as they are: reads follow
+    /// the replacement, across passes and a reopening, and what an
+    /// interrupted pass leaves is removed at open.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shredded_segments_are_replaced_and_reads_follow() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open(dir.path());
+        let body = |i: usize| Bytes::from(format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(100 * i)));
+        for i in 0..6 {
+            let appended = store.append_if_absent(meta(&format!("k{i}")), body(i)).await;
+            assert!(matches!(appended, Ok(Appended::Stored)));
+        }
+        let first = store.get("k0").unwrap().unwrap().loc.unwrap().seg;
+        let read = |store: &Store, i: usize| {
+            let m = store.get(&format!("k{i}")).unwrap().expect("still indexed");
+            assert_eq!(m.loc.unwrap().seg, first, "index entries are not rewritten");
+            store.read_body(&m).unwrap().expect("readable")
+        };
+        tokio::task::block_in_place(|| {
+            store.erase_events(&["k1".into(), "k4".into()], true).unwrap();
+            assert_eq!(store.shred().unwrap(), 1);
+            let once = store.inner.shared.readers.resolve(first);
+            assert_ne!(once, first);
+            assert!(
+                store.inner.shared.keyring.get(first).unwrap().is_none(),
+                "old key destroyed"
+            );
+            assert!(!log::segment_path(&store.inner.log_dir, first).exists());
+            for i in [0, 2, 3, 5] {
+                assert_eq!(read(&store, i), body(i));
+            }
+            // A second pass replaces the replacement (first and last records).
+            store.erase_events(&["k0".into(), "k5".into()], true).unwrap();
+            assert_eq!(store.shred().unwrap(), 1);
+            let twice = store.inner.shared.readers.resolve(first);
+            assert!(twice != once && twice != first);
+            assert!(store.inner.shared.keyring.get(once).unwrap().is_none());
+            assert_eq!(read(&store, 2), body(2));
+            assert_eq!(read(&store, 3), body(3));
+            store.close().unwrap();
+        });
+        drop(store);
+        // A replacement written but never recorded (the process stopped in
+        // between) holds copies: it goes at open, and nothing else does.
+        let log_dir = dir.path().join("log");
+        let replacement = log::list_segments(&log_dir)
+            .unwrap()
+            .into_iter()
+            .find(|s| log::rewritten_from(&log::segment_path(&log_dir, *s)).unwrap().is_some())
+            .unwrap();
+        log::create_rewrite(&log_dir, 999, replacement, now()).unwrap();
+        let (store, _) = open(dir.path());
+        assert!(
+            !log::segment_path(&log_dir, 999).exists(),
+            "the unrecorded replacement is gone"
+        );
+        assert_eq!(read(&store, 2), body(2));
+        assert_eq!(read(&store, 3), body(3));
+        for gone in ["k0", "k1", "k4", "k5"] {
+            assert!(store.get(gone).unwrap().is_none());
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn failed_events_are_counted_from_their_index() {
         let dir = tempfile::tempdir().unwrap();
