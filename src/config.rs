@@ -125,33 +125,14 @@ pub struct WorkerSettings {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct StoreSettings {
-    /// An intake log segment is closed once it is this large.
-    pub segment_max_bytes: u64,
-    /// ...or this old; purge deletes whole segments, so this is the
-    /// granularity of payload expiry.
-    #[serde(with = "humantime_serde_compat")]
-    pub segment_max_age: Duration,
-    /// No new segment is made (webhooks get `503`) while making one would
-    /// leave less than this free on the data dir's filesystem, so the index
-    /// always has room: sled cannot go on after a full disk until restarted.
-    pub min_free_bytes: u64,
-}
-
-#[derive(Debug, Clone, Serialize)]
 pub struct AdminSettings {
     /// Failed admin authentications allowed per source address per minute;
     /// past it that source gets `429`. A correct token is never limited.
     pub failed_auth_per_minute: u32,
 }
 
-mod humantime_serde_compat {
-    use std::time::Duration;
-
-    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-}
+use crate::timefmt::humantime_serde_compat;
+pub use crate::store::StoreSettings;
 
 // ---- the file layer -------------------------------------------------------
 

@@ -24,7 +24,7 @@ use std::path::Path;
 use serde_json::{json, Value};
 
 use crate::cache::{decode, encode, CacheCodec, ContactRecord};
-use crate::config::StoreSettings;
+use crate::store::StoreSettings;
 use crate::crypto::{self, DataKey, Keys};
 use crate::store::{keyring, CacheKind, Store, StoreError};
 

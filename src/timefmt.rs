@@ -98,3 +98,13 @@ mod tests {
         assert!(parse_time_bound("soon", 0).is_err());
     }
 }
+
+/// `#[serde(with = "humantime_serde_compat")]`: a duration written as
+/// people type it in the config file ("30s", "1h 30m").
+pub mod humantime_serde_compat {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+}

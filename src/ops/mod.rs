@@ -3,10 +3,9 @@
 //! when a server holds it). Every function returns the JSON document both
 //! print, so the two paths cannot drift apart.
 
-mod glob;
 pub mod remote;
 
-pub use glob::Glob;
+pub use crate::store::Glob;
 
 use serde::Deserialize;
 use serde_json::{json, Value};

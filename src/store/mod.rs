@@ -21,12 +21,14 @@ mod cache_ops;
 mod codec;
 mod committer;
 mod erasure;
+mod filter;
 pub mod event;
 pub mod keyring;
 mod ledger;
 pub mod log;
 mod maintenance;
 mod progress;
+mod settings;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -40,13 +42,14 @@ use crossbeam_channel::{Receiver, Sender};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 
-use crate::config::StoreSettings;
 use crate::crypto::{Keys, SegmentCipher};
 
 pub use backup::restore;
 pub(crate) use cache_ops::{cache_time_key, split_cache_time_key};
 pub use cache_ops::{CacheKind, CacheTx, TxError, TxResult};
 use committer::{AppendReq, Cmd, Committer};
+pub use filter::{EventFilter, Glob};
+pub use settings::StoreSettings;
 pub use event::{time_key, Attempt, EventMeta, Location, Status};
 use keyring::{Keyring, KeyringError};
 pub use ledger::{merge as merge_ledger, LedgerEntry, LEDGER_FILE};
@@ -500,24 +503,6 @@ const FRESH_QUEUE_LIMIT: usize = 4096;
 
 /// Events by status, by topic, and duplicate deliveries seen.
 pub type Counts = (HashMap<Status, u64>, HashMap<String, u64>, u64);
-
-/// Filter for listing events.
-#[derive(Debug, Clone, Default)]
-pub struct EventFilter {
-    pub status: Option<Status>,
-    pub topic: Option<crate::ops::Glob>,
-    pub since_ms: Option<i64>,
-    pub until_ms: Option<i64>,
-}
-
-impl EventFilter {
-    pub fn matches(&self, m: &EventMeta) -> bool {
-        self.status.is_none_or(|s| s == m.status)
-            && self.topic.as_ref().is_none_or(|g| g.matches(&m.topic))
-            && self.since_ms.is_none_or(|t| m.received_ms >= t)
-            && self.until_ms.is_none_or(|t| m.received_ms <= t)
-    }
-}
 
 impl Store {
     /// Opens (or creates) the store in `dir`, recovers the index from the

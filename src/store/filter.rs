@@ -1,5 +1,29 @@
-//! Topic globs for filters: `*` matches any run of characters (dots
-//! included), `?` one character; everything else literally.
+//! Which events a listing, a replay or a count takes: status, topic glob
+//! and a receipt-time range. The store's own filter type, so that it needs
+//! nothing from the layers above.
+
+use super::{EventMeta, Status};
+
+/// Filter for listing events.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub status: Option<Status>,
+    pub topic: Option<Glob>,
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+}
+
+impl EventFilter {
+    pub fn matches(&self, m: &EventMeta) -> bool {
+        self.status.is_none_or(|s| s == m.status)
+            && self.topic.as_ref().is_none_or(|g| g.matches(&m.topic))
+            && self.since_ms.is_none_or(|t| m.received_ms >= t)
+            && self.until_ms.is_none_or(|t| m.received_ms <= t)
+    }
+}
+
+/// A topic glob: `*` matches any run of characters (dots included), `?`
+/// one character; everything else literally.
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Glob(String);
