@@ -131,8 +131,8 @@ pub struct AdminSettings {
     pub failed_auth_per_minute: u32,
 }
 
-use crate::timefmt::humantime_serde_compat;
 pub use crate::store::StoreSettings;
+use crate::timefmt::humantime_serde_compat;
 
 // ---- the file layer -------------------------------------------------------
 

@@ -24,8 +24,8 @@ use std::path::Path;
 use serde_json::{json, Value};
 
 use crate::cache::{decode, encode, CacheCodec, ContactRecord};
-use crate::store::StoreSettings;
 use crate::crypto::{self, DataKey, Keys};
+use crate::store::StoreSettings;
 use crate::store::{keyring, CacheKind, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
