@@ -161,3 +161,61 @@ pub async fn run(settings: Settings, listeners: Listeners, shutdown: Cancellatio
     tracing::info!("Stopped cleanly.");
     Ok(())
 }
+
+/// `serve` from the command line: binds the listeners, stops on SIGTERM or
+/// Ctrl-C, and returns the process's exit code (2: no client secret; 1:
+/// cannot listen, or stopped with an error).
+pub async fn serve(settings: Settings) -> i32 {
+    if let Err(e) = settings.require_client_secret() {
+        eprintln!("error: {e}");
+        return 2;
+    }
+    let bind = |addr, flag: &'static str| async move {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr} ({flag}): {e}"))
+    };
+    let listeners = match (
+        bind(settings.listen, "--listen").await,
+        bind(settings.admin_listen, "--admin-listen").await,
+    ) {
+        (Ok(public), Ok(admin)) => Listeners { public, admin },
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signal_listener(shutdown.clone()));
+    match run(settings, listeners, shutdown).await {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::error!(error = %e, "Server stopped with an error.");
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}
+
+async fn signal_listener(shutdown: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                shutdown.cancel();
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+    tracing::info!("Signal received.");
+    shutdown.cancel();
+}

@@ -261,6 +261,19 @@ pub struct ServeFlags {
     pub admin_listen: Option<String>,
 }
 
+impl ServeFlags {
+    /// The serve-only flags of `cli`, if its command is `serve`.
+    pub fn of(cli: &Cli) -> ServeFlags {
+        match &cli.command {
+            crate::cli::Command::Serve(a) => ServeFlags {
+                listen: a.listen.clone(),
+                admin_listen: a.admin_listen.clone(),
+            },
+            _ => ServeFlags::default(),
+        }
+    }
+}
+
 impl Settings {
     /// Builds the settings from the parsed command line, the file it names
     /// and the environment.

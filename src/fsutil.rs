@@ -151,3 +151,11 @@ mod tests {
         assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o750);
     }
 }
+
+/// Everything this process writes is its owner's only (log segments, sled's
+/// files, exports, backups), whatever umask it was started with: the bits
+/// already masked stay masked.
+pub fn owner_only_umask() {
+    let mask = rustix::fs::Mode::from_raw_mode(0o077);
+    rustix::process::umask(rustix::process::umask(mask) | mask);
+}

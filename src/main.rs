@@ -3,7 +3,6 @@
 //! usage or configuration, 3 not found).
 
 use clap::Parser;
-use tokio_util::sync::CancellationToken;
 
 use intercom_webhooks::cli::{Cli, Command};
 use intercom_webhooks::config::{ProcessEnv, ServeFlags, Settings};
@@ -15,20 +14,9 @@ use intercom_webhooks::{app, commands, logging};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    // Everything this process writes is its owner's only (log segments,
-    // sled's files, exports, backups), whatever umask it was started with:
-    // the bits already masked stay masked.
-    let mask = rustix::fs::Mode::from_raw_mode(0o077);
-    rustix::process::umask(rustix::process::umask(mask) | mask);
+    intercom_webhooks::fsutil::owner_only_umask();
     let cli = Cli::parse();
-    let serve_flags = match &cli.command {
-        Command::Serve(a) => ServeFlags {
-            listen: a.listen.clone(),
-            admin_listen: a.admin_listen.clone(),
-        },
-        _ => ServeFlags::default(),
-    };
-    let settings = match Settings::load(&cli, &serve_flags, &ProcessEnv) {
+    let settings = match Settings::load(&cli, &ServeFlags::of(&cli), &ProcessEnv) {
         Ok(s) => s,
         Err(e) => exit(2, &e.to_string()),
     };
@@ -45,7 +33,7 @@ fn main() {
     };
     let code = runtime.block_on(async move {
         if matches!(cli.command, Command::Serve(_)) {
-            serve(settings).await
+            app::serve(settings).await
         } else {
             match commands::run(cli, settings).await {
                 Ok(()) => 0,
@@ -62,59 +50,4 @@ fn main() {
 fn exit(code: i32, message: &str) -> ! {
     eprintln!("error: {message}");
     std::process::exit(code);
-}
-
-async fn serve(settings: Settings) -> i32 {
-    if let Err(e) = settings.require_client_secret() {
-        eprintln!("error: {e}");
-        return 2;
-    }
-    let bind = |addr, flag: &'static str| async move {
-        tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| format!("cannot listen on {addr} ({flag}): {e}"))
-    };
-    let listeners = match (
-        bind(settings.listen, "--listen").await,
-        bind(settings.admin_listen, "--admin-listen").await,
-    ) {
-        (Ok(public), Ok(admin)) => app::Listeners { public, admin },
-        (Err(e), _) | (_, Err(e)) => {
-            eprintln!("error: {e}");
-            return 1;
-        }
-    };
-    let shutdown = CancellationToken::new();
-    tokio::spawn(signal_listener(shutdown.clone()));
-    match app::run(settings, listeners, shutdown).await {
-        Ok(()) => 0,
-        Err(e) => {
-            tracing::error!(error = %e, "Server stopped with an error.");
-            eprintln!("error: {e:#}");
-            1
-        }
-    }
-}
-
-async fn signal_listener(shutdown: CancellationToken) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = match signal(SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                shutdown.cancel();
-                return;
-            }
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
-    tracing::info!("Signal received.");
-    shutdown.cancel();
 }
