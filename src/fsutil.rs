@@ -131,6 +131,14 @@ pub fn replace_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Everything this process writes is its owner's only (log segments, sled's
+/// files, exports, backups), whatever umask it was started with: the bits
+/// already masked stay masked.
+pub fn owner_only_umask() {
+    let mask = rustix::fs::Mode::from_raw_mode(0o077);
+    rustix::process::umask(rustix::process::umask(mask) | mask);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,12 +158,4 @@ mod tests {
         private_dir_all(&dir).unwrap();
         assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o750);
     }
-}
-
-/// Everything this process writes is its owner's only (log segments, sled's
-/// files, exports, backups), whatever umask it was started with: the bits
-/// already masked stay masked.
-pub fn owner_only_umask() {
-    let mask = rustix::fs::Mode::from_raw_mode(0o077);
-    rustix::process::umask(rustix::process::umask(mask) | mask);
 }
