@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::crypto::{self, Keys};
+use crate::store::CacheKind;
 
 const RECORD_VERSION: u8 = 1;
 
@@ -142,21 +143,64 @@ impl Filed {
     }
 }
 
+/// What the cache's index rules (`cache_rules`) need of a cached record.
+pub trait Cached: Serialize + for<'de> Deserialize<'de> {
+    const KIND: CacheKind;
+    /// Intercom's id of the contact or conversation.
+    fn id(&self) -> &str;
+    /// Its last write and where it is filed for expiry.
+    fn filed(&self) -> Filed;
+    fn set_filed(&mut self, filed: Filed);
+    /// The keyed hash its email is indexed under (contacts only).
+    fn email_hash(&self) -> Option<&str> {
+        None
+    }
+}
+
 impl ContactRecord {
     pub fn filed(&self) -> Filed {
+        Cached::filed(self)
+    }
+}
+
+impl Cached for ContactRecord {
+    const KIND: CacheKind = CacheKind::Contact;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn filed(&self) -> Filed {
         Filed {
             written_ms: self.written_ms,
             index_ms: self.index_ms,
         }
     }
+    fn set_filed(&mut self, filed: Filed) {
+        (self.written_ms, self.index_ms) = (filed.written_ms, filed.index_ms);
+    }
+    fn email_hash(&self) -> Option<&str> {
+        self.email_hash.as_deref()
+    }
 }
 
 impl ConversationRecord {
     pub fn filed(&self) -> Filed {
+        Cached::filed(self)
+    }
+}
+
+impl Cached for ConversationRecord {
+    const KIND: CacheKind = CacheKind::Conversation;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn filed(&self) -> Filed {
         Filed {
             written_ms: self.written_ms,
             index_ms: self.index_ms,
         }
+    }
+    fn set_filed(&mut self, filed: Filed) {
+        (self.written_ms, self.index_ms) = (filed.written_ms, filed.index_ms);
     }
 }
 

@@ -29,6 +29,7 @@ use std::collections::{BTreeSet, VecDeque};
 use serde::Serialize;
 
 use crate::cache::{decode, CacheCodec, ContactRecord, ConversationRecord};
+use crate::cache_rules;
 use crate::identifiers;
 use crate::store::{CacheKind, LedgerEntry, Store, StoreError};
 use crate::timefmt::now_ms;
@@ -188,26 +189,9 @@ pub fn erase(store: &Store, found: &Found, keep: Option<&str>, shred_now: bool) 
 fn forget_cached(store: &Store, kind: CacheKind, ids: &[String]) -> Result<u64, StoreError> {
     let (now, mut removed) = (now_ms(), 0);
     for id in ids {
-        let had = store.cache_txn(|tx| {
-            let mut had = false;
-            if let Some(bytes) = tx.get(kind, id)? {
-                had = true;
-                let filed = match kind {
-                    CacheKind::Contact => {
-                        let r = decode::<ContactRecord>(&bytes);
-                        if let Some(h) = r.as_ref().and_then(|r| r.email_hash.as_deref()) {
-                            tx.unindex_email(h, id)?;
-                        }
-                        r.map(|r| r.filed().at())
-                    }
-                    CacheKind::Conversation => decode::<ConversationRecord>(&bytes).map(|r| r.filed().at()),
-                };
-                tx.remove(kind, id, filed)?;
-            }
-            if tx.tombstone(kind, id)?.is_none() {
-                tx.put_tombstone(kind, id, now / 1000, now)?;
-            }
-            Ok(had)
+        let had = store.cache_txn(|tx| match kind {
+            CacheKind::Contact => cache_rules::delete::<ContactRecord>(tx, id, now / 1000, now),
+            CacheKind::Conversation => cache_rules::delete::<ConversationRecord>(tx, id, now / 1000, now),
         })?;
         removed += u64::from(had);
     }

@@ -33,6 +33,7 @@
 pub mod app;
 pub mod audit;
 pub mod cache;
+pub mod cache_rules;
 pub mod cli;
 pub mod client;
 pub mod commands;

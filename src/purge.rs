@@ -18,7 +18,6 @@ use std::time::Instant;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::cache::{decode, encode, Filed};
 use crate::config::Settings;
 use crate::metrics::{ClassLabel, Metrics};
 use crate::store::{CacheKind, Store, StoreError};
@@ -204,24 +203,12 @@ fn run_blocking(store: &Store, settings: &Settings, dry_run: bool, now: i64) -> 
     Ok(report)
 }
 
-/// The fields purge needs from either kind of cached record.
-#[derive(serde::Deserialize)]
-struct Expiring {
-    #[serde(flatten)]
-    filed: Filed,
-    #[serde(default)]
-    email_hash: Option<String>,
-}
-
 /// How many records [`purge_cache`] would remove.
 fn count_cache(store: &Store, kind: CacheKind, before: i64) -> Result<u64, StoreError> {
     let mut n = 0;
     for (ms, id) in store.cache_expired(kind.tag(), before, usize::MAX)? {
         if let Some(bytes) = store.cache_get(kind, &id)? {
-            n += u64::from(match decode::<Expiring>(&bytes) {
-                Some(e) => e.filed.at() == ms && e.filed.written_ms < before,
-                None => true,
-            });
+            n += u64::from(crate::cache_rules::expired(&bytes, ms, before));
         }
     }
     Ok(n)
@@ -237,30 +224,7 @@ fn purge_cache(store: &Store, kind: CacheKind, before: i64, batch: usize) -> Res
             return Ok(n);
         }
         for (ms, id) in &expired {
-            let removed = store.cache_txn(|tx| {
-                tx.remove_time_index(kind.tag(), *ms, id)?;
-                let Some(bytes) = tx.get(kind, id)? else {
-                    return Ok(false);
-                };
-                match decode::<Expiring>(&bytes) {
-                    // An entry the record is no longer filed under.
-                    Some(e) if e.filed.at() != *ms => Ok(false),
-                    Some(e) if e.filed.written_ms >= before => {
-                        let mut record: serde_json::Value = decode(&bytes).unwrap_or_default();
-                        record["index_ms"] = e.filed.written_ms.into();
-                        tx.put(kind, id, &encode(&record), None)?;
-                        tx.file_time_index(kind.tag(), e.filed.written_ms, id)?;
-                        Ok(false)
-                    }
-                    e => {
-                        if let Some(h) = e.and_then(|e| e.email_hash) {
-                            tx.unindex_email(&h, id)?;
-                        }
-                        tx.remove(kind, id, None)?;
-                        Ok(true)
-                    }
-                }
-            })?;
+            let removed = store.cache_txn(|tx| crate::cache_rules::expire(tx, kind, id, *ms, before))?;
             n += u64::from(removed);
         }
     }
@@ -274,16 +238,12 @@ fn purge_tombstones(store: &Store, kind: CacheKind, before: i64, batch: usize) -
             return Ok(n);
         }
         for (ms, id) in &expired {
-            store.cache_txn(|tx| {
-                tx.remove_time_index(kind.tomb_tag(), *ms, id)?;
-                tx.remove_tombstone(kind, id)
-            })?;
+            store.cache_txn(|tx| crate::cache_rules::expire_tombstone(tx, kind, id, *ms))?;
             n += 1;
         }
     }
 }
 
-/// The background purge: runs every `[purge] interval` until shutdown.
 /// Rewrites the log segments queued by webhook erasures, every
 /// `[purge] shred_interval`, until shutdown.
 pub async fn shred_loop(store: Store, settings: std::sync::Arc<Settings>, shutdown: CancellationToken) {
@@ -304,6 +264,7 @@ pub async fn shred_loop(store: Store, settings: std::sync::Arc<Settings>, shutdo
     }
 }
 
+/// The background purge: runs every `[purge] interval` until shutdown.
 pub async fn run_loop(
     store: Store,
     settings: std::sync::Arc<Settings>,

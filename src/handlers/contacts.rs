@@ -11,7 +11,8 @@
 use serde_json::Value;
 
 use super::{bool_field, list_ids, list_is_partial, str_field, ts, Applied, Ctx};
-use crate::cache::{decode, encode, ContactRecord, Filed};
+use crate::cache::ContactRecord;
+use crate::cache_rules as rules;
 use crate::store::{CacheKind, CacheTx, TxError, TxResult};
 
 const KIND: CacheKind = CacheKind::Contact;
@@ -20,37 +21,13 @@ fn abort(msg: &str) -> TxError {
     TxError::Abort(msg.to_string())
 }
 
-fn load(tx: &CacheTx<'_>, id: &str) -> TxResult<Option<ContactRecord>> {
-    match tx.get(KIND, id)? {
-        Some(bytes) => decode(&bytes)
-            .map(Some)
-            .ok_or_else(|| abort("cached contact is unreadable")),
-        None => Ok(None),
-    }
-}
-
-fn save(tx: &CacheTx<'_>, ctx: &Ctx<'_>, r: &mut ContactRecord, prev: Option<&ContactRecord>) -> TxResult<()> {
-    let prev_hash = prev.and_then(|p| p.email_hash.as_ref());
-    if prev_hash != r.email_hash.as_ref() {
-        if let Some(h) = prev_hash {
-            tx.unindex_email(h, &r.id)?;
-        }
-        if let Some(h) = &r.email_hash {
-            tx.index_email(h, &r.id)?;
-        }
-    }
-    r.written_ms = ctx.now_ms;
-    r.index_ms = Some(Filed::next(prev.map(ContactRecord::filed), ctx.now_ms));
-    tx.put(KIND, &r.id, &encode(r), prev.is_none().then_some(ctx.now_ms))
-}
-
 pub fn upsert(tx: &CacheTx<'_>, ctx: &Ctx<'_>, contact: &Value, archived: Option<bool>) -> TxResult<Applied> {
     let id = str_field(contact, "id").ok_or_else(|| abort("contact item has no id"))?;
-    if tx.tombstone(KIND, &id)?.is_some() {
+    if rules::tombstoned(tx, KIND, &id)? {
         return Ok(Applied::Tombstoned);
     }
     let stamp = ctx.stamp(contact);
-    let existing = load(tx, &id)?;
+    let existing = rules::load::<ContactRecord>(tx, &id)?;
     if existing.as_ref().is_some_and(|e| e.stamp > stamp) {
         return Ok(Applied::Stale);
     }
@@ -98,16 +75,16 @@ pub fn upsert(tx: &CacheTx<'_>, ctx: &Ctx<'_>, contact: &Value, archived: Option
         .or_else(|| bool_field(contact, "archived"))
         .unwrap_or(r.archived);
     r.stamp = stamp;
-    save(tx, ctx, &mut r, existing.as_ref())?;
+    rules::save(tx, &mut r, existing.as_ref(), ctx.now_ms)?;
     Ok(Applied::Updated)
 }
 
 pub fn archive(tx: &CacheTx<'_>, ctx: &Ctx<'_>, id: &str) -> TxResult<Applied> {
-    if tx.tombstone(KIND, id)?.is_some() {
+    if rules::tombstoned(tx, KIND, id)? {
         return Ok(Applied::Tombstoned);
     }
     let stamp = ctx.event_stamp();
-    let existing = load(tx, id)?;
+    let existing = rules::load::<ContactRecord>(tx, id)?;
     if existing.as_ref().is_some_and(|e| e.stamp > stamp) {
         return Ok(Applied::Stale);
     }
@@ -118,19 +95,12 @@ pub fn archive(tx: &CacheTx<'_>, ctx: &Ctx<'_>, id: &str) -> TxResult<Applied> {
     r.app_id = ctx.app_id.map(str::to_string).or(r.app_id);
     r.archived = true;
     r.stamp = stamp;
-    save(tx, ctx, &mut r, existing.as_ref())?;
+    rules::save(tx, &mut r, existing.as_ref(), ctx.now_ms)?;
     Ok(Applied::Updated)
 }
 
 pub fn delete(tx: &CacheTx<'_>, ctx: &Ctx<'_>, id: &str) -> TxResult<Applied> {
-    if let Some(existing) = load(tx, id)? {
-        if let Some(h) = &existing.email_hash {
-            tx.unindex_email(h, id)?;
-        }
-        tx.remove(KIND, id, Some(existing.filed().at()))?;
-    }
-    let deleted_at = tx.tombstone(KIND, id)?.unwrap_or_else(|| ctx.event_stamp());
-    tx.put_tombstone(KIND, id, deleted_at, ctx.now_ms)?;
+    rules::delete::<ContactRecord>(tx, id, ctx.event_stamp(), ctx.now_ms)?;
     Ok(Applied::Deleted)
 }
 
@@ -165,7 +135,7 @@ pub fn membership(
         return Ok(applied);
     }
     let id = str_field(contact, "id").ok_or_else(|| abort("contact item has no id"))?;
-    let existing = load(tx, &id)?;
+    let existing = rules::load::<ContactRecord>(tx, &id)?;
     let mut r = existing
         .clone()
         .ok_or_else(|| abort("contact vanished inside its transaction"))?;
@@ -174,6 +144,6 @@ pub fn membership(
         Set::Companies => &mut r.companies,
     };
     target.set(member, add, ctx.event_stamp());
-    save(tx, ctx, &mut r, existing.as_ref())?;
+    rules::save(tx, &mut r, existing.as_ref(), ctx.now_ms)?;
     Ok(Applied::Updated)
 }

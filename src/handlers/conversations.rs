@@ -7,7 +7,8 @@
 use serde_json::Value;
 
 use super::{bool_field, list_ids, str_field, ts, Applied, Ctx};
-use crate::cache::{decode, encode, ConversationRecord, Filed};
+use crate::cache::ConversationRecord;
+use crate::cache_rules as rules;
 use crate::envelope::id_string;
 use crate::store::{CacheKind, CacheTx, TxError, TxResult};
 
@@ -15,26 +16,6 @@ const KIND: CacheKind = CacheKind::Conversation;
 
 fn abort(msg: &str) -> TxError {
     TxError::Abort(msg.to_string())
-}
-
-fn load(tx: &CacheTx<'_>, id: &str) -> TxResult<Option<ConversationRecord>> {
-    match tx.get(KIND, id)? {
-        Some(bytes) => decode(&bytes)
-            .map(Some)
-            .ok_or_else(|| abort("cached conversation is unreadable")),
-        None => Ok(None),
-    }
-}
-
-fn save(
-    tx: &CacheTx<'_>,
-    ctx: &Ctx<'_>,
-    r: &mut ConversationRecord,
-    prev: Option<&ConversationRecord>,
-) -> TxResult<()> {
-    r.written_ms = ctx.now_ms;
-    r.index_ms = Some(Filed::next(prev.map(ConversationRecord::filed), ctx.now_ms));
-    tx.put(KIND, &r.id, &encode(r), prev.is_none().then_some(ctx.now_ms))
 }
 
 /// 2.x `admin_assignee_id`, or a legacy `assignee` of the given type.
@@ -53,18 +34,18 @@ fn parts(c: &Value) -> Option<&Vec<Value>> {
 
 pub fn upsert(tx: &CacheTx<'_>, ctx: &Ctx<'_>, c: &Value) -> TxResult<Applied> {
     let id = str_field(c, "id").ok_or_else(|| abort("conversation item has no id"))?;
-    if tx.tombstone(KIND, &id)?.is_some() {
+    if rules::tombstoned(tx, KIND, &id)? {
         return Ok(Applied::Tombstoned);
     }
     let stamp = ctx.stamp(c);
-    let existing = load(tx, &id)?;
+    let existing = rules::load::<ConversationRecord>(tx, &id)?;
     let mut r = existing.clone().unwrap_or_default();
     // Parts only ever add information: record them even from a stale event.
     let last_part = parts(c).and_then(|ps| ps.iter().filter_map(|p| ts(p, "created_at")).max());
     r.last_part_at = r.last_part_at.max(last_part);
     if existing.as_ref().is_some_and(|e| e.stamp > stamp) {
         if r.last_part_at != existing.as_ref().and_then(|e| e.last_part_at) {
-            save(tx, ctx, &mut r, existing.as_ref())?;
+            rules::save(tx, &mut r, existing.as_ref(), ctx.now_ms)?;
         }
         return Ok(Applied::Stale);
     }
@@ -119,16 +100,12 @@ pub fn upsert(tx: &CacheTx<'_>, ctx: &Ctx<'_>, c: &Value) -> TxResult<Applied> {
         r.delivered_as = str_field(s, "delivered_as").or(r.delivered_as);
     }
     r.stamp = stamp;
-    save(tx, ctx, &mut r, existing.as_ref())?;
+    rules::save(tx, &mut r, existing.as_ref(), ctx.now_ms)?;
     Ok(Applied::Updated)
 }
 
 pub fn delete(tx: &CacheTx<'_>, ctx: &Ctx<'_>, id: &str) -> TxResult<Applied> {
-    if let Some(existing) = load(tx, id)? {
-        tx.remove(KIND, id, Some(existing.filed().at()))?;
-    }
-    let deleted_at = tx.tombstone(KIND, id)?.unwrap_or_else(|| ctx.event_stamp());
-    tx.put_tombstone(KIND, id, deleted_at, ctx.now_ms)?;
+    rules::delete::<ConversationRecord>(tx, id, ctx.event_stamp(), ctx.now_ms)?;
     Ok(Applied::Deleted)
 }
 
@@ -139,16 +116,16 @@ pub fn contact(
     contact_id: &str,
     attach: bool,
 ) -> TxResult<Applied> {
-    if tx.tombstone(KIND, conversation_id)?.is_some() {
+    if rules::tombstoned(tx, KIND, conversation_id)? {
         return Ok(Applied::Tombstoned);
     }
-    let existing = load(tx, conversation_id)?;
+    let existing = rules::load::<ConversationRecord>(tx, conversation_id)?;
     let mut r = existing.clone().unwrap_or_else(|| ConversationRecord {
         id: conversation_id.to_string(),
         ..ConversationRecord::default()
     });
     r.app_id = ctx.app_id.map(str::to_string).or(r.app_id);
     r.contacts.set(contact_id, attach, ctx.event_stamp());
-    save(tx, ctx, &mut r, existing.as_ref())?;
+    rules::save(tx, &mut r, existing.as_ref(), ctx.now_ms)?;
     Ok(Applied::Updated)
 }
