@@ -15,6 +15,61 @@
 //! Dedup: the first request for a key wins an in-memory claim; a concurrent
 //! duplicate waits until the winner's record is durable before it is
 //! answered, so no id is acknowledged twice before it is on disk.
+//!
+//! # The contract: what any backend behind [`Store`] must honour
+//!
+//! The layers above (HTTP, ingest, workers, handlers, ops, privacy) rely on
+//! these properties and on nothing else about how they are met. A second
+//! backend (PostgreSQL, say) is correct exactly when it keeps them; the
+//! integration tests named below check them against this one.
+//!
+//! 1. **A `200` is on stable media.** [`Store::append_if_absent`] returns
+//!    [`Appended::Stored`] only once the event's metadata *and* raw body
+//!    would survive a power cut (here: the log segment is `fdatasync`ed; a
+//!    database: the commit is flushed, and replicated where it promises
+//!    availability). It never returns `Stored` twice for one key; a
+//!    concurrent duplicate returns [`Appended::Duplicate`] only after the
+//!    first copy is durable. An error means nothing may be acknowledged.
+//!    Tests: `tests/crash.rs`, `tests/full_disk.rs`.
+//! 2. **Every stored event reaches a worker at least once.** A stored
+//!    event is queued ([`Store::work_queue`]) until an outcome is recorded
+//!    for it; a crash before that queues it again at open
+//!    ([`Store::queued_keys`]). Handlers are idempotent, so twice is safe.
+//! 3. **Outcomes are compare-and-swap.** [`Store::complete`] records an
+//!    outcome against the [`Snapshot`] the worker read; a change in
+//!    between (a duplicate delivery counted) is merged, never lost. The
+//!    `pending` and `failed` entries follow the status (the `failed` entry
+//!    may outlive its status after a crash, never the reverse).
+//! 4. **Cache writes are transactions.** Everything inside one
+//!    [`Store::cache_txn`] (record, expiry entry, email index, tombstone)
+//!    commits together or not at all, and is retried on conflict; the rules
+//!    themselves live above the store, in `cache_rules`.
+//! 5. **Order.** Listings and [`Store::for_each`] go by receipt time, then
+//!    key; [`Store::queued_keys`] oldest first. Workers may finish in any
+//!    order: the cache orders by the item's own time, not by processing.
+//! 6. **Purge destroys.** An expired event's metadata becomes a dedup
+//!    marker (so a late re-delivery is still a duplicate) and its body is
+//!    gone for good: here its segment's key is destroyed before the file is
+//!    deleted. Markers, cache records, tombstones and audit entries expire
+//!    by their own retention.
+//! 7. **Erasure is immediate, then physical.** After
+//!    [`Store::erase_events`] returns, no erased event is listed, shown,
+//!    read ([`Store::read_body`] gives `None`), replayed or queued, and its
+//!    dedup marker stays. Every copy of its bytes is destroyed by the next
+//!    [`Store::shred`] (here: segments rewritten without it under new keys,
+//!    old keys destroyed; a database: rows deleted *and* the space they
+//!    held rewritten, e.g. `VACUUM FULL` of what held them, WAL and
+//!    replicas included). The erasure ledger ([`Store::ledger_append`]) is
+//!    durable before an erasure is reported, and is applied again to an
+//!    index restored or rebuilt from older data.
+//!    Tests: `tests/erasure.rs`.
+//! 8. **Nothing personal in plaintext.** The store is handed payloads and
+//!    cache values; payloads are encrypted at rest under keys it holds
+//!    wrapped by the data key (never stored in the data dir), and cache
+//!    values arrive already sealed or hashed by `cache`.
+//! 9. **Backups are consistent and keyless.** [`Store::backup`] writes a
+//!    point-in-time copy of events, cache, audit and ledger that
+//!    [`restore`] turns back into a store opened with the same data key.
 
 mod backup;
 mod cache_ops;

@@ -216,3 +216,31 @@ async fn failed_events_are_counted_from_their_index() {
     assert_eq!(store.failed_count().unwrap(), 1);
     store.close().unwrap();
 }
+
+/// The store depends on nothing above it: only on these leaf modules (see
+/// the module docs and `docs/architecture.md`).
+#[test]
+fn the_store_imports_nothing_from_the_layers_above() {
+    const BELOW: [&str; 5] = ["store", "crypto", "fsutil", "timefmt", "secret"];
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/store");
+    let mut upward = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            if line.trim_start().starts_with("//") {
+                continue;
+            }
+            for (i, _) in line.match_indices("crate::") {
+                let module: String = line[i + 7..]
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                if !module.is_empty() && !BELOW.contains(&module.as_str()) {
+                    upward.push(format!("{}:{}: crate::{module}", path.display(), n + 1));
+                }
+            }
+        }
+    }
+    assert!(upward.is_empty(), "store/ imports from above: {upward:#?}");
+}
