@@ -140,7 +140,7 @@ PY
 
 erase() {
   echo "== erasure at scale: 1,000 contact.deleted against ~1,000,000 stored events"
-  start
+  start "${ERASE_CONFIG:-}"
   for i in $(seq ${ERASE_FILL_RUNS:-4}); do $LOADGEN --url $URL --connections 64 --seconds 120 --bodies 250000 2>/dev/null | sed -n 1p; done
   wait_idle
   echo "store: $(du -sh $WORK/data | cut -f1) ($(ls $WORK/data/log | wc -l) segments)"

@@ -97,12 +97,20 @@ pub struct PurgeSettings {
     pub interval: Duration,
     /// Keys deleted per sled batch, so intake is never held back for long.
     pub batch_size: usize,
-    /// How often log segments holding records erased by `contact.deleted`
-    /// webhooks are rewritten without them (one pass serves every erasure
-    /// queued since the last). Operator erasures shred at once.
+    /// Log segments holding records erased by `contact.deleted` webhooks
+    /// are rewritten without them in one pass for many erasures: once no
+    /// erasure has been queued for `shred_quiet`, or once the oldest has
+    /// waited `shred_interval`, whichever comes first. Operator erasures
+    /// shred at once.
     #[serde(with = "humantime_serde_compat")]
     pub shred_interval: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub shred_quiet: Duration,
 }
+
+/// `[purge] shred_bytes_per_second`: how fast a shred pass reads and
+/// writes (see `docs/performance.md` for what faster costs intake).
+pub const DEFAULT_SHRED_BYTES_PER_SECOND: u64 = 24 * 1024 * 1024;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct CacheSettings {
@@ -197,6 +205,8 @@ struct FilePurge {
     interval: Option<String>,
     batch_size: Option<usize>,
     shred_interval: Option<String>,
+    shred_quiet: Option<String>,
+    shred_bytes_per_second: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -364,7 +374,8 @@ impl Settings {
         let purge = PurgeSettings {
             interval: dur(file.purge.interval.as_ref(), "purge.interval", "1h")?,
             batch_size: file.purge.batch_size.unwrap_or(500).max(1),
-            shred_interval: dur(file.purge.shred_interval.as_ref(), "purge.shred_interval", "30s")?,
+            shred_interval: dur(file.purge.shred_interval.as_ref(), "purge.shred_interval", "5m")?,
+            shred_quiet: dur(file.purge.shred_quiet.as_ref(), "purge.shred_quiet", "10s")?,
         };
         let worker = WorkerSettings {
             concurrency: file
@@ -381,6 +392,10 @@ impl Settings {
             segment_max_bytes: file.store.segment_max_bytes.unwrap_or(64 * 1024 * 1024).max(4096),
             segment_max_age: dur(file.store.segment_max_age.as_ref(), "store.segment_max_age", "1h")?,
             min_free_bytes: file.store.min_free_bytes.unwrap_or(64 * 1024 * 1024),
+            shred_bytes_per_second: file
+                .purge
+                .shred_bytes_per_second
+                .unwrap_or(DEFAULT_SHRED_BYTES_PER_SECOND),
         };
         // A body must fit one intake log record (with room for its
         // metadata): a larger limit would accept bodies that can only ever

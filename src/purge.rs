@@ -13,7 +13,7 @@
 //! `[purge] batch_size` so intake never waits long behind it.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -244,15 +244,27 @@ fn purge_tombstones(store: &Store, kind: CacheKind, before: i64, batch: usize) -
     }
 }
 
-/// Rewrites the log segments queued by webhook erasures, every
-/// `[purge] shred_interval`, until shutdown.
+/// Rewrites the log segments queued by webhook erasures, until shutdown:
+/// one pass for a burst of erasures (a bulk deletion in Intercom), started
+/// once none has been queued for `[purge] shred_quiet`, or once the oldest
+/// has waited `[purge] shred_interval`.
 pub async fn shred_loop(store: Store, settings: std::sync::Arc<Settings>, shutdown: CancellationToken) {
+    let tick = settings
+        .purge
+        .shred_quiet
+        .min(settings.purge.shred_interval)
+        .min(Duration::from_secs(1));
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(settings.purge.shred_interval) => {}
+            _ = tokio::time::sleep(tick) => {}
             _ = shutdown.cancelled() => return,
         }
-        if store.shred_queue_len() == 0 {
+        let Some((first, last)) = store.shred_waiting() else {
+            continue;
+        };
+        let now = crate::timefmt::now_ms();
+        let waited = |since: i64| Duration::from_millis((now - since).max(0) as u64);
+        if waited(last) < settings.purge.shred_quiet && waited(first) < settings.purge.shred_interval {
             continue;
         }
         let s = store.clone();

@@ -329,6 +329,44 @@ async fn a_bulk_deletion_is_unreadable_at_once_and_shredded_in_one_pass() {
     assert_absent_from_files(&dir.path().join("data"), &needles);
 }
 
+/// Webhook erasures are shredded in one pass per burst: not while they
+/// keep coming (nor before the longest wait), and at once after a quiet
+/// moment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shred_pass_waits_for_a_quiet_moment() {
+    for (quiet, shredded) in [("1h", false), ("300ms", true)] {
+        let dir = tempfile::tempdir().unwrap();
+        let toml = format!(
+            "[store]\nsegment_max_bytes = 65536\n[purge]\nshred_interval = \"1h\"\nshred_quiet = \"{quiet}\"\n"
+        );
+        let app = spawn_app_with(dir.path(), &toml, test_env()).await;
+        let id = |i: usize| format!("65f0c0ffee11000000{i:06}");
+        for i in 0..4 {
+            let c = contact(&id(i), &format!("quiet{i}@example.org"), "user", Value::Null);
+            let b = notification(&format!("n_c{i}"), "contact.user.created", c, 1767225600);
+            assert_eq!(app.post_signed(&b).await.status(), 200);
+            let d = json!({"type":"contact","id":id(i),"deleted":true});
+            let b = notification(&format!("n_d{i}"), "contact.deleted", d, 1767229200);
+            assert_eq!(app.post_signed(&b).await.status(), 200);
+        }
+        app.wait_idle().await;
+        if shredded {
+            wait_shredded(&app).await;
+        } else {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let stats = app.admin_json("/admin/stats").await;
+            assert!(
+                stats["erasure"]["segments_to_shred"].as_u64().unwrap() >= 1,
+                "no pass before the quiet moment or the longest wait: {stats}"
+            );
+        }
+        for i in 0..4 {
+            assert_eq!(status_of(&app, &format!("n_c{i}")).await, 404, "unreadable either way");
+        }
+        app.stop().await;
+    }
+}
+
 /// The real binary: a backup taken before an erasure, restored after it,
 /// does not bring the person back; nor does an index rebuilt from the log.
 #[test]

@@ -4,17 +4,15 @@
 //! segment's key is destroyed.
 
 use std::collections::BTreeSet;
-use std::os::unix::fs::FileExt;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::event::time_key;
 use super::{log, subject_key, EventMeta, SegmentInfo, Store, StoreError, NEXT_SEQ};
 use crate::timefmt::now_ms;
 
-/// How much of a rewritten segment is written (and synced) at a time...
-const SHRED_STEP: usize = 1 << 20;
-/// ...and the pause after each step.
-const SHRED_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
+/// How much of a segment a shred pass reads or writes at a time.
+const SHRED_STEP: usize = 256 << 10;
 
 /// What an erasure removed from the event store.
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -103,6 +101,14 @@ impl Store {
                 report.segments_queued += 1;
             }
         }
+        if !segments.is_empty() {
+            let now = now_ms();
+            self.inner.shred_last_ms.store(now, Ordering::SeqCst);
+            let _ = self
+                .inner
+                .shred_first_ms
+                .compare_exchange(0, now, Ordering::SeqCst, Ordering::SeqCst);
+        }
         drop(locs);
         if durable {
             self.flush_index()?;
@@ -150,6 +156,13 @@ impl Store {
         self.inner.trees.shred.len()
     }
 
+    /// When segments started waiting to be shredded and when the last was
+    /// queued (ms); `None` when none waits.
+    pub fn shred_waiting(&self) -> Option<(i64, i64)> {
+        let first = self.inner.shred_first_ms.load(Ordering::SeqCst);
+        (first != 0).then(|| (first, self.inner.shred_last_ms.load(Ordering::SeqCst)))
+    }
+
     /// Rewrites every queued segment without its erased records, under a
     /// new key, and destroys the old segment and its key, so the erased
     /// records cannot be decrypted from any copy of the old bytes. Returns
@@ -167,6 +180,13 @@ impl Store {
             })?
             .join()
             .map_err(|_| StoreError::Unavailable("the shred pass panicked".into()))?
+    }
+
+    fn shred_pace(&self) -> log::Pace {
+        log::Pace {
+            step: SHRED_STEP,
+            bytes_per_second: self.inner.shred_bytes_per_second,
+        }
     }
 
     fn shred_here(&self) -> Result<u64, StoreError> {
@@ -195,6 +215,9 @@ impl Store {
             t.shred.remove(seq.to_be_bytes())?;
         }
         self.flush_index()?;
+        // What was queued during the pass waits from now.
+        let left = if t.shred.is_empty() { 0 } else { now_ms() };
+        self.inner.shred_first_ms.store(left, Ordering::SeqCst);
         Ok(rewritten)
     }
 
@@ -213,7 +236,7 @@ impl Store {
         if !path.exists() {
             return Ok(false);
         }
-        let scan = log::scan(&path, &cipher, seq, 0)?;
+        let scan = log::scan_paced(&path, &cipher, seq, self.shred_pace())?;
         let mut live = Vec::new();
         let (mut first, mut last) = (i64::MAX, 0);
         for r in scan.records {
@@ -247,15 +270,9 @@ impl Store {
             log::frame_filler(&new_cipher, new_seq, end, off - end, &mut buf);
             end = off + u64::from(log::frame_record(&new_cipher, new_seq, *off, &[plain], &mut buf));
         }
-        let file = log::create_rewrite(&self.inner.log_dir, new_seq, seq, now_ms())?;
-        // In steps, each synced, with a pause between: a rewrite never
-        // queues more than a step of writeback ahead of intake's
-        // `fdatasync`s on the same disk.
-        for (i, chunk) in buf.chunks(SHRED_STEP).enumerate() {
-            file.write_all_at(chunk, log::HEADER_LEN + (i * SHRED_STEP) as u64)?;
-            file.sync_data()?;
-            std::thread::sleep(SHRED_PAUSE);
-        }
+        log::create_rewrite(&self.inner.log_dir, new_seq, seq, now_ms())?;
+        let path = log::segment_path(&self.inner.log_dir, new_seq);
+        log::write_rewrite(&path, &buf, self.shred_pace())?;
         drop(buf);
         shared.readers.register(new_seq, &self.inner.log_dir, new_cipher)?;
         let info = SegmentInfo {

@@ -243,6 +243,11 @@ struct Inner {
     audit_lock: Mutex<()>,
     /// One segment rewrite at a time (background pass and operator erasure).
     shred_lock: Mutex<()>,
+    shred_bytes_per_second: u64,
+    /// When the shred queue last went from empty to not, and when a
+    /// segment was last queued (ms; 0: the queue is empty).
+    shred_first_ms: AtomicI64,
+    shred_last_ms: AtomicI64,
     /// Held while erasure forgets events and while a rewrite points events
     /// at their new segment, so every erased record's segment is queued.
     loc_lock: Mutex<()>,

@@ -149,6 +149,12 @@ impl Store {
                     })?,
             );
         }
+        // Segments left queued by the last run wait as if queued now.
+        let queued_at = if trees.shred.is_empty() {
+            0
+        } else {
+            crate::timefmt::now_ms()
+        };
         let store = Store {
             inner: Arc::new(Inner {
                 dir: dir.to_path_buf(),
@@ -161,6 +167,9 @@ impl Store {
                 work_rx,
                 audit_lock: Mutex::new(()),
                 shred_lock: Mutex::new(()),
+                shred_bytes_per_second: settings.shred_bytes_per_second,
+                shred_first_ms: AtomicI64::new(queued_at),
+                shred_last_ms: AtomicI64::new(queued_at),
                 loc_lock: Mutex::new(()),
                 threads: Mutex::new(threads),
                 stop_checkpoint: stop_tx,

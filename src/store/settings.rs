@@ -19,4 +19,8 @@ pub struct StoreSettings {
     /// leave less than this free on the data dir's filesystem, so the index
     /// always has room: sled cannot go on after a full disk until restarted.
     pub min_free_bytes: u64,
+    /// How fast a shred pass (rewriting segments without erased records)
+    /// reads and writes, each, in bytes per second (0: as fast as it can).
+    /// It shares the disk with intake's `fdatasync`s.
+    pub shred_bytes_per_second: u64,
 }

@@ -7,6 +7,7 @@ fn open(dir: &Path) -> (Store, Recovery) {
         segment_max_bytes: 64 * 1024 * 1024,
         segment_max_age: Duration::from_secs(3600),
         min_free_bytes: 0,
+        shred_bytes_per_second: 0,
     };
     Store::open(dir, Keys::derive(&key), &settings).unwrap()
 }
