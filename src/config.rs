@@ -110,7 +110,7 @@ pub struct PurgeSettings {
 
 /// `[purge] shred_bytes_per_second`: how fast a shred pass reads and
 /// writes (see `docs/performance.md` for what faster costs intake).
-pub const DEFAULT_SHRED_BYTES_PER_SECOND: u64 = 24 * 1024 * 1024;
+pub const DEFAULT_SHRED_BYTES_PER_SECOND: u64 = 48 * 1024 * 1024;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct CacheSettings {

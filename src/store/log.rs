@@ -360,6 +360,31 @@ pub fn write_rewrite(path: &Path, records: &[u8], pace: Pace) -> std::io::Result
     direct.sync_data()
 }
 
+/// Removes a segment file (whose key is already destroyed) a step at a
+/// time from its end, each step made durable, then the file: on a file
+/// system mounted with `discard`, freeing a whole segment at once sends
+/// the disk one large discard that holds it for tens of milliseconds, and
+/// intake's `fdatasync`s wait behind it. Gone already is not an error.
+pub fn remove_gradually(path: &Path, step: u64, pause: std::time::Duration) -> std::io::Result<()> {
+    let file = match OpenOptions::new().write(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let mut len = file.metadata()?.len();
+    while len > step {
+        len -= step;
+        file.set_len(len)?;
+        file.sync_all()?;
+        std::thread::sleep(pause);
+    }
+    drop(file);
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// The segment a shred pass wrote `path` to replace, if it did.
 pub fn rewritten_from(path: &Path) -> std::io::Result<Option<u64>> {
     let mut word = [0u8; 8];

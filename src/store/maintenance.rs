@@ -7,6 +7,11 @@ use super::{log, EventMeta, SegmentInfo, Store, StoreError};
 
 const AUDIT_ANCHOR: &[u8] = b"audit_anchor";
 
+/// How much of a dropped segment is freed at a time, and the pause between
+/// (see `log::remove_gradually`).
+const REMOVE_STEP: u64 = 2 << 20;
+const REMOVE_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
+
 impl Store {
     /// Events received before `before_ms`, oldest first, at most `limit`:
     /// (receipt ms, key).
@@ -129,11 +134,7 @@ impl Store {
     pub(crate) fn drop_segment(&self, seq: u64) -> Result<(), StoreError> {
         self.inner.shared.keyring.destroy(seq)?;
         self.inner.shared.readers.forget(seq);
-        match std::fs::remove_file(log::segment_path(&self.inner.log_dir, seq)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e.into()),
-        }
+        log::remove_gradually(&log::segment_path(&self.inner.log_dir, seq), REMOVE_STEP, REMOVE_PAUSE)?;
         log::sync_dir(&self.inner.log_dir)?;
         self.inner.trees.segments.remove(seq.to_be_bytes())?;
         self.inner
