@@ -145,7 +145,7 @@ erase() {
   wait_idle
   echo "store: $(du -sh $WORK/data | cut -f1) ($(ls $WORK/data/log | wc -l) segments)"
   $LOADGEN --url $URL --connections 16 --rate 1000 --seconds 10 --bodies 12000 2>/dev/null | grep '^latency' | sed 's/^/intake at 1000\/s before: /'
-  ( $LOADGEN --url $URL --connections 16 --rate 1000 --seconds ${ERASE_LOAD_SECONDS:-240} --bodies 250000 --windows 10 2>/dev/null | grep '^latency\|^window' | sed 's/^/intake at 1000\/s during erasure: /' ) &
+  ( $LOADGEN --url $URL --connections 16 --rate 1000 --seconds ${ERASE_LOAD_SECONDS:-600} --bodies $(( ${ERASE_LOAD_SECONDS:-600} * 1000 + 10000 )) --windows 10 2>/dev/null | grep '^latency\|^window' | sed 's/^/intake at 1000\/s during erasure: /' ) &
   LG=$!
   sleep 2
   local t0=$(date +%s.%N)
