@@ -90,6 +90,7 @@ replay() {
 
 purge() {
   echo "== purge of N expired notifications (N = 4 fills of 250,000)"
+  mkdir -p "$WORK"
   cat > "$WORK/purge.toml" <<'TOML'
 [retention]
 events = "20s"
