@@ -15,10 +15,10 @@
 use serde::Deserialize;
 
 use crate::cache::{decode, encode, Cached, Filed};
-use crate::store::{CacheKind, CacheTx, TxError, TxResult};
+use crate::store::{CacheKind, CacheTx, Expiry, TxError, TxResult};
 
 /// The cached record `id`; an unreadable one aborts the transaction.
-pub fn load<R: Cached>(tx: &CacheTx<'_>, id: &str) -> TxResult<Option<R>> {
+pub fn load<R: Cached>(tx: &dyn CacheTx, id: &str) -> TxResult<Option<R>> {
     match tx.get(R::KIND, id)? {
         Some(bytes) => decode(&bytes)
             .map(Some)
@@ -28,12 +28,12 @@ pub fn load<R: Cached>(tx: &CacheTx<'_>, id: &str) -> TxResult<Option<R>> {
 }
 
 /// Whether `id` was deleted (or erased): then nothing may recreate it.
-pub fn tombstoned(tx: &CacheTx<'_>, kind: CacheKind, id: &str) -> TxResult<bool> {
+pub fn tombstoned(tx: &dyn CacheTx, kind: CacheKind, id: &str) -> TxResult<bool> {
     Ok(tx.tombstone(kind, id)?.is_some())
 }
 
 /// Writes `r` (whose previous version is `prev`) at `now_ms`.
-pub fn save<R: Cached>(tx: &CacheTx<'_>, r: &mut R, prev: Option<&R>, now_ms: i64) -> TxResult<()> {
+pub fn save<R: Cached>(tx: &dyn CacheTx, r: &mut R, prev: Option<&R>, now_ms: i64) -> TxResult<()> {
     let id = &r.id().to_string();
     let (old, new) = (prev.and_then(Cached::email_hash), r.email_hash());
     if old != new {
@@ -54,7 +54,7 @@ pub fn save<R: Cached>(tx: &CacheTx<'_>, r: &mut R, prev: Option<&R>, now_ms: i6
 /// Removes record `id` (readable or not) and leaves a tombstone, dated
 /// `deleted_at` unless one is there already. Returns whether there was a
 /// record.
-pub fn delete<R: Cached>(tx: &CacheTx<'_>, id: &str, deleted_at: i64, now_ms: i64) -> TxResult<bool> {
+pub fn delete<R: Cached>(tx: &dyn CacheTx, id: &str, deleted_at: i64, now_ms: i64) -> TxResult<bool> {
     let had = match tx.get(R::KIND, id)? {
         Some(bytes) => {
             let r = decode::<R>(&bytes);
@@ -94,8 +94,8 @@ pub fn expired(bytes: &[u8], filed_at: i64, before: i64) -> bool {
 /// a record written since the cut-off `before` is filed again under its
 /// last write; otherwise the record goes (with its email index entry).
 /// Returns whether the record was removed.
-pub fn expire(tx: &CacheTx<'_>, kind: CacheKind, id: &str, filed_at: i64, before: i64) -> TxResult<bool> {
-    tx.remove_time_index(kind.tag(), filed_at, id)?;
+pub fn expire(tx: &dyn CacheTx, kind: CacheKind, id: &str, filed_at: i64, before: i64) -> TxResult<bool> {
+    tx.unfile_expiry(Expiry::Record(kind), filed_at, id)?;
     let Some(bytes) = tx.get(kind, id)? else {
         return Ok(false);
     };
@@ -106,7 +106,7 @@ pub fn expire(tx: &CacheTx<'_>, kind: CacheKind, id: &str, filed_at: i64, before
             let mut record: serde_json::Value = decode(&bytes).unwrap_or_default();
             record["index_ms"] = e.filed.written_ms.into();
             tx.put(kind, id, &encode(&record), None)?;
-            tx.file_time_index(kind.tag(), e.filed.written_ms, id)?;
+            tx.file_expiry(Expiry::Record(kind), e.filed.written_ms, id)?;
             Ok(false)
         }
         e => {
@@ -122,7 +122,7 @@ pub fn expire(tx: &CacheTx<'_>, kind: CacheKind, id: &str, filed_at: i64, before
 /// Purge's rule for a tombstone filed at `filed_at`: it goes, with its
 /// expiry entry (the id could then be cached again, which is why
 /// tombstones are kept far longer than anything that could bring it back).
-pub fn expire_tombstone(tx: &CacheTx<'_>, kind: CacheKind, id: &str, filed_at: i64) -> TxResult<()> {
-    tx.remove_time_index(kind.tomb_tag(), filed_at, id)?;
+pub fn expire_tombstone(tx: &dyn CacheTx, kind: CacheKind, id: &str, filed_at: i64) -> TxResult<()> {
+    tx.unfile_expiry(Expiry::Tombstone(kind), filed_at, id)?;
     tx.remove_tombstone(kind, id)
 }

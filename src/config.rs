@@ -401,7 +401,7 @@ impl Settings {
         // metadata): a larger limit would accept bodies that can only ever
         // be answered 503. (A record larger than a segment gets a segment
         // of its own.)
-        let record_max = u64::from(crate::store::log::MAX_RECORD) - 64 * 1024;
+        let record_max = u64::from(crate::store::MAX_RECORD) - 64 * 1024;
         if http.body_limit as u64 > record_max {
             return err(format!(
                 "{cfg_name}: server.body_limit_bytes ({}) is larger than one intake log record can be ({record_max})",

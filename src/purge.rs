@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::metrics::{ClassLabel, Metrics};
-use crate::store::{CacheKind, Store, StoreError};
+use crate::store::{CacheKind, Expiry, Store, StoreError};
 use crate::timefmt::{format_ms, now_ms};
 
 #[derive(Debug, Clone, Default)]
@@ -62,17 +62,6 @@ fn cutoff(now: i64, d: std::time::Duration) -> i64 {
 /// One purge pass (or, with `dry_run`, the exact counts it would remove).
 pub async fn run_once(store: &Store, settings: &Settings, dry_run: bool) -> Result<PurgeReport, StoreError> {
     let now = now_ms();
-    let r = &settings.retention;
-    let events_cut = cutoff(now, r.events);
-    if !dry_run {
-        // The open segment only expires once closed: close it when all it
-        // holds is past retention.
-        if let Some((_, info)) = store.segments()?.into_iter().find(|(_, i)| !i.closed) {
-            if info.last_ms < events_cut {
-                store.roll_segment().await?;
-            }
-        }
-    }
     let (store, settings) = (store.clone(), settings.clone());
     tokio::task::spawn_blocking(move || run_blocking(&store, &settings, dry_run, now))
         .await
@@ -108,16 +97,10 @@ fn run_blocking(store: &Store, settings: &Settings, dry_run: bool, now: i64) -> 
         cut("audit"),
     );
 
-    let expired_segments: Vec<u64> = store
-        .segments()?
-        .into_iter()
-        .filter(|(_, i)| i.closed && i.last_ms < ev)
-        .map(|(s, _)| s)
-        .collect();
-
     if dry_run {
-        report.counts.insert("events", store.count_expired_events(ev)?);
-        report.counts.insert("log_segments", expired_segments.len() as u64);
+        let events = store.count_expired_events(ev)?;
+        report.counts.insert("events", events.events);
+        report.counts.insert("log_segments", events.containers);
         report.counts.insert("markers", store.count_expired_markers(mk)?);
         report
             .counts
@@ -127,34 +110,19 @@ fn run_blocking(store: &Store, settings: &Settings, dry_run: bool, now: i64) -> 
             .insert("conversations", count_cache(store, CacheKind::Conversation, cv)?);
         report.counts.insert(
             "tombstones",
-            store.count_cache_expired(CacheKind::Contact.tomb_tag(), tb)?
-                + store.count_cache_expired(CacheKind::Conversation.tomb_tag(), tb)?,
+            store.count_cache_expired(Expiry::Tombstone(CacheKind::Contact), tb)?
+                + store.count_cache_expired(Expiry::Tombstone(CacheKind::Conversation), tb)?,
         );
         report.counts.insert("audit", crate::audit::count_expired(store, au)?);
         report.duration_ms = started.elapsed().as_millis() as u64;
         return Ok(report);
     }
 
-    // Payloads: index entries become markers, batch by batch...
-    let mut events = 0;
-    loop {
-        let keys = store.expired_events(ev, batch)?;
-        if keys.is_empty() {
-            break;
-        }
-        for (ms, k) in &keys {
-            if store.purge_event(*ms, k)? {
-                events += 1;
-            }
-        }
-        std::thread::yield_now();
-    }
-    report.counts.insert("events", events);
-    // ...then whole segments go, keys first.
-    for seq in &expired_segments {
-        store.drop_segment(*seq)?;
-    }
-    report.counts.insert("log_segments", expired_segments.len() as u64);
+    // Payloads: index entries become markers, then whole segments go,
+    // keys first.
+    let events = store.expire_events(ev, batch)?;
+    report.counts.insert("events", events.events);
+    report.counts.insert("log_segments", events.containers);
 
     let mut markers = 0;
     loop {
@@ -206,7 +174,7 @@ fn run_blocking(store: &Store, settings: &Settings, dry_run: bool, now: i64) -> 
 /// How many records [`purge_cache`] would remove.
 fn count_cache(store: &Store, kind: CacheKind, before: i64) -> Result<u64, StoreError> {
     let mut n = 0;
-    for (ms, id) in store.cache_expired(kind.tag(), before, usize::MAX)? {
+    for (ms, id) in store.cache_expired(Expiry::Record(kind), before, usize::MAX)? {
         if let Some(bytes) = store.cache_get(kind, &id)? {
             n += u64::from(crate::cache_rules::expired(&bytes, ms, before));
         }
@@ -219,7 +187,7 @@ fn count_cache(store: &Store, kind: CacheKind, before: i64) -> Result<u64, Store
 fn purge_cache(store: &Store, kind: CacheKind, before: i64, batch: usize) -> Result<u64, StoreError> {
     let mut n = 0;
     loop {
-        let expired = store.cache_expired(kind.tag(), before, batch)?;
+        let expired = store.cache_expired(Expiry::Record(kind), before, batch)?;
         if expired.is_empty() {
             return Ok(n);
         }
@@ -233,7 +201,7 @@ fn purge_cache(store: &Store, kind: CacheKind, before: i64, batch: usize) -> Res
 fn purge_tombstones(store: &Store, kind: CacheKind, before: i64, batch: usize) -> Result<u64, StoreError> {
     let mut n = 0;
     loop {
-        let expired = store.cache_expired(kind.tomb_tag(), before, batch)?;
+        let expired = store.cache_expired(Expiry::Tombstone(kind), before, batch)?;
         if expired.is_empty() {
             return Ok(n);
         }

@@ -26,7 +26,7 @@ use serde_json::{json, Value};
 use crate::cache::{decode, encode, CacheCodec, ContactRecord};
 use crate::crypto::{self, DataKey, Keys};
 use crate::store::StoreSettings;
-use crate::store::{keyring, CacheKind, Store, StoreError};
+use crate::store::{CacheKind, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RotationError {
@@ -34,8 +34,6 @@ pub enum RotationError {
     Crypto(#[from] crypto::CryptoError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error(transparent)]
-    Keyring(#[from] keyring::KeyringError),
     #[error("a cached contact's {0} opens with neither the old nor the new key")]
     Unreadable(&'static str),
     #[error("{0}")]
@@ -55,7 +53,7 @@ pub fn rotate(
 ) -> Result<Value, RotationError> {
     let (current, next) = crypto::rotation_keys(data_dir, old, new)?;
     let (old_keys, new_keys) = (Keys::from_root(&current), Keys::from_root(&next));
-    let rewrapped = keyring::rewrap_file(data_dir, &old_keys.wrap, &new_keys.wrap)?;
+    let rewrapped = crate::store::rewrap_keys(data_dir, &old_keys.wrap, &new_keys.wrap)?;
 
     let (store, _) = Store::open(data_dir, new_keys.clone(), settings)?;
     let (old_codec, new_codec) = (

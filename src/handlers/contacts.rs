@@ -21,7 +21,7 @@ fn abort(msg: &str) -> TxError {
     TxError::Abort(msg.to_string())
 }
 
-pub fn upsert(tx: &CacheTx<'_>, ctx: &Ctx<'_>, contact: &Value, archived: Option<bool>) -> TxResult<Applied> {
+pub fn upsert(tx: &dyn CacheTx, ctx: &Ctx<'_>, contact: &Value, archived: Option<bool>) -> TxResult<Applied> {
     let id = str_field(contact, "id").ok_or_else(|| abort("contact item has no id"))?;
     if rules::tombstoned(tx, KIND, &id)? {
         return Ok(Applied::Tombstoned);
@@ -79,7 +79,7 @@ pub fn upsert(tx: &CacheTx<'_>, ctx: &Ctx<'_>, contact: &Value, archived: Option
     Ok(Applied::Updated)
 }
 
-pub fn archive(tx: &CacheTx<'_>, ctx: &Ctx<'_>, id: &str) -> TxResult<Applied> {
+pub fn archive(tx: &dyn CacheTx, ctx: &Ctx<'_>, id: &str) -> TxResult<Applied> {
     if rules::tombstoned(tx, KIND, id)? {
         return Ok(Applied::Tombstoned);
     }
@@ -99,12 +99,12 @@ pub fn archive(tx: &CacheTx<'_>, ctx: &Ctx<'_>, id: &str) -> TxResult<Applied> {
     Ok(Applied::Updated)
 }
 
-pub fn delete(tx: &CacheTx<'_>, ctx: &Ctx<'_>, id: &str) -> TxResult<Applied> {
+pub fn delete(tx: &dyn CacheTx, ctx: &Ctx<'_>, id: &str) -> TxResult<Applied> {
     rules::delete::<ContactRecord>(tx, id, ctx.event_stamp(), ctx.now_ms)?;
     Ok(Applied::Deleted)
 }
 
-pub fn merge(tx: &CacheTx<'_>, ctx: &Ctx<'_>, contact: &Value, merged_from: Option<&str>) -> TxResult<Applied> {
+pub fn merge(tx: &dyn CacheTx, ctx: &Ctx<'_>, contact: &Value, merged_from: Option<&str>) -> TxResult<Applied> {
     let applied = upsert(tx, ctx, contact, None)?;
     if let Some(from) = merged_from {
         if Some(from) != str_field(contact, "id").as_deref() {
@@ -123,7 +123,7 @@ pub enum Set {
 /// change is ordered by the event's time, the contact's other fields by its
 /// own `updated_at`.
 pub fn membership(
-    tx: &CacheTx<'_>,
+    tx: &dyn CacheTx,
     ctx: &Ctx<'_>,
     contact: &Value,
     set: Set,

@@ -32,7 +32,7 @@ fn parts(c: &Value) -> Option<&Vec<Value>> {
     c.get("conversation_parts")?.get("conversation_parts")?.as_array()
 }
 
-pub fn upsert(tx: &CacheTx<'_>, ctx: &Ctx<'_>, c: &Value) -> TxResult<Applied> {
+pub fn upsert(tx: &dyn CacheTx, ctx: &Ctx<'_>, c: &Value) -> TxResult<Applied> {
     let id = str_field(c, "id").ok_or_else(|| abort("conversation item has no id"))?;
     if rules::tombstoned(tx, KIND, &id)? {
         return Ok(Applied::Tombstoned);
@@ -104,13 +104,13 @@ pub fn upsert(tx: &CacheTx<'_>, ctx: &Ctx<'_>, c: &Value) -> TxResult<Applied> {
     Ok(Applied::Updated)
 }
 
-pub fn delete(tx: &CacheTx<'_>, ctx: &Ctx<'_>, id: &str) -> TxResult<Applied> {
+pub fn delete(tx: &dyn CacheTx, ctx: &Ctx<'_>, id: &str) -> TxResult<Applied> {
     rules::delete::<ConversationRecord>(tx, id, ctx.event_stamp(), ctx.now_ms)?;
     Ok(Applied::Deleted)
 }
 
 pub fn contact(
-    tx: &CacheTx<'_>,
+    tx: &dyn CacheTx,
     ctx: &Ctx<'_>,
     conversation_id: &str,
     contact_id: &str,

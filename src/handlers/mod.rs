@@ -56,7 +56,7 @@ impl Ctx<'_> {
     }
 }
 
-pub fn apply(action: &Action, tx: &CacheTx<'_>, ctx: &Ctx<'_>) -> TxResult<Applied> {
+pub fn apply(action: &Action, tx: &dyn CacheTx, ctx: &Ctx<'_>) -> TxResult<Applied> {
     match action {
         Action::ContactUpsert { contact, archived } => contacts::upsert(tx, ctx, contact, *archived),
         Action::ContactArchive { id } => contacts::archive(tx, ctx, id),

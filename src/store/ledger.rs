@@ -20,11 +20,11 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Store, StoreError};
+use super::StoreError;
 
 pub const LEDGER_FILE: &str = "erasures.ledger";
 /// How many ledger lines this index has applied (u64, big-endian).
-pub(super) const APPLIED: &[u8] = b"ledger_applied";
+pub(crate) const APPLIED: &[u8] = b"ledger_applied";
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LedgerEntry {
@@ -49,7 +49,7 @@ pub fn read_lines(path: &Path) -> Result<Vec<String>, StoreError> {
     }
 }
 
-fn parse(line: &str, path: &Path, n: usize) -> Result<LedgerEntry, StoreError> {
+pub(crate) fn parse(line: &str, path: &Path, n: usize) -> Result<LedgerEntry, StoreError> {
     serde_json::from_str(line)
         .map_err(|_| StoreError::Corrupt(format!("{} line {} is not a ledger entry", path.display(), n + 1)))
 }
@@ -94,41 +94,4 @@ pub fn merge(dir: &Path, other: &Path) -> Result<usize, StoreError> {
     let new: Vec<String> = theirs.into_iter().filter(|l| !have.contains(l)).collect();
     append_lines(dir, &new)?;
     Ok(new.len())
-}
-
-impl Store {
-    /// Records an erasure. Call after the erasure is durable in the index.
-    pub fn ledger_append(&self, entry: &LedgerEntry) -> Result<(), StoreError> {
-        let line = serde_json::to_string(entry).expect("serialising plain data cannot fail");
-        append_lines(&self.inner.dir, &[line])
-    }
-
-    /// The ledger entries this index has not applied yet, and the count to
-    /// record once they are.
-    pub fn ledger_unapplied(&self) -> Result<(Vec<LedgerEntry>, u64), StoreError> {
-        let path = self.inner.dir.join(LEDGER_FILE);
-        let lines = read_lines(&path)?;
-        let applied = self
-            .inner
-            .trees
-            .state
-            .get(APPLIED)?
-            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-            .map_or(0, u64::from_be_bytes) as usize;
-        let mut out = Vec::new();
-        for (n, l) in lines.iter().enumerate().skip(applied.min(lines.len())) {
-            out.push(parse(l, &path, n)?);
-        }
-        Ok((out, lines.len() as u64))
-    }
-
-    pub fn ledger_mark_applied(&self, count: u64) -> Result<(), StoreError> {
-        self.inner.trees.state.insert(APPLIED, &count.to_be_bytes())?;
-        Ok(())
-    }
-
-    /// How many lines the ledger has (for `stats` and tests).
-    pub fn ledger_len(&self) -> Result<usize, StoreError> {
-        Ok(read_lines(&self.inner.dir.join(LEDGER_FILE))?.len())
-    }
 }

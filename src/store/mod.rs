@@ -1,140 +1,43 @@
-//! STORE: the only code that knows sled or the intake log's files.
+//! STORE: where notifications, their processing state, the cache, the
+//! audit chain and the erasure ledger are kept, behind one seam.
 //!
-//! - `log/*.seg`: the intake log. Every accepted notification is appended
-//!   here, encrypted under its segment's key, and `fdatasync`ed before the
-//!   `200` (group commit in `committer`). This is what makes a `200`
-//!   survive a power cut.
-//! - `index/` (sled): event metadata by key, a time index, the pending
-//!   queue (events not handed to a worker straight from intake; see
-//!   `progress`), dedup markers, segment info, the cache and the audit log. sled is
-//!   made durable by a checkpointer (sled `flush` + our own `fsync` of its
-//!   file, since sled's flush is no fsync); after a crash, log records past
-//!   the last checkpoint are re-applied to sled on open.
-//! - `keyring.bin`: the per-segment keys (see [`keyring`]).
-//!
-//! Dedup: the first request for a key wins an in-memory claim; a concurrent
-//! duplicate waits until the winner's record is durable before it is
-//! answered, so no id is acknowledged twice before it is on disk.
-//!
-//! # The contract: what any backend behind [`Store`] must honour
-//!
-//! The layers above (HTTP, ingest, workers, handlers, ops, privacy) rely on
-//! these properties and on nothing else about how they are met. A second
-//! backend (PostgreSQL, say) is correct exactly when it keeps them; the
-//! integration tests named below check them against this one.
-//!
-//! 1. **A `200` is on stable media.** [`Store::append_if_absent`] returns
-//!    [`Appended::Stored`] only once the event's metadata *and* raw body
-//!    would survive a power cut (here: the log segment is `fdatasync`ed; a
-//!    database: the commit is flushed, and replicated where it promises
-//!    availability). It never returns `Stored` twice for one key; a
-//!    concurrent duplicate returns [`Appended::Duplicate`] only after the
-//!    first copy is durable. An error means nothing may be acknowledged.
-//!    Tests: `tests/crash.rs`, `tests/full_disk.rs`.
-//! 2. **Every stored event reaches a worker at least once.** A stored
-//!    event is queued ([`Store::work_queue`]) until an outcome is recorded
-//!    for it; a crash before that queues it again at open
-//!    ([`Store::queued_keys`]). Handlers are idempotent, so twice is safe.
-//! 3. **Outcomes are compare-and-swap.** [`Store::complete`] records an
-//!    outcome against the [`Snapshot`] the worker read; a change in
-//!    between (a duplicate delivery counted) is merged, never lost. The
-//!    `pending` and `failed` entries follow the status (the `failed` entry
-//!    may outlive its status after a crash, never the reverse).
-//! 4. **Cache writes are transactions.** Everything inside one
-//!    [`Store::cache_txn`] (record, expiry entry, email index, tombstone)
-//!    commits together or not at all, and is retried on conflict; the rules
-//!    themselves live above the store, in `cache_rules`.
-//! 5. **Order.** Listings and [`Store::for_each`] go by receipt time, then
-//!    key; [`Store::queued_keys`] oldest first. Workers may finish in any
-//!    order: the cache orders by the item's own time, not by processing.
-//! 6. **Purge destroys.** An expired event's metadata becomes a dedup
-//!    marker (so a late re-delivery is still a duplicate) and its body is
-//!    gone for good: here its segment's key is destroyed before the file is
-//!    deleted. Markers, cache records, tombstones and audit entries expire
-//!    by their own retention.
-//! 7. **Erasure is immediate, then physical.** After
-//!    [`Store::erase_events`] returns, no erased event is listed, shown,
-//!    read ([`Store::read_body`] gives `None`), replayed or queued, and its
-//!    dedup marker stays. Every copy of its bytes is destroyed by the next
-//!    [`Store::shred`] (here: segments rewritten without it under new keys,
-//!    old keys destroyed; a database: rows deleted *and* the space they
-//!    held rewritten, e.g. `VACUUM FULL` of what held them, WAL and
-//!    replicas included). The erasure ledger ([`Store::ledger_append`]) is
-//!    durable before an erasure is reported, and is applied again to an
-//!    index restored or rebuilt from older data.
-//!    Tests: `tests/erasure.rs`.
-//! 8. **Nothing personal in plaintext.** The store is handed payloads and
-//!    cache values; payloads are encrypted at rest under keys it holds
-//!    wrapped by the data key (never stored in the data dir), and cache
-//!    values arrive already sealed or hashed by `cache`.
-//! 9. **Backups are consistent and keyless.** [`Store::backup`] writes a
-//!    point-in-time copy of events, cache, audit and ledger that
-//!    [`restore`] turns back into a store opened with the same data key.
+//! [`Store`] is the handle every layer above uses: a cheap clone of an
+//! `Arc<dyn Backend>`. [`Backend`] (in `backend`) is the seam, with the
+//! contract a backend must honour written beside it. [`embedded`] is the
+//! default backend (intake log + sled, in the data dir). The types here
+//! ([`EventMeta`], [`Work`], [`CacheTx`], filters, settings, errors) are
+//! shared by every backend; this module imports nothing from the layers
+//! above (only `crypto`, `fsutil` and `timefmt`, which are below it).
 
-mod backup;
-mod cache_ops;
+mod backend;
+mod cache;
 mod codec;
-mod committer;
-mod erasure;
+pub mod embedded;
 pub mod event;
-mod events;
 mod filter;
-pub mod keyring;
-mod ledger;
-pub mod log;
-mod maintenance;
-mod open;
-mod progress;
-mod queries;
-mod readers;
-mod recovery;
+pub mod ledger;
 mod settings;
 #[cfg(test)]
 mod tests;
-mod trees;
+mod work;
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::ops::Deref;
+use std::path::Path;
+use std::sync::Arc;
 
-use bytes::Bytes;
-use crossbeam_channel::{Receiver, Sender};
-use serde::{Deserialize, Serialize};
-use tokio::sync::{oneshot, watch};
+use serde::Serialize;
 
-use crate::crypto::{Keys, SegmentCipher};
+use crate::crypto::Keys;
 
-pub use backup::restore;
-pub(crate) use cache_ops::{cache_time_key, split_cache_time_key};
-pub use cache_ops::{CacheKind, CacheTx, TxError, TxResult};
-use committer::{AppendReq, Cmd, Committer};
+pub use backend::{Backend, BoxFuture, ErasedEvents, ExpiredEvents};
+pub use cache::{CacheKind, CacheTx, Expiry, TxError, TxResult};
+pub use embedded::{restore, Embedded};
 pub use event::{time_key, Attempt, EventMeta, Location, Status};
-pub(crate) use events::{apply_new, subject_key};
-pub use events::{Completion, Fresh, Snapshot, Work};
 pub use filter::{EventFilter, Glob};
-use keyring::{Keyring, KeyringError};
 pub use ledger::{merge as merge_ledger, LedgerEntry, LEDGER_FILE};
-use progress::Progress;
-pub(crate) use readers::Readers;
-use recovery::{checkpoint, drop_replaced, recover, sync_sled_files};
 pub use settings::StoreSettings;
-pub use trees::SegmentInfo;
-pub(crate) use trees::Trees;
-
-const NEXT_SEQ: &[u8] = b"next_seq";
-const CHECKPOINT: &[u8] = b"checkpoint";
-const SCHEMA: &[u8] = b"schema";
-const SCHEMA_VERSION: u8 = 1;
-/// Set once the `failed` tree indexes every failed event (stores made
-/// before it existed are indexed when first opened).
-const FAILED_INDEXED: &[u8] = b"failed_indexed";
-/// How often the index is made durable (sled flush + fsync). Longer means
-/// fewer disk flushes competing with intake fsyncs, and a longer tail of the
-/// log to re-apply after a crash.
-const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+pub use work::{Completion, Fresh, Snapshot, Work};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -144,10 +47,12 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
     #[error("index: {0}")]
     Sled(String),
-    #[error(transparent)]
-    Keyring(#[from] KeyringError),
-    #[error(transparent)]
-    Log(#[from] log::LogError),
+    /// The backend's keys (a message of its own error type).
+    #[error("{0}")]
+    Keyring(String),
+    /// The backend's payload files or tables.
+    #[error("{0}")]
+    Log(String),
     #[error("the store cannot take writes: {0}")]
     Unavailable(String),
     #[error("the store is closed")]
@@ -157,56 +62,6 @@ pub enum StoreError {
     /// A handler refused an event (the message holds no personal data).
     #[error("{0}")]
     Rejected(String),
-}
-
-impl From<sled::Error> for StoreError {
-    fn from(e: sled::Error) -> Self {
-        StoreError::Sled(e.to_string())
-    }
-}
-
-/// State shared by the store handle, the committer and the checkpointer.
-pub(crate) struct Shared {
-    keyring: Keyring,
-    readers: Readers,
-    next_seq: AtomicU64,
-    /// How far the log is safely in sled (see [`progress`]).
-    progress: Mutex<Progress>,
-    /// The last intake write failed (readiness reports it).
-    write_failed: AtomicBool,
-    /// Set while no intake log segment can be made (a full disk, say), so
-    /// nothing can be stored; cleared when one is made.
-    prepare_failed: AtomicBool,
-    /// Set while writes to the index or its checkpoint fail; cleared by the
-    /// next checkpoint that succeeds.
-    index_failed: AtomicBool,
-    /// Set while the disk has less than `[store] min_free_bytes` left
-    /// (see `committer::check_space`), and when it was last looked at.
-    low_space: AtomicBool,
-    space_checked_ms: AtomicI64,
-    closed: AtomicBool,
-    /// Keys being written: a duplicate waits on the claim instead of
-    /// being stored again.
-    inflight: Mutex<HashMap<String, watch::Receiver<bool>>>,
-    pub fsyncs: AtomicU64,
-    pub fsync_us: AtomicU64,
-}
-
-impl Shared {
-    fn progress(&self) -> std::sync::MutexGuard<'_, Progress> {
-        self.progress.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Ends a key's in-flight claim and wakes whoever waits on it.
-    fn release(&self, key: &str, claim: &watch::Sender<bool>) {
-        self.inflight.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
-        let _ = claim.send(true);
-    }
-
-    fn metrics_fsync(&self, d: Duration) {
-        self.fsyncs.fetch_add(1, Ordering::Relaxed);
-        self.fsync_us.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
-    }
 }
 
 /// What became of an append.
@@ -225,289 +80,85 @@ pub struct Recovery {
     pub pending: u64,
 }
 
-/// A cheap, clonable handle to the store.
-#[derive(Clone)]
-pub struct Store {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    dir: PathBuf,
-    log_dir: PathBuf,
-    trees: Trees,
-    shared: Arc<Shared>,
-    keys: Keys,
-    cmd_tx: Sender<Cmd>,
-    work_tx: Sender<Work>,
-    work_rx: Receiver<Work>,
-    audit_lock: Mutex<()>,
-    /// One segment rewrite at a time (background pass and operator erasure).
-    shred_lock: Mutex<()>,
-    shred_bytes_per_second: u64,
-    /// When the shred queue last went from empty to not, and when a
-    /// segment was last queued (ms; 0: the queue is empty).
-    shred_first_ms: AtomicI64,
-    shred_last_ms: AtomicI64,
-    /// Held while erasure forgets events and while a rewrite points events
-    /// at their new segment, so every erased record's segment is queued.
-    loc_lock: Mutex<()>,
-    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
-    stop_checkpoint: Sender<()>,
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        if !self.shared.closed.load(Ordering::SeqCst) {
-            let _ = close_inner(self);
-        }
-    }
-}
-
-fn close_inner(inner: &Inner) -> Result<(), StoreError> {
-    if inner.shared.closed.swap(true, Ordering::SeqCst) {
-        return Ok(());
-    }
-    let (tx, rx) = crossbeam_channel::bounded(1);
-    if inner.cmd_tx.send(Cmd::Stop(tx)).is_ok() {
-        let _ = rx.recv();
-    }
-    let _ = inner.stop_checkpoint.send(());
-    for t in inner.threads.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
-        let _ = t.join();
-    }
-    checkpoint(&inner.trees, &inner.shared, &inner.dir)
-}
-
-/// Fresh work carries its body in memory only while the queue is shorter
-/// than this; beyond it the workers read bodies back from the log, so a
-/// backlog costs disk, not memory.
-const FRESH_QUEUE_LIMIT: usize = 4096;
-
 /// Events by status, by topic, and duplicate deliveries seen.
 pub type Counts = (HashMap<Status, u64>, HashMap<String, u64>, u64);
 
+/// The largest record a backend stores: a notification's metadata and body
+/// together (the intake log's limit).
+pub const MAX_RECORD: u32 = embedded::log::MAX_RECORD;
+
+/// Key rotation's step below the seam, with the store closed: the
+/// backend's payload keys, wrapped by `old`, are wrapped by `new` instead,
+/// in one atomic step. Returns how many keys moved.
+pub fn rewrap_keys(dir: &Path, old: &[u8; 32], new: &[u8; 32]) -> Result<u64, StoreError> {
+    Ok(embedded::keyring::rewrap_file(dir, old, new)?)
+}
+
+/// The handle to the store every layer above uses.
+#[derive(Clone)]
+pub struct Store {
+    backend: Arc<dyn Backend>,
+}
+
+impl Deref for Store {
+    type Target = dyn Backend;
+
+    fn deref(&self) -> &Self::Target {
+        &*self.backend
+    }
+}
+
 impl Store {
-    /// Stops the committer after what is queued, and checkpoints the index.
-    /// Blocking: call from a blocking context.
-    pub fn close(&self) -> Result<(), StoreError> {
-        close_inner(&self.inner)
+    /// Opens (or creates) the embedded store in `dir` and recovers it.
+    pub fn open(dir: &Path, keys: Keys, settings: &StoreSettings) -> Result<(Store, Recovery), StoreError> {
+        let (backend, recovery) = Embedded::open(dir, keys, settings)?;
+        Ok((Store::from_backend(Arc::new(backend)), recovery))
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.inner.dir
-    }
-
-    pub fn keys(&self) -> &Keys {
-        &self.inner.keys
-    }
-
-    /// Why the store does not take writes now, if it does not: after a
-    /// failed intake write (until one succeeds), while no log segment can be
-    /// made, while the disk is below `[store] min_free_bytes`, and while the
-    /// index cannot be written or checkpointed.
-    pub fn not_writable(&self) -> Option<&'static str> {
-        let s = &self.inner.shared;
-        [
-            (&s.closed, "the store is closed"),
-            (&s.write_failed, "the last intake log write failed"),
-            (&s.prepare_failed, "no intake log segment can be made"),
-            (&s.low_space, "the disk is below [store] min_free_bytes"),
-            (&s.index_failed, "the index cannot be written"),
-        ]
-        .into_iter()
-        .find(|(flag, _)| flag.load(Ordering::Relaxed))
-        .map(|(_, why)| why)
+    pub fn from_backend(backend: Arc<dyn Backend>) -> Store {
+        Store { backend }
     }
 
     pub fn is_writable(&self) -> bool {
         self.not_writable().is_none()
     }
 
-    /// Durable fsyncs of the intake log, and their total time in µs.
-    pub fn fsync_stats(&self) -> (u64, u64) {
-        (
-            self.inner.shared.fsyncs.load(Ordering::Relaxed),
-            self.inner.shared.fsync_us.load(Ordering::Relaxed),
-        )
+    /// Runs `f` over the cache until an attempt ends without a conflict
+    /// (see [`CacheTx`]).
+    pub fn cache_txn<T>(&self, f: impl Fn(&dyn CacheTx) -> TxResult<T>) -> Result<T, StoreError> {
+        let mut out = None;
+        self.backend.cache_attempts(&mut |tx| {
+            out = Some(f(tx)?);
+            Ok(())
+        })?;
+        out.ok_or_else(|| StoreError::Unavailable("a cache transaction ended without a result".into()))
     }
 
-    /// The queue workers take events from.
-    pub fn work_queue(&self) -> Receiver<Work> {
-        self.inner.work_rx.clone()
+    /// Read-modify-write of an event's metadata.
+    pub fn update(&self, key: &str, f: impl Fn(&mut EventMeta)) -> Result<Option<EventMeta>, StoreError> {
+        self.backend.update_dyn(key, &f)
     }
 
-    /// Puts an event key (back) on the work queue.
-    pub fn enqueue(&self, key: String) {
-        let _ = self.inner.work_tx.send(Work {
-            key,
-            fresh: None,
-            queued_ms: crate::timefmt::now_ms(),
-        });
-    }
-
-    /// Stores a new event durably unless its key is known; a duplicate only
-    /// has its delivery count raised. Resolves once the answer is safe to
-    /// give: for a new event, after its record is on stable media; for a
-    /// duplicate of an event still being written, after that write.
-    pub async fn append_if_absent(&self, meta: EventMeta, body: Bytes) -> Result<Appended, StoreError> {
-        enum Role {
-            Known,
-            Wait(watch::Receiver<bool>),
-            Win(watch::Sender<bool>),
-        }
-        let key = meta.key.clone();
-        loop {
-            let role = {
-                let mut inflight = self.inner.shared.inflight.lock().unwrap_or_else(|p| p.into_inner());
-                if self.is_known(&key)? {
-                    Role::Known
-                } else if let Some(rx) = inflight.get(&key) {
-                    Role::Wait(rx.clone())
-                } else {
-                    let (tx, rx) = watch::channel(false);
-                    inflight.insert(key.clone(), rx);
-                    Role::Win(tx)
-                }
-            };
-            match role {
-                Role::Known => {
-                    self.note_duplicate(&key, meta.received_ms)?;
-                    return Ok(Appended::Duplicate);
-                }
-                // A concurrent copy is being written: answer only once it is
-                // durable (then it is Known), or take over if it failed.
-                Role::Wait(mut rx) => {
-                    if rx.wait_for(|done| *done).await.is_err() {
-                        // The claim's holder vanished without releasing it
-                        // (a request dropped at shutdown): clear it so the
-                        // next round can take the claim.
-                        let mut inflight = self.inner.shared.inflight.lock().unwrap_or_else(|p| p.into_inner());
-                        if inflight.get(&key).is_some_and(|r| r.same_channel(&rx)) {
-                            inflight.remove(&key);
-                        }
-                    }
-                }
-                // The committer (or, on failure, whoever fails it) releases
-                // the claim, so a client that hangs up cannot strand it.
-                Role::Win(claim) => return self.submit(meta, body, claim).await.map(|_| Appended::Stored),
-            }
-        }
-    }
-
-    async fn submit(&self, meta: EventMeta, body: Bytes, claim: watch::Sender<bool>) -> Result<(), StoreError> {
-        let shared = &self.inner.shared;
-        if shared.closed.load(Ordering::SeqCst) {
-            shared.release(&meta.key, &claim);
-            return Err(StoreError::Closed);
-        }
-        let (reply, rx) = oneshot::channel();
-        let req = Box::new(AppendReq {
-            meta,
-            body,
-            reply,
-            claim,
-        });
-        if let Err(crossbeam_channel::SendError(Cmd::Append(req))) = self.inner.cmd_tx.send(Cmd::Append(req)) {
-            shared.release(&req.meta.key, &req.claim);
-            return Err(StoreError::Closed);
-        }
-        rx.await.map_err(|_| StoreError::Closed)?
-    }
-
-    /// Runs `f` over the cache (see [`CacheTx`]).
-    pub fn cache_txn<T>(&self, f: impl Fn(&CacheTx<'_>) -> TxResult<T>) -> Result<T, StoreError> {
-        cache_ops::run(&self.inner.trees, f)
-    }
-
-    /// Ids in the cache expiry index of class `tag` written before
-    /// `before_ms`, oldest first, at most `limit`.
-    pub(crate) fn cache_expired(
+    /// Every matching event, oldest first, until `f` fails.
+    pub fn for_each(
         &self,
-        tag: &str,
-        before_ms: i64,
-        limit: usize,
-    ) -> Result<Vec<(i64, String)>, StoreError> {
-        let lower = cache_time_key(tag, 0, "");
-        let upper = cache_time_key(tag, before_ms, "");
-        let mut out = Vec::new();
-        for kv in self.inner.trees.cache_time.range(lower..upper).take(limit) {
-            let (k, _) = kv?;
-            if let Some((ms, id)) = split_cache_time_key(tag, &k) {
-                out.push((ms, id.to_string()));
-            }
-        }
-        Ok(out)
+        filter: &EventFilter,
+        mut f: impl FnMut(EventMeta) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.backend.for_each_dyn(filter, &mut f)
     }
 
-    /// Reads the cache outside a transaction.
-    /// Replaces a cached record's bytes if it still exists, filed in the
-    /// expiry index where it was (a re-encryption, not a new write).
-    /// Returns whether it existed.
-    pub fn cache_rewrite(&self, kind: CacheKind, id: &str, value: &[u8]) -> Result<bool, StoreError> {
-        self.cache_txn(|tx| {
-            let existed = tx.get(kind, id)?.is_some();
-            if existed {
-                tx.put(kind, id, value, None)?;
-            }
-            Ok(existed)
+    /// Appends the audit entry `make` builds from the last one.
+    pub fn audit_append(&self, make: impl FnOnce(Option<(u64, Vec<u8>)>) -> Vec<u8>) -> Result<u64, StoreError> {
+        let mut make = Some(make);
+        self.backend.audit_append_dyn(&mut |last| match make.take() {
+            Some(f) => f(last),
+            None => Vec::new(),
         })
     }
 
-    pub fn cache_get(&self, kind: CacheKind, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let tree = match kind {
-            CacheKind::Contact => &self.inner.trees.contacts,
-            CacheKind::Conversation => &self.inner.trees.conversations,
-        };
-        Ok(tree.get(id.as_bytes())?.map(|v| v.to_vec()))
+    /// Removes up to `limit` audit entries from the front while `expired`.
+    pub fn audit_remove_expired(&self, expired: impl Fn(&[u8]) -> bool, limit: usize) -> Result<u64, StoreError> {
+        self.backend.audit_remove_expired_dyn(&expired, limit)
     }
-
-    /// Removes every cached record (tombstones stay). Returns how many.
-    pub fn cache_clear(&self) -> Result<u64, StoreError> {
-        let t = &self.inner.trees;
-        let n = (t.contacts.len() + t.conversations.len()) as u64;
-        t.contacts.clear()?;
-        t.conversations.clear()?;
-        t.email_index.clear()?;
-        // Only tombstone entries stay in the expiry index.
-        for tag in [CacheKind::Contact.tag(), CacheKind::Conversation.tag()] {
-            for kv in t.cache_time.scan_prefix(format!("{tag}/")) {
-                t.cache_time.remove(kv?.0)?;
-            }
-        }
-        Ok(n)
-    }
-
-    /// Bytes on disk under the data dir.
-    pub fn size_on_disk(&self) -> u64 {
-        dir_size(&self.inner.dir)
-    }
-
-    /// The same, from a thread that is not async (CLI, workers, admin
-    /// handlers inside `spawn_blocking`).
-    pub(crate) fn roll_segment_blocking(&self) -> Result<(), StoreError> {
-        let (tx, rx) = oneshot::channel();
-        self.inner.cmd_tx.send(Cmd::Roll(tx)).map_err(|_| StoreError::Closed)?;
-        rx.blocking_recv().map_err(|_| StoreError::Closed)
-    }
-
-    /// Closes the open intake segment so it can expire as a whole.
-    pub async fn roll_segment(&self) -> Result<(), StoreError> {
-        let (tx, rx) = oneshot::channel();
-        self.inner.cmd_tx.send(Cmd::Roll(tx)).map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)
-    }
-}
-
-fn dir_size(dir: &Path) -> u64 {
-    let mut total = 0;
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            match e.metadata() {
-                Ok(m) if m.is_dir() => total += dir_size(&e.path()),
-                Ok(m) => total += m.len(),
-                Err(_) => {}
-            }
-        }
-    }
-    total
 }

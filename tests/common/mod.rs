@@ -262,7 +262,7 @@ pub fn written_segments(data_dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(&log)
         .unwrap()
         .flatten()
-        .filter(|e| !intercom_webhooks::store::log::is_unused(&e.path()).unwrap())
+        .filter(|e| !intercom_webhooks::store::embedded::log::is_unused(&e.path()).unwrap())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     v.sort();

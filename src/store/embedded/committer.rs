@@ -12,7 +12,7 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,9 +25,10 @@ use crate::crypto::SegmentCipher;
 use crate::timefmt::now_ms;
 
 use super::event::{EventMeta, Location};
-use super::log::{create_segment, frame_event, pad_to_page, HEADER_LEN};
+use super::log::{frame_event, pad_to_page, HEADER_LEN};
+use super::preparer::{check_space, prepare_segment, Prepared, Space, PREPARE_RETRY, SPACE_CHECK_MS};
 use super::progress::Position;
-use super::{Fresh, Shared, StoreError, Trees, Work, FRESH_QUEUE_LIMIT};
+use super::{Shared, StoreError, Trees};
 
 pub(super) struct AppendReq {
     pub meta: EventMeta,
@@ -81,119 +82,6 @@ pub(super) struct Committer {
     /// Segment size (also where the prepared space ends) and disk reserve.
     pub space: Space,
     pub max_age: Duration,
-}
-
-/// A segment made ahead of need: numbered, keyed, zero-filled to its full
-/// size (see `log::create_segment`).
-pub(super) struct Prepared {
-    seq: u64,
-    file: File,
-    cipher: Arc<SegmentCipher>,
-}
-
-/// How large segments are, and how much of the disk to leave free.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Space {
-    pub size: u64,
-    pub min_free: u64,
-}
-
-/// Makes the next segment, unless that would leave less than
-/// `space.min_free` on the disk: checked before anything is written (the
-/// next sequence number goes to sled, which must not meet a full disk).
-fn prepare_segment(trees: &Trees, shared: &Shared, log_dir: &Path, space: Space) -> Result<Prepared, StoreError> {
-    let free = super::log::free_space(log_dir).map_err(StoreError::from)?;
-    if free < space.size.saturating_add(space.min_free) {
-        return Err(StoreError::Unavailable(format!(
-            "the disk is nearly full: {free} bytes free, a new intake log segment needs {} and {} are kept free \
-             for the index ([store] min_free_bytes)",
-            space.size, space.min_free
-        )));
-    }
-    let size = space.size;
-    let seq = shared.next_seq.fetch_add(1, Ordering::SeqCst);
-    trees
-        .state
-        .insert(super::NEXT_SEQ, &(seq + 1).to_be_bytes())
-        .map_err(StoreError::from)?;
-    let cipher = Arc::new(shared.keyring.create(seq)?);
-    let made = create_segment(log_dir, seq, now_ms(), size)
-        .map_err(StoreError::from)
-        .and_then(|file| {
-            shared.readers.register(seq, log_dir, cipher.clone())?;
-            Ok(file)
-        });
-    match made {
-        Ok(file) => Ok(Prepared { seq, file, cipher }),
-        Err(e) => {
-            let _ = shared.keyring.destroy(seq);
-            Err(e)
-        }
-    }
-}
-
-/// The segment preparer thread: keeps the next segment ready, so that the
-/// committer never waits for the zeros to be written. When it cannot make
-/// one (a full disk, say) it says so once, flags the store as not taking
-/// writes (the committer then answers `503` at once, `/readyz` too) and
-/// retries on its own, so intake resumes as soon as there is room, with no
-/// request needed to notice. It hands over only segments it made. Exits
-/// when the store closes, deleting the segment it held.
-pub(super) fn prepare_ahead(trees: Trees, shared: Arc<Shared>, log_dir: PathBuf, space: Space, tx: Sender<Prepared>) {
-    loop {
-        let p = match prepare_segment(&trees, &shared, &log_dir, space) {
-            Ok(p) => p,
-            Err(e) => {
-                if !shared.prepare_failed.swap(true, Ordering::SeqCst) {
-                    tracing::error!(error = %e, "Cannot prepare the next intake log segment: webhooks are answered 503 until it can be made. Retrying.");
-                }
-                if shared.closed.load(Ordering::SeqCst) {
-                    return;
-                }
-                std::thread::sleep(PREPARE_RETRY);
-                continue;
-            }
-        };
-        if shared.prepare_failed.swap(false, Ordering::SeqCst) {
-            tracing::info!(
-                segment = p.seq,
-                "Intake log segments can be made again; taking webhooks."
-            );
-        }
-        if let Err(crossbeam_channel::SendError(p)) = tx.send(p) {
-            shared.readers.forget(p.seq);
-            let _ = std::fs::remove_file(super::log::segment_path(&log_dir, p.seq));
-            let _ = shared.keyring.destroy(p.seq);
-            return;
-        }
-    }
-}
-
-/// How often a failed segment preparation is tried again.
-const PREPARE_RETRY: Duration = Duration::from_millis(100);
-/// How often the committer looks at the disk's free space (at most).
-const SPACE_CHECK_MS: i64 = 50;
-
-/// Whether the disk has less than `min_free` left, checked against the
-/// filesystem and kept in the store's flag (logged when it changes). Not
-/// only at segment preparation: sled's index grows while records fill the
-/// space prepared earlier (≈ 3 KB per event, some 40 MB per 64 MiB
-/// segment), and it must never meet a full disk. If the filesystem cannot
-/// say, the answer is no.
-pub(super) fn check_space(shared: &Shared, log_dir: &Path, min_free: u64) -> bool {
-    let low = super::log::free_space(log_dir).is_ok_and(|free| free < min_free);
-    shared.space_checked_ms.store(now_ms(), Ordering::Relaxed);
-    if shared.low_space.swap(low, Ordering::SeqCst) != low {
-        if low {
-            tracing::error!(
-                min_free,
-                "The disk is nearly full: webhooks are answered 503 until there is room again ([store] min_free_bytes)."
-            );
-        } else {
-            tracing::info!("There is room on the disk again; taking webhooks.");
-        }
-    }
-    low
 }
 
 impl Committer {
@@ -377,50 +265,6 @@ impl Committer {
         for req in batch.drain(..) {
             self.shared.release(&req.meta.key, &req.claim);
             let _ = req.reply.send(Err(StoreError::Unavailable(e.to_string())));
-        }
-    }
-}
-
-/// The indexer thread: applies durable batches to sled, releases their
-/// claims and hands new events to the workers: with their body and without
-/// a `pending` entry while the queue is short (see `progress`), by key from
-/// the `pending` tree beyond that.
-pub(super) fn index(trees: Trees, shared: Arc<Shared>, rx: Receiver<Indexed>, work_tx: Sender<Work>) {
-    while let Ok(batch) = rx.recv() {
-        let mut room = FRESH_QUEUE_LIMIT.saturating_sub(work_tx.len());
-        let mut work = Vec::with_capacity(batch.items.len());
-        let first_ms = batch.items.first().map_or(0, |(m, _, _)| m.received_ms);
-        for (meta, body, claim) in batch.items {
-            let fresh = meta.status.is_queued() && room > 0;
-            match super::apply_new(&trees, &meta, fresh) {
-                Ok(Some(seen)) if meta.status.is_queued() => {
-                    if fresh {
-                        room -= 1;
-                        work.push((meta.key.clone(), Some((seen, body))));
-                    } else {
-                        work.push((meta.key.clone(), None));
-                    }
-                }
-                Ok(_) => {}
-                // The record is in the log; the next open re-applies it.
-                Err(e) => {
-                    shared.index_failed.store(true, Ordering::Relaxed);
-                    tracing::error!(webhook_id = %meta.key, error = %e, "Could not index a stored event; it is re-indexed at the next start.")
-                }
-            }
-            shared.release(&meta.key, &claim);
-        }
-        let id = {
-            let fresh = work.iter().filter(|(_, f)| f.is_some()).count();
-            let mut progress = shared.progress();
-            let id = progress.begin_batch(batch.start, first_ms, fresh);
-            progress.indexed(batch.end);
-            id
-        };
-        let queued_ms = now_ms();
-        for (key, fresh) in work {
-            let fresh = fresh.map(|(seen, body)| Box::new(Fresh { seen, body, batch: id }));
-            let _ = work_tx.send(Work { key, fresh, queued_ms });
         }
     }
 }

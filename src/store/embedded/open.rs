@@ -3,11 +3,11 @@
 
 use super::*;
 
-impl Store {
+impl Embedded {
     /// Opens (or creates) the store in `dir`, recovers the index from the
     /// intake log, and starts the committer, indexer, checkpointer and
     /// segment-preparer threads.
-    pub fn open(dir: &Path, keys: Keys, settings: &StoreSettings) -> Result<(Store, Recovery), StoreError> {
+    pub fn open(dir: &Path, keys: Keys, settings: &StoreSettings) -> Result<(Embedded, Recovery), StoreError> {
         let log_dir = dir.join("log");
         crate::fsutil::private_dir_all(&log_dir)?;
         // Made here so that it is owner-only too (sled would make it 0755).
@@ -59,7 +59,7 @@ impl Store {
         // The ledger always exists, so `restore --ledger <this dir's>` works
         // for a store that has had no erasure yet.
         if !dir.join(LEDGER_FILE).exists() {
-            ledger::append_lines(dir, &[])?;
+            crate::store::ledger::append_lines(dir, &[])?;
             crate::fsutil::private_append(&dir.join(LEDGER_FILE))?;
         }
         let keyring = Keyring::open(dir, keys.wrap)?;
@@ -95,7 +95,7 @@ impl Store {
         let (index_tx, index_rx) = crossbeam_channel::bounded(64);
         let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
         let (spare_tx, spare_rx) = crossbeam_channel::bounded(0);
-        let space = committer::Space {
+        let space = preparer::Space {
             size: settings.segment_max_bytes,
             min_free: settings.min_free_bytes,
         };
@@ -117,7 +117,7 @@ impl Store {
             threads.push(
                 std::thread::Builder::new()
                     .name("segment-preparer".into())
-                    .spawn(move || committer::prepare_ahead(trees, shared, log_dir, space, spare_tx))?,
+                    .spawn(move || preparer::prepare_ahead(trees, shared, log_dir, space, spare_tx))?,
             );
         }
         {
@@ -125,7 +125,7 @@ impl Store {
             threads.push(
                 std::thread::Builder::new()
                     .name("intake-indexer".into())
-                    .spawn(move || committer::index(trees, shared, index_rx, work_tx))?,
+                    .spawn(move || indexer::index(trees, shared, index_rx, work_tx))?,
             );
         }
         {
@@ -144,7 +144,7 @@ impl Store {
                             shared.index_failed.store(failed.is_some(), Ordering::Relaxed);
                             // Also from here, so that readiness comes back
                             // with no webhook to notice the room.
-                            committer::check_space(&shared, &log_dir, space.min_free);
+                            preparer::check_space(&shared, &log_dir, space.min_free);
                         }
                     })?,
             );
@@ -155,7 +155,7 @@ impl Store {
         } else {
             crate::timefmt::now_ms()
         };
-        let store = Store {
+        let store = Embedded {
             inner: Arc::new(Inner {
                 dir: dir.to_path_buf(),
                 log_dir,

@@ -15,7 +15,7 @@
 use std::io::{Read, Write};
 use std::path::Path;
 
-use super::{log, Store, StoreError, CHECKPOINT};
+use super::{log, Embedded, StoreError, CHECKPOINT};
 
 const MAGIC: &[u8] = b"IWBACKUP1\n";
 const FILE: u8 = 1;
@@ -29,7 +29,7 @@ fn section(out: &mut impl Write, kind: u8, name: &str, data: &[u8]) -> std::io::
     out.write_all(data)
 }
 
-impl Store {
+impl Embedded {
     /// Writes a consistent backup of the store to `out`. Returns the number
     /// of index entries and files written. Blocking.
     pub fn backup(&self, out: &mut impl Write) -> Result<(u64, u64), StoreError> {
@@ -76,7 +76,7 @@ impl Store {
         section(out, FILE, crate::crypto::ROOT_FILE, &root)?;
         // The erasures made so far: a restore applies them again, and those
         // made after this backup come from the ledger it is given.
-        let ledger = super::ledger::read_lines(&self.inner.dir.join(super::LEDGER_FILE))?;
+        let ledger = crate::store::ledger::read_lines(&self.inner.dir.join(super::LEDGER_FILE))?;
         let mut text = ledger.join("\n");
         text.push('\n');
         section(out, FILE, super::LEDGER_FILE, text.as_bytes())?;
@@ -154,14 +154,15 @@ pub fn restore(input: &mut impl Read, dir: &Path) -> Result<(u64, u64), StoreErr
                 if name == super::LEDGER_FILE {
                     // Merged, never replaced: a ledger already in the data
                     // dir may hold erasures made after the backup.
-                    let have: std::collections::HashSet<String> =
-                        super::ledger::read_lines(&dir.join(&name))?.into_iter().collect();
+                    let have: std::collections::HashSet<String> = crate::store::ledger::read_lines(&dir.join(&name))?
+                        .into_iter()
+                        .collect();
                     let lines: Vec<String> = String::from_utf8_lossy(&data)
                         .lines()
                         .filter(|l| !l.trim().is_empty() && !have.contains(*l))
                         .map(str::to_string)
                         .collect();
-                    super::ledger::append_lines(dir, &lines)?;
+                    crate::store::ledger::append_lines(dir, &lines)?;
                 } else {
                     crate::fsutil::private_file(&dir.join(&name), false)?.write_all(&data)?;
                 }
@@ -175,7 +176,7 @@ pub fn restore(input: &mut impl Read, dir: &Path) -> Result<(u64, u64), StoreErr
     db.open_tree("state")?.remove(CHECKPOINT)?;
     // ...and every erasure in the ledger (which may now hold lines from
     // before and after the backup's own).
-    db.open_tree("state")?.remove(super::ledger::APPLIED)?;
+    db.open_tree("state")?.remove(crate::store::ledger::APPLIED)?;
     db.flush()?;
     drop(db);
     Ok((entries, files))

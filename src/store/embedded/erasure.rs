@@ -4,25 +4,14 @@
 //! segment's key is destroyed.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
-use super::event::time_key;
-use super::{log, subject_key, EventMeta, SegmentInfo, Store, StoreError, NEXT_SEQ};
+use super::*;
 use crate::timefmt::now_ms;
 
 /// How much of a segment a shred pass reads or writes at a time.
 const SHRED_STEP: usize = 256 << 10;
 
-/// What an erasure removed from the event store.
-#[derive(Debug, Default, Clone, serde::Serialize)]
-pub struct ErasedEvents {
-    pub events: u64,
-    /// Log segments that held their records, queued to be rewritten.
-    pub segments_queued: u64,
-}
-
-impl Store {
+impl Embedded {
     /// Events indexed under a subject key (see `identifiers`).
     pub fn events_for_subject(&self, subject: &str) -> Result<Vec<EventMeta>, StoreError> {
         let mut prefix = subject.as_bytes().to_vec();

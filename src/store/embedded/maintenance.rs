@@ -1,18 +1,15 @@
-//! The store's side of retention and the audit log: ranges of expired
-//! keys, whole-segment deletion with key destruction, dedup markers, and the
-//! append-only audit tree.
+//! The store's side of retention: ranges of expired keys, whole-segment
+//! deletion with key destruction, dedup markers.
 
-use super::event::{split_time_key, time_key};
-use super::{log, EventMeta, SegmentInfo, Store, StoreError};
-
-const AUDIT_ANCHOR: &[u8] = b"audit_anchor";
+use super::event::split_time_key;
+use super::*;
 
 /// How much of a dropped segment is freed at a time, and the pause between
 /// (see `log::remove_gradually`).
 const REMOVE_STEP: u64 = 2 << 20;
 const REMOVE_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
 
-impl Store {
+impl Embedded {
     /// Events received before `before_ms`, oldest first, at most `limit`:
     /// (receipt ms, key).
     pub(crate) fn expired_events(&self, before_ms: i64, limit: usize) -> Result<Vec<(i64, String)>, StoreError> {
@@ -44,11 +41,55 @@ impl Store {
         Ok(n)
     }
 
-    pub(crate) fn count_expired_events(&self, before_ms: i64) -> Result<u64, StoreError> {
-        Self::count_range(&self.inner.trees.by_time, time_key(0, ""), time_key(before_ms, ""))
+    /// Expires events received before `before_ms` (see [`Backend::expire_events`]):
+    /// their index entries become markers, batch by batch, then the closed
+    /// segments that hold nothing newer go, keys first. The open segment is
+    /// closed first when all it holds is past `before_ms`.
+    pub fn expire_events(&self, before_ms: i64, batch: usize) -> Result<ExpiredEvents, StoreError> {
+        if let Some((_, info)) = self.segments()?.into_iter().find(|(_, i)| !i.closed) {
+            if info.last_ms < before_ms {
+                self.roll_segment_blocking()?;
+            }
+        }
+        let expired_segments = self.expired_segments(before_ms)?;
+        let mut events = 0;
+        loop {
+            let keys = self.expired_events(before_ms, batch)?;
+            if keys.is_empty() {
+                break;
+            }
+            for (ms, k) in &keys {
+                events += u64::from(self.purge_event(*ms, k)?);
+            }
+            std::thread::yield_now();
+        }
+        for seq in &expired_segments {
+            self.drop_segment(*seq)?;
+        }
+        Ok(ExpiredEvents {
+            events,
+            containers: expired_segments.len() as u64,
+        })
     }
 
-    pub(crate) fn count_expired_markers(&self, before_ms: i64) -> Result<u64, StoreError> {
+    pub fn count_expired_events(&self, before_ms: i64) -> Result<ExpiredEvents, StoreError> {
+        Ok(ExpiredEvents {
+            events: Self::count_range(&self.inner.trees.by_time, time_key(0, ""), time_key(before_ms, ""))?,
+            containers: self.expired_segments(before_ms)?.len() as u64,
+        })
+    }
+
+    /// Closed segments that hold nothing received since `before_ms`.
+    fn expired_segments(&self, before_ms: i64) -> Result<Vec<u64>, StoreError> {
+        Ok(self
+            .segments()?
+            .into_iter()
+            .filter(|(_, i)| i.closed && i.last_ms < before_ms)
+            .map(|(s, _)| s)
+            .collect())
+    }
+
+    pub fn count_expired_markers(&self, before_ms: i64) -> Result<u64, StoreError> {
         Self::count_range(
             &self.inner.trees.markers_by_time,
             time_key(0, ""),
@@ -56,11 +97,11 @@ impl Store {
         )
     }
 
-    pub(crate) fn count_cache_expired(&self, tag: &str, before_ms: i64) -> Result<u64, StoreError> {
+    pub fn count_cache_expired(&self, class: Expiry, before_ms: i64) -> Result<u64, StoreError> {
         Self::count_range(
             &self.inner.trees.cache_time,
-            super::cache_time_key(tag, 0, ""),
-            super::cache_time_key(tag, before_ms, ""),
+            cache_time_key(class.tag(), 0, ""),
+            cache_time_key(class.tag(), before_ms, ""),
         )
     }
 
@@ -93,7 +134,7 @@ impl Store {
     }
 
     /// Dedup markers of events received before `before_ms`, at most `limit`.
-    pub(crate) fn remove_expired_markers(&self, before_ms: i64, limit: usize) -> Result<u64, StoreError> {
+    pub fn remove_expired_markers(&self, before_ms: i64, limit: usize) -> Result<u64, StoreError> {
         let t = &self.inner.trees;
         let mut n = 0;
         let batch: Vec<sled::IVec> = t
@@ -147,99 +188,5 @@ impl Store {
     /// The segment the committer is writing, if it has written any.
     pub(crate) fn open_segment(&self) -> Result<Option<u64>, StoreError> {
         Ok(self.segments()?.into_iter().find(|(_, i)| !i.closed).map(|(s, _)| s))
-    }
-
-    // ---- audit tree ----
-
-    /// Appends an audit entry built by `make` from the previous entry's
-    /// sequence number and bytes; entries are appended one at a time.
-    pub(crate) fn audit_append(&self, make: impl FnOnce(Option<(u64, Vec<u8>)>) -> Vec<u8>) -> Result<u64, StoreError> {
-        let _guard = self.inner.audit_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let t = &self.inner.trees;
-        let last = t
-            .audit
-            .last()?
-            .map(|(k, v)| (u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8])), v.to_vec()));
-        let last = match last {
-            Some(l) => Some(l),
-            None => t.state.get(AUDIT_ANCHOR)?.map(|v| {
-                let seq = u64::from_be_bytes(v[..8].try_into().unwrap_or([0; 8]));
-                (seq, v[8..].to_vec())
-            }),
-        };
-        let seq = last.as_ref().map_or(1, |(s, _)| s + 1);
-        t.audit.insert(seq.to_be_bytes(), make(last))?;
-        Ok(seq)
-    }
-
-    /// Audit entries in order, with their sequence numbers.
-    pub(crate) fn audit_entries(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        let mut out = Vec::new();
-        for kv in self.inner.trees.audit.iter() {
-            let (k, v) = kv?;
-            out.push((u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8])), v.to_vec()));
-        }
-        Ok(out)
-    }
-
-    /// The last removed entry (its sequence and bytes): the chain's anchor
-    /// once old entries have expired.
-    pub(crate) fn audit_anchor(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
-        Ok(self
-            .inner
-            .trees
-            .state
-            .get(AUDIT_ANCHOR)?
-            .map(|v| (u64::from_be_bytes(v[..8].try_into().unwrap_or([0; 8])), v[8..].to_vec())))
-    }
-
-    /// Removes the oldest audit entries for which `expired` holds, keeping
-    /// the last removed one as the anchor. Returns how many went.
-    pub(crate) fn audit_remove_expired(
-        &self,
-        expired: impl Fn(&[u8]) -> bool,
-        limit: usize,
-    ) -> Result<u64, StoreError> {
-        let _guard = self.inner.audit_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let t = &self.inner.trees;
-        let mut n = 0;
-        // The newest entry always stays, so the chain can be continued.
-        let total = t.audit.len();
-        for kv in t.audit.iter().take(limit.min(total.saturating_sub(1))) {
-            let (k, v) = kv?;
-            if !expired(&v) {
-                break;
-            }
-            let mut anchor = k.to_vec();
-            anchor.extend_from_slice(&v);
-            t.state.insert(AUDIT_ANCHOR, anchor)?;
-            t.audit.remove(&k)?;
-            n += 1;
-        }
-        Ok(n)
-    }
-
-    /// Makes everything written to the index so far durable now (for audit
-    /// entries that must not be lost).
-    pub fn flush_index(&self) -> Result<(), StoreError> {
-        self.inner.trees.db.flush()?;
-        super::sync_sled_files(&self.inner.dir)?;
-        Ok(())
-    }
-
-    /// For tests that cut the audit log's tail, as an attacker would.
-    #[doc(hidden)]
-    pub fn audit_remove_newest_for_tests(&self) -> Result<(), StoreError> {
-        if let Some((k, _)) = self.inner.trees.audit.last()? {
-            self.inner.trees.audit.remove(k)?;
-        }
-        Ok(())
-    }
-
-    /// For tests and tools that must see raw audit bytes.
-    #[doc(hidden)]
-    pub fn audit_overwrite(&self, seq: u64, bytes: &[u8]) -> Result<(), StoreError> {
-        self.inner.trees.audit.insert(seq.to_be_bytes(), bytes)?;
-        Ok(())
     }
 }

@@ -38,7 +38,7 @@ pub(crate) fn apply_new(trees: &Trees, meta: &EventMeta, fresh: bool) -> Result<
     }
     Ok(existing.is_none().then(|| Snapshot {
         meta: meta.clone(),
-        raw,
+        raw: raw.to_vec(),
         pending_entry,
     }))
 }
@@ -49,56 +49,6 @@ pub(crate) fn subject_key(contact_id: &str, key: &str) -> Vec<u8> {
     k.push(0);
     k.extend_from_slice(key.as_bytes());
     k
-}
-
-/// The outcome a worker records for an event.
-#[derive(Debug, Clone)]
-pub struct Completion {
-    pub status: Status,
-    pub attempt: Attempt,
-    pub retry_at_ms: Option<i64>,
-}
-
-impl Completion {
-    pub(super) fn apply(&self, m: &mut EventMeta) {
-        m.status = self.status;
-        m.retry_at_ms = self.retry_at_ms;
-        m.last_error = self.attempt.error.clone();
-        m.attempts = if self.status.is_queued() || self.status == Status::Failed {
-            m.attempts + 1
-        } else {
-            0
-        };
-        m.push_history(self.attempt.clone());
-    }
-}
-
-/// An event's metadata and the exact bytes it was read from (or written
-/// as), so that recording an outcome can be one compare-and-swap.
-#[derive(Debug, Clone)]
-pub struct Snapshot {
-    pub meta: EventMeta,
-    raw: sled::IVec,
-    /// Whether the event has its entry in the `pending` tree (a fresh one
-    /// does not; see [`progress`]).
-    pending_entry: bool,
-}
-
-/// An event for the workers. Straight from intake it comes with its
-/// metadata as indexed and its body, which spares the worker a read of the
-/// index and of the log; otherwise (start-up, replay, retry) only its key.
-pub struct Work {
-    pub key: String,
-    pub fresh: Option<Box<Fresh>>,
-    /// When it was put on the queue (unix ms).
-    pub queued_ms: i64,
-}
-
-pub struct Fresh {
-    pub seen: Snapshot,
-    pub body: Bytes,
-    /// Report to [`Store::fresh_finished`] once the outcome is recorded.
-    pub batch: u64,
 }
 
 /// Before an event's new status is written: indexes it if it becomes failed.
@@ -133,7 +83,7 @@ pub(super) fn sync_pending(pending: &sled::Tree, m: &EventMeta, had_entry: bool)
     Ok(())
 }
 
-impl Store {
+impl Embedded {
     /// Known as an event or as a dedup marker of a purged one.
     pub fn is_known(&self, key: &str) -> Result<bool, StoreError> {
         Ok(self.inner.trees.events.contains_key(key.as_bytes())?
@@ -161,7 +111,7 @@ impl Store {
                     let pending_entry = meta.status.is_queued();
                     Some(Snapshot {
                         meta,
-                        raw: v,
+                        raw: v.to_vec(),
                         pending_entry,
                     })
                 })
@@ -235,7 +185,7 @@ impl Store {
         mark_failed(&trees.failed, &m, was_failed)?;
         if trees
             .events
-            .compare_and_swap(key, Some(&seen.raw), Some(m.encode()))?
+            .compare_and_swap(key, Some(seen.raw.as_slice()), Some(m.encode()))?
             .is_ok()
         {
             sync_pending(&trees.pending, &m, seen.pending_entry)?;

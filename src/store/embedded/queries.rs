@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl Store {
+impl Embedded {
     /// Keys of events waiting for a worker, oldest first.
     pub fn queued_keys(&self) -> Result<Vec<String>, StoreError> {
         let mut keys = Vec::new();

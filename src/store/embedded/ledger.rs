@@ -1,0 +1,42 @@
+//! This index's side of the erasure ledger (see [`crate::store::ledger`]):
+//! how many lines it has applied.
+
+use super::*;
+use crate::store::ledger::{append_lines, parse, read_lines, APPLIED};
+
+impl Embedded {
+    /// Records an erasure. Call after the erasure is durable in the index.
+    pub fn ledger_append(&self, entry: &LedgerEntry) -> Result<(), StoreError> {
+        let line = serde_json::to_string(entry).expect("serialising plain data cannot fail");
+        append_lines(&self.inner.dir, &[line])
+    }
+
+    /// The ledger entries this index has not applied yet, and the count to
+    /// record once they are.
+    pub fn ledger_unapplied(&self) -> Result<(Vec<LedgerEntry>, u64), StoreError> {
+        let path = self.inner.dir.join(LEDGER_FILE);
+        let lines = read_lines(&path)?;
+        let applied = self
+            .inner
+            .trees
+            .state
+            .get(APPLIED)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map_or(0, u64::from_be_bytes) as usize;
+        let mut out = Vec::new();
+        for (n, l) in lines.iter().enumerate().skip(applied.min(lines.len())) {
+            out.push(parse(l, &path, n)?);
+        }
+        Ok((out, lines.len() as u64))
+    }
+
+    pub fn ledger_mark_applied(&self, count: u64) -> Result<(), StoreError> {
+        self.inner.trees.state.insert(APPLIED, &count.to_be_bytes())?;
+        Ok(())
+    }
+
+    /// How many lines the ledger has (for `stats` and tests).
+    pub fn ledger_len(&self) -> Result<usize, StoreError> {
+        Ok(read_lines(&self.inner.dir.join(LEDGER_FILE))?.len())
+    }
+}

@@ -1,0 +1,58 @@
+//! What workers take and give back: [`Work`] off the queue, a
+//! [`Snapshot`] of an event as read, a [`Completion`] to record.
+
+use bytes::Bytes;
+
+use super::{Attempt, EventMeta, Status};
+
+/// The outcome a worker records for an event.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub status: Status,
+    pub attempt: Attempt,
+    pub retry_at_ms: Option<i64>,
+}
+
+impl Completion {
+    pub(crate) fn apply(&self, m: &mut EventMeta) {
+        m.status = self.status;
+        m.retry_at_ms = self.retry_at_ms;
+        m.last_error = self.attempt.error.clone();
+        m.attempts = if self.status.is_queued() || self.status == Status::Failed {
+            m.attempts + 1
+        } else {
+            0
+        };
+        m.push_history(self.attempt.clone());
+    }
+}
+
+/// An event's metadata and the exact bytes it was read from (or written
+/// as), so that recording an outcome can be one compare-and-swap.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub meta: EventMeta,
+    /// The bytes the backend read or wrote: its compare-and-swap token.
+    pub(crate) raw: Vec<u8>,
+    /// Whether the backend keeps a queue entry for the event beside its
+    /// status (the embedded one does not for an event handed to a worker
+    /// straight from intake).
+    pub(crate) pending_entry: bool,
+}
+
+/// An event for the workers. Straight from intake it comes with its
+/// metadata as indexed and its body, which spares the worker a read of the
+/// index and of the log; otherwise (start-up, replay, retry) only its key.
+pub struct Work {
+    pub key: String,
+    pub fresh: Option<Box<Fresh>>,
+    /// When it was put on the queue (unix ms).
+    pub queued_ms: i64,
+}
+
+pub struct Fresh {
+    pub seen: Snapshot,
+    pub body: Bytes,
+    /// Report to [`Store::fresh_finished`] once the outcome is recorded.
+    pub batch: u64,
+}
