@@ -130,6 +130,12 @@ async fn shredded_segments_are_replaced_and_reads_follow() {
         let appended = store.append_if_absent(meta(&format!("k{i}")), body(i)).await;
         assert!(matches!(appended, Ok(Appended::Stored)));
     }
+    // A `200` waits for the log, not the index: erase what is indexed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while (0..6).any(|i| store.get(&format!("k{i}")).unwrap().is_none()) {
+        assert!(std::time::Instant::now() < deadline, "indexed within 10 s");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let first = store.get("k0").unwrap().unwrap().loc.unwrap().seg;
     let read = |store: &Embedded, i: usize| {
         let m = store.get(&format!("k{i}")).unwrap().expect("still indexed");
