@@ -233,6 +233,12 @@ impl CacheCodec {
         }
     }
 
+    /// The codec the configuration asks for (`[cache.contacts]
+    /// custom_attributes`).
+    pub fn from_settings(keys: Keys, settings: &crate::config::CacheSettings) -> Self {
+        CacheCodec::new(keys, settings.contact_custom_attributes.clone())
+    }
+
     pub fn keys(&self) -> &Keys {
         &self.keys
     }

@@ -249,8 +249,13 @@ impl IntercomClient {
     }
 
     pub async fn get_contact(&self, id: &str) -> Result<Value, ApiError> {
-        self.call(Method::GET, &format!("/contacts/{}", seg(id)), None, "contacts.get")
-            .await
+        self.call(
+            Method::GET,
+            &format!("/contacts/{}", path_segment(id)),
+            None,
+            "contacts.get",
+        )
+        .await
     }
 
     /// `GET /contacts/{id}/<what>` (tags, companies, segments, notes), all pages.
@@ -258,7 +263,7 @@ impl IntercomClient {
         let mut out = Vec::new();
         let mut page_no = 1u32;
         loop {
-            let path = format!("/contacts/{}/{what}?per_page=50&page={page_no}", seg(id));
+            let path = format!("/contacts/{}/{what}?per_page=50&page={page_no}", path_segment(id));
             let page = self.call(Method::GET, &path, None, endpoint).await?;
             let items = page.get("data").and_then(Value::as_array).cloned().unwrap_or_default();
             let empty = items.is_empty();
@@ -274,7 +279,7 @@ impl IntercomClient {
     pub async fn get_conversation(&self, id: &str) -> Result<Value, ApiError> {
         self.call(
             Method::GET,
-            &format!("/conversations/{}?display_as=plaintext", seg(id)),
+            &format!("/conversations/{}?display_as=plaintext", path_segment(id)),
             None,
             "conversations.get",
         )
@@ -287,7 +292,7 @@ impl IntercomClient {
         match self
             .call(
                 Method::DELETE,
-                &format!("/contacts/{}", seg(id)),
+                &format!("/contacts/{}", path_segment(id)),
                 None,
                 "contacts.delete",
             )
@@ -300,8 +305,9 @@ impl IntercomClient {
     }
 }
 
-/// A path segment with anything but safe characters percent-encoded.
-fn seg(id: &str) -> String {
+/// A path segment with anything but safe characters percent-encoded (the
+/// one encoder for ids in URLs: Intercom's API and our admin API).
+pub fn path_segment(id: &str) -> String {
     id.bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() || b"-_.".contains(&b) {

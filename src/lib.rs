@@ -54,6 +54,7 @@ pub mod ops;
 pub mod privacy;
 pub mod purge;
 pub mod redact;
+pub mod render;
 pub mod rotation;
 pub mod samples;
 pub mod secret;

@@ -21,8 +21,6 @@
 
 use std::path::Path;
 
-use serde_json::{json, Value};
-
 use crate::cache::{decode, encode, CacheCodec, ContactRecord};
 use crate::crypto::{self, DataKey, Keys};
 use crate::store::StoreSettings;
@@ -40,6 +38,17 @@ pub enum RotationError {
     Io(#[from] std::io::Error),
 }
 
+/// What a rotation did.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Rotated {
+    pub rotated: bool,
+    pub segment_keys_rewrapped: u64,
+    pub cached_contacts_resealed: u64,
+    pub audit_entries_reauthenticated: u64,
+    /// Whether the new key was written into the data dir (`--write-key-file`).
+    pub key_file_written: bool,
+}
+
 /// Rotates the data dir's keys from `old` to `new`. The store must be
 /// closed (the caller opens and closes it first, which proves `old` works
 /// and that no server holds it). `allowed_attributes` only matters for
@@ -50,7 +59,7 @@ pub fn rotate(
     old: &DataKey,
     new: &DataKey,
     allowed_attributes: Vec<String>,
-) -> Result<Value, RotationError> {
+) -> Result<Rotated, RotationError> {
     let (current, next) = crypto::rotation_keys(data_dir, old, new)?;
     let (old_keys, new_keys) = (Keys::from_root(&current), Keys::from_root(&next));
     let rewrapped = crate::store::rewrap_keys(data_dir, &old_keys.wrap, &new_keys.wrap)?;
@@ -90,10 +99,11 @@ pub fn rotate(
     store.close()?;
     drop(store);
     crypto::finish_rotation(data_dir)?;
-    Ok(json!({
-        "rotated": true,
-        "segment_keys_rewrapped": rewrapped,
-        "cached_contacts_resealed": resealed,
-        "audit_entries_reauthenticated": audit,
-    }))
+    Ok(Rotated {
+        rotated: true,
+        segment_keys_rewrapped: rewrapped,
+        cached_contacts_resealed: resealed,
+        audit_entries_reauthenticated: audit,
+        key_file_written: false,
+    })
 }

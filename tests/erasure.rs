@@ -525,7 +525,7 @@ async fn an_older_store_is_reindexed_on_open() {
     app.stop().await;
 
     let s = settings(dir.path(), SMALL, &test_env());
-    let store = intercom_webhooks::app::open_store(&s).unwrap();
+    let store = intercom_webhooks::ops::open_store(&s).unwrap();
     store
         .set_subjects("n_old", vec!["65f0c0ffee00000000000a1d".to_string()])
         .unwrap();

@@ -397,7 +397,7 @@ async fn export_then_erase_end_to_end() {
 
     // Altering one entry breaks the chain at that entry.
     let s = settings(dir.path(), &cfg, &privacy_env());
-    let store = intercom_webhooks::app::open_store(&s).unwrap();
+    let store = intercom_webhooks::ops::open_store(&s).unwrap();
     let entries = intercom_webhooks::audit::list(&store).unwrap();
     let seq = entries["entries"][1]["seq"].as_u64().unwrap();
     let mut raw: Value = serde_json::to_value(&entries["entries"][1]).unwrap();
@@ -595,7 +595,7 @@ async fn the_audit_chain_needs_the_key_and_a_cut_tail_is_caught() {
     app.stop().await;
 
     let s = settings(dir.path(), "", &test_env());
-    let store = intercom_webhooks::app::open_store(&s).unwrap();
+    let store = intercom_webhooks::ops::open_store(&s).unwrap();
     let entries = intercom_webhooks::audit::list(&store).unwrap()["entries"].clone();
 
     // Dropping the newest entry: the chain alone still verifies, the head does not.
@@ -636,7 +636,7 @@ async fn the_audit_chain_needs_the_key_and_a_cut_tail_is_caught() {
     // as it was and re-authenticated when the store opens.
     let old = tempfile::tempdir().unwrap();
     let s = settings(old.path(), "", &test_env());
-    let store = intercom_webhooks::app::open_store(&s).unwrap();
+    let store = intercom_webhooks::ops::open_store(&s).unwrap();
     let mut prev = "0".repeat(64);
     for seq in 1..=2u64 {
         let mut e = forge_unkeyed(&prev, seq, 1767225600000, "purge", &json!({"removed": seq}));
@@ -646,7 +646,7 @@ async fn the_audit_chain_needs_the_key_and_a_cut_tail_is_caught() {
     }
     store.close().unwrap();
     drop(store);
-    let store = intercom_webhooks::app::open_store(&s).unwrap();
+    let store = intercom_webhooks::ops::open_store(&s).unwrap();
     let v = intercom_webhooks::audit::verify(&store, None).unwrap();
     assert_eq!(v["ok"], true, "{v}");
     assert_eq!(v["entries"], 2);

@@ -1,8 +1,8 @@
 //! The admin API (admin listener only). Every route but `/metrics` needs
 //! `Authorization: Bearer <admin token>`, compared in constant time; with no
 //! admin token configured every admin request is refused. A governor limit
-//! caps the request rate. Handlers call `ops`, the same code the CLI runs on
-//! a stopped store.
+//! caps the request rate. Each handler runs one `ops` action, the same code
+//! the CLI runs on a stopped store.
 
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
@@ -11,11 +11,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::AppState;
 use crate::metrics::RouteCode;
-use crate::ops::{self, FilterQuery, OpsError, ReplayRequest};
+use crate::ops::{
+    self, Action, AuditCheck, AuditList, AuditListing, AuditVerify, CacheClear, CacheShow, CachedRecord, Cleared,
+    Erase, EventDetail, EventList, Export, FilterQuery, ListEvents, OpsError, Purge, PurgeResult, Replay,
+    ReplayRequest, ReplayResult, ShowEvent, Stats, StatsReport, SubjectReport, SubjectRequest,
+};
 use crate::secret::constant_time_eq;
 use crate::store::CacheKind;
 
@@ -110,25 +114,18 @@ impl IntoResponse for AdminError {
         match &self.0 {
             OpsError::BadRequest(m) => error(StatusCode::BAD_REQUEST, m),
             OpsError::NotFound(m) => error(StatusCode::NOT_FOUND, m),
-            OpsError::Store(e) => {
-                tracing::error!(error = %e, "Admin request failed.");
-                error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())
+            OpsError::Upstream(m) => error(StatusCode::BAD_GATEWAY, m),
+            OpsError::Store(_) | OpsError::Unavailable(_) => {
+                tracing::error!(error = %self.0, "Admin request failed.");
+                error(StatusCode::INTERNAL_SERVER_ERROR, &self.0.to_string())
             }
         }
     }
 }
 
-type AdminResult = Result<Json<Value>, AdminError>;
-
-/// Runs blocking store work off the async threads.
-async fn blocking<F>(f: F) -> AdminResult
-where
-    F: FnOnce() -> Result<Value, OpsError> + Send + 'static,
-{
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r.map(Json).map_err(AdminError),
-        Err(e) => Err(AdminError(OpsError::BadRequest(format!("request aborted: {e}")))),
-    }
+/// Runs an operator action on this server's store.
+async fn run<A: Action>(app: &AppState, action: A) -> Result<Json<A::Output>, AdminError> {
+    Ok(Json(action.run(app.ops.clone()).await?))
 }
 
 async fn metrics(State(app): State<AppState>) -> Response {
@@ -155,12 +152,12 @@ async fn metrics(State(app): State<AppState>) -> Response {
         .into_response()
 }
 
-async fn stats(State(app): State<AppState>) -> AdminResult {
-    blocking(move || ops::stats(&app.store, Some(&app.metrics))).await
+async fn stats(State(app): State<AppState>) -> Result<Json<StatsReport>, AdminError> {
+    run(&app, Stats).await
 }
 
-async fn list_events(State(app): State<AppState>, Query(q): Query<FilterQuery>) -> AdminResult {
-    blocking(move || ops::list_events(&app.store, &q)).await
+async fn list_events(State(app): State<AppState>, Query(q): Query<FilterQuery>) -> Result<Json<EventList>, AdminError> {
+    run(&app, ListEvents(q)).await
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -169,27 +166,16 @@ pub struct ShowQuery {
     pub raw: bool,
 }
 
-async fn show_event(State(app): State<AppState>, Path(id): Path<String>, Query(q): Query<ShowQuery>) -> AdminResult {
-    blocking(move || ops::show_event(&app.store, &id, q.raw)).await
+async fn show_event(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<ShowQuery>,
+) -> Result<Json<EventDetail>, AdminError> {
+    run(&app, ShowEvent { id, raw: q.raw }).await
 }
 
-async fn replay(State(app): State<AppState>, Json(req): Json<ReplayRequest>) -> AdminResult {
-    blocking(move || {
-        let (keys, replayed) = ops::select_replay(&app.store, &req)?;
-        if !req.dry_run {
-            for k in &keys {
-                app.store.enqueue(k.clone());
-            }
-            app.metrics.replays.inc_by(replayed);
-            tracing::info!(matched = keys.len(), replayed, "Replay queued.");
-        }
-        let mut doc = json!({ "matched": keys.len(), "replayed": replayed });
-        if req.dry_run {
-            doc["ids"] = json!(keys);
-        }
-        Ok(doc)
-    })
-    .await
+async fn replay(State(app): State<AppState>, Json(req): Json<ReplayRequest>) -> Result<Json<ReplayResult>, AdminError> {
+    run(&app, Replay(req)).await
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -198,23 +184,31 @@ pub struct DryRun {
     pub dry_run: bool,
 }
 
-async fn purge(State(app): State<AppState>, body: Option<Json<DryRun>>) -> AdminResult {
+async fn purge(State(app): State<AppState>, body: Option<Json<DryRun>>) -> Result<Json<PurgeResult>, AdminError> {
     let dry_run = body.map(|b| b.0.dry_run).unwrap_or(false);
-    let report = crate::purge::run_once(&app.store, &app.settings, dry_run)
-        .await
-        .map_err(|e| AdminError(OpsError::Store(e)))?;
-    if !dry_run {
-        report.record_metrics(&app.metrics);
-    }
-    Ok(Json(report.to_json()))
+    run(&app, Purge { dry_run }).await
 }
 
-async fn contact(State(app): State<AppState>, Path(id): Path<String>) -> AdminResult {
-    blocking(move || ops::cache_show(&app.store, &app.codec, CacheKind::Contact, &id)).await
+async fn contact(State(app): State<AppState>, Path(id): Path<String>) -> Result<Json<CachedRecord>, AdminError> {
+    run(
+        &app,
+        CacheShow {
+            kind: CacheKind::Contact,
+            id,
+        },
+    )
+    .await
 }
 
-async fn conversation(State(app): State<AppState>, Path(id): Path<String>) -> AdminResult {
-    blocking(move || ops::cache_show(&app.store, &app.codec, CacheKind::Conversation, &id)).await
+async fn conversation(State(app): State<AppState>, Path(id): Path<String>) -> Result<Json<CachedRecord>, AdminError> {
+    run(
+        &app,
+        CacheShow {
+            kind: CacheKind::Conversation,
+            id,
+        },
+    )
+    .await
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -223,17 +217,12 @@ pub struct Confirm {
     pub yes: bool,
 }
 
-async fn cache_clear(State(app): State<AppState>, Json(c): Json<Confirm>) -> AdminResult {
-    if !c.yes {
-        return Err(AdminError(OpsError::BadRequest(
-            "cache clear removes every cached record: send {\"yes\":true}".into(),
-        )));
-    }
-    blocking(move || ops::cache_clear(&app.store)).await
+async fn cache_clear(State(app): State<AppState>, Json(c): Json<Confirm>) -> Result<Json<Cleared>, AdminError> {
+    run(&app, CacheClear { yes: c.yes }).await
 }
 
-async fn audit_list(State(app): State<AppState>) -> AdminResult {
-    blocking(move || crate::audit::list(&app.store).map_err(OpsError::from)).await
+async fn audit_list(State(app): State<AppState>) -> Result<Json<AuditListing>, AdminError> {
+    run(&app, AuditList).await
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -241,80 +230,38 @@ pub struct VerifyQuery {
     pub expect_head: Option<String>,
 }
 
-async fn audit_verify(State(app): State<AppState>, Query(q): Query<VerifyQuery>) -> AdminResult {
-    let head = match q.expect_head.as_deref() {
-        None => None,
-        Some(text) => match crate::audit::parse_head(text) {
-            Some(h) => Some(h),
-            None => {
-                return Err(AdminError(OpsError::BadRequest(
-                    "expect_head takes SEQ:HASH (the sequence number and the 64-hex hash)".into(),
-                )))
-            }
+async fn audit_verify(
+    State(app): State<AppState>,
+    Query(q): Query<VerifyQuery>,
+) -> Result<Json<AuditCheck>, AdminError> {
+    run(
+        &app,
+        AuditVerify {
+            expect_head: q.expect_head,
         },
-    };
-    blocking(move || crate::audit::verify(&app.store, head).map_err(OpsError::from)).await
+    )
+    .await
 }
 
-#[derive(Debug, Deserialize)]
-pub struct PrivacyRequest {
-    pub email: Option<String>,
-    pub contact_id: Option<String>,
-    pub external_id: Option<String>,
-    #[serde(default)]
-    pub dry_run: bool,
-    #[serde(default)]
-    pub local_only: bool,
+async fn erase(
+    State(app): State<AppState>,
+    Json(req): Json<SubjectRequest>,
+) -> Result<Json<SubjectReport>, AdminError> {
+    run(&app, Erase(req)).await
 }
 
-fn privacy_error(e: crate::privacy::PrivacyError) -> Response {
-    use crate::privacy::PrivacyError;
-    match e {
-        PrivacyError::BadRequest(m) => error(StatusCode::BAD_REQUEST, &m),
-        PrivacyError::NotFound(m) => error(StatusCode::NOT_FOUND, &m),
-        PrivacyError::Intercom(e) => error(StatusCode::BAD_GATEWAY, &e.to_string()),
-        PrivacyError::Store(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-    }
-}
-
-async fn erase(State(app): State<AppState>, Json(req): Json<PrivacyRequest>) -> Response {
-    let subject = match crate::privacy::Subject::from_parts(req.email, req.contact_id, req.external_id) {
-        Ok(s) => s,
-        Err(e) => return privacy_error(e),
-    };
-    let client = app.intercom.as_deref();
-    match crate::privacy::erase(&app.store, &app.codec, client, subject, req.dry_run, req.local_only).await {
-        Ok(v) => Json(v).into_response(),
-        Err(e) => privacy_error(e),
-    }
-}
-
-async fn export(State(app): State<AppState>, Json(req): Json<PrivacyRequest>) -> Response {
-    let subject = match crate::privacy::Subject::from_parts(req.email, req.contact_id, req.external_id) {
-        Ok(s) => s,
-        Err(e) => return privacy_error(e),
-    };
-    match crate::privacy::export(&app.store, &app.codec, app.intercom.as_deref(), subject, req.local_only).await {
-        Ok(v) => Json(v).into_response(),
-        Err(e) => privacy_error(e),
-    }
+async fn export(
+    State(app): State<AppState>,
+    Json(req): Json<SubjectRequest>,
+) -> Result<Json<SubjectReport>, AdminError> {
+    run(&app, Export(SubjectRequest { dry_run: false, ..req })).await
 }
 
 /// Streams a backup: written to a temporary file in the data dir first (so
 /// the index export is not held open by a slow client), then sent.
 async fn backup(State(app): State<AppState>) -> Response {
     let store = app.store.clone();
-    let made = tokio::task::spawn_blocking(move || -> Result<std::fs::File, crate::store::StoreError> {
-        // An unnamed file (O_TMPFILE) beside the store: nothing is left
-        // behind if the process dies mid-backup, and it is on the data
-        // dir's disk, not in a memory-backed /tmp.
-        let mut file = crate::fsutil::unnamed_private_file(store.dir())?;
-        store.backup(&mut std::io::BufWriter::new(&mut file))?;
-        use std::io::Seek;
-        file.rewind()?;
-        Ok(file)
-    })
-    .await;
+    let made = tokio::task::spawn_blocking(move || ops::data_dir::backup_to_unnamed_file(&store)).await;
     match made {
         Ok(Ok(file)) => {
             tracing::info!("Backup sent through the admin API.");

@@ -15,7 +15,6 @@ use axum::Router;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio_util::sync::CancellationToken;
 
-use crate::cache::CacheCodec;
 use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -27,7 +26,8 @@ pub struct AppState {
     pub verifier: Arc<Verifier>,
     pub metrics: Arc<Metrics>,
     pub settings: Arc<Settings>,
-    pub codec: Arc<CacheCodec>,
+    /// What the admin API's operator actions run on (this server's store).
+    pub ops: crate::ops::Local,
     /// Failed signature checks per source address.
     pub bad_signatures: Arc<DefaultKeyedRateLimiter<IpAddr>>,
     /// Failed admin authentications per source address.
@@ -36,8 +36,6 @@ pub struct AppState {
     /// Requests the webhook route is working on (read by the handler threads).
     pub intake_load: crate::intake_load::IntakeLoad,
     pub shutdown: CancellationToken,
-    /// `None` without `INTERCOM_ACCESS_TOKEN`.
-    pub intercom: Option<Arc<crate::client::IntercomClient>>,
 }
 
 impl AppState {
@@ -46,23 +44,14 @@ impl AppState {
             std::num::NonZeroU32::new(settings.http.bad_signatures_per_minute).unwrap_or(std::num::NonZeroU32::MIN);
         let admin_failures =
             std::num::NonZeroU32::new(settings.admin.failed_auth_per_minute).unwrap_or(std::num::NonZeroU32::MIN);
+        let ops = crate::ops::Local::new(store.clone(), settings.clone(), Some(metrics.clone()));
         AppState {
             verifier: Arc::new(Verifier::new(&settings.client_secrets)),
-            codec: Arc::new(CacheCodec::new(
-                store.keys().clone(),
-                settings.cache.contact_custom_attributes.clone(),
-            )),
+            ops,
             bad_signatures: Arc::new(RateLimiter::keyed(Quota::per_minute(per_minute))),
             admin_failures: Arc::new(RateLimiter::keyed(Quota::per_minute(admin_failures))),
             workers_running: Arc::new(AtomicBool::new(false)),
             intake_load: crate::intake_load::IntakeLoad::default(),
-            intercom: crate::client::IntercomClient::new(
-                &settings.api_base_url,
-                settings.access_token.clone(),
-                Some(metrics.clone()),
-            )
-            .ok()
-            .map(Arc::new),
             store,
             settings,
             metrics,

@@ -1,33 +1,152 @@
-//! OPERATE: inspection, stats and replay, shared by the admin API and the
-//! CLI (which calls these directly on a stopped store, or the admin API
-//! when a server holds it). Every function returns the JSON document both
-//! print, so the two paths cannot drift apart.
+//! OPERATE: every operator action, once. Each is an [`Action`]: a typed
+//! request with a typed result, run here on a store this process holds
+//! ([`Local`]), and served by the admin API at its [`Route`]. The CLI and
+//! the admin API are thin adapters: the CLI runs an action through
+//! [`Target`] (the store itself when no server holds it, else the admin API
+//! of the server that does), the admin API runs it on the server's store.
+//! Actions on the data dir as a whole (backup, restore, key rotation) are
+//! functions in [`data_dir`].
 
+pub mod data_dir;
+mod events;
+mod open;
 pub mod remote;
+mod state;
+mod subject;
+mod target;
+
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 pub use crate::store::Glob;
+pub use events::{
+    EventDetail, EventList, EventSummary, HistoryEntry, ListEvents, Replay, ReplayRequest, ReplayResult, ShowEvent,
+};
+pub use open::open_store;
+pub use state::{
+    AuditCheck, AuditList, AuditListing, AuditVerify, CacheClear, CacheShow, CachedRecord, Cleared, Purge, PurgeResult,
+    Stats, StatsReport,
+};
+pub use subject::{Erase, Export, SubjectReport, SubjectRequest};
+pub use target::Target;
 
-use serde::Deserialize;
-use serde_json::{json, Value};
-
-use crate::cache::{decode, CacheCodec, ContactRecord, ConversationRecord};
+use crate::cache::CacheCodec;
+use crate::client::IntercomClient;
+use crate::config::Settings;
 use crate::metrics::Metrics;
-use crate::store::{CacheKind, EventFilter, EventMeta, Status, Store, StoreError};
-use crate::timefmt::{format_ms, format_secs, now_ms, parse_time_bound};
+use crate::store::{BoxFuture, EventFilter, Status, Store, StoreError};
+use crate::timefmt::{now_ms, parse_time_bound};
 
 /// Errors of operator requests, with the exit code / HTTP status they map to.
 #[derive(Debug, thiserror::Error)]
 pub enum OpsError {
+    /// Exit 2, HTTP 400.
     #[error("{0}")]
     BadRequest(String),
+    /// Exit 3, HTTP 404.
     #[error("{0}")]
     NotFound(String),
+    /// Exit 1, HTTP 500.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Intercom's API failed us. Exit 1, HTTP 502.
+    #[error("{0}")]
+    Upstream(String),
+    /// Neither the store nor the admin API could be used. Exit 1.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<crate::privacy::PrivacyError> for OpsError {
+    fn from(e: crate::privacy::PrivacyError) -> Self {
+        use crate::privacy::PrivacyError;
+        match e {
+            PrivacyError::BadRequest(m) => OpsError::BadRequest(m),
+            PrivacyError::NotFound(m) => OpsError::NotFound(m),
+            PrivacyError::Intercom(e) => OpsError::Upstream(e.to_string()),
+            PrivacyError::Store(e) => OpsError::Store(e),
+        }
+    }
+}
+
+impl From<remote::RemoteError> for OpsError {
+    fn from(e: remote::RemoteError) -> Self {
+        use remote::RemoteError;
+        match e {
+            RemoteError::Status { status: 404, message } => OpsError::NotFound(message),
+            RemoteError::Status { status: 400, message } => OpsError::BadRequest(message),
+            other => OpsError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+/// A store this process holds, and what actions need beside it.
+#[derive(Clone)]
+pub struct Local {
+    pub store: Store,
+    pub settings: Arc<Settings>,
+    pub codec: Arc<CacheCodec>,
+    /// `None` without `INTERCOM_ACCESS_TOKEN`.
+    pub intercom: Option<Arc<IntercomClient>>,
+    /// The running server's metrics, when this is the server: stats then
+    /// include delivery health, replays go to its workers (else they run
+    /// here), purges are counted.
+    pub server: Option<Arc<Metrics>>,
+    /// Told (done, total) as an inline replay goes (the CLI's progress bar).
+    pub progress: Option<Arc<dyn Fn(u64, u64) + Send + Sync>>,
+}
+
+impl Local {
+    /// What actions run on. `server`: the running server's metrics, when
+    /// this is the server. The one place the Intercom client is built.
+    pub fn new(store: Store, settings: Arc<Settings>, server: Option<Arc<Metrics>>) -> Self {
+        let codec = Arc::new(CacheCodec::from_settings(store.keys().clone(), &settings.cache));
+        let intercom = IntercomClient::new(&settings.api_base_url, settings.access_token.clone(), server.clone())
+            .ok()
+            .map(Arc::new);
+        Local {
+            store,
+            settings,
+            codec,
+            intercom,
+            server,
+            progress: None,
+        }
+    }
+
+    /// Runs blocking store work off the async threads.
+    pub(crate) async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Local) -> Result<T, OpsError> + Send + 'static,
+    ) -> Result<T, OpsError> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || f(&me))
+            .await
+            .map_err(|e| OpsError::Store(StoreError::Unavailable(format!("request aborted: {e}"))))?
+    }
+}
+
+/// Where the admin API serves an action.
+#[derive(Debug, Clone)]
+pub enum Route {
+    Get(String, Vec<(&'static str, String)>),
+    Post(String, Value),
+}
+
+/// One operator action: its request is `Self`, its result `Output`.
+pub trait Action: Send + 'static {
+    type Output: Serialize + DeserializeOwned + Send + 'static;
+    /// The admin API route that runs it on a server.
+    fn route(&self) -> Route;
+    /// Runs it on a store this process holds.
+    fn run(self, local: Local) -> BoxFuture<'static, Result<Self::Output, OpsError>>;
 }
 
 /// A filter as operators type it (query string, CLI flags, JSON body).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct FilterQuery {
     pub status: Option<String>,
     pub topic: Option<String>,
@@ -61,212 +180,56 @@ impl FilterQuery {
             until_ms: bound(&self.until)?,
         })
     }
-}
 
-fn summary(m: &EventMeta) -> Value {
-    json!({
-        "id": m.key,
-        "notification_id": m.notification_id,
-        "topic": m.topic,
-        "status": m.status.as_str(),
-        "received_at": format_ms(m.received_ms),
-        "created_at": m.created_at.map(format_secs),
-        "deliveries": m.delivery_count,
-        "attempts": m.attempts,
-        "item_type": m.item_type,
-        "item_id": m.item_id,
-        "last_error": m.last_error,
-    })
-}
-
-pub fn list_events(store: &Store, q: &FilterQuery) -> Result<Value, OpsError> {
-    let filter = q.to_filter()?;
-    let limit = q.limit.unwrap_or(50).clamp(1, 10_000);
-    let (events, cursor) = store.list(&filter, q.after.as_deref(), limit)?;
-    Ok(json!({
-        "events": events.iter().map(summary).collect::<Vec<_>>(),
-        "next_cursor": cursor,
-    }))
-}
-
-/// One event: metadata, history and the payload, masked by an allow-list
-/// (see `redact::payload`). With `raw` the payload is shown as stored,
-/// personal data included, and an audit entry records that it was.
-pub fn show_event(store: &Store, id: &str, raw: bool) -> Result<Value, OpsError> {
-    let m = store
-        .get(id)?
-        .ok_or_else(|| OpsError::NotFound(format!("no event with id {id}")))?;
-    let payload = match store.read_body(&m)? {
-        Some(body) if raw => {
-            crate::audit::append(store, "payload_viewed", json!({"event": m.key}))?;
-            serde_json::from_slice::<Value>(&body)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()))
-        }
-        Some(body) => match serde_json::from_slice::<Value>(&body) {
-            Ok(v) => crate::redact::payload(&v),
-            Err(_) => json!({"unparsable_body_bytes": body.len()}),
-        },
-        None => Value::Null,
-    };
-    let mut doc = summary(&m);
-    doc["app_id"] = json!(m.app_id);
-    doc["last_delivery_at"] = json!(format_ms(m.last_delivery_ms));
-    doc["retry_at"] = json!(m.retry_at_ms.map(format_ms));
-    doc["body_bytes"] = json!(m.body_len);
-    doc["payload_stored"] = json!(m.loc.is_some());
-    doc["history"] = m
-        .history
-        .iter()
-        .map(
-            |a| json!({"at": format_ms(a.at_ms), "outcome": a.outcome, "error": a.error, "duration_us": a.duration_us}),
-        )
-        .collect();
-    doc["payload"] = payload;
-    Ok(doc)
-}
-
-/// Counts, queue depth and health. `metrics` is present in a running server
-/// (it knows signature failures and delivery health since start).
-pub fn stats(store: &Store, metrics: Option<&Metrics>) -> Result<Value, OpsError> {
-    let (by_status, by_topic, duplicates) = store.counts()?;
-    let now = now_ms();
-    let oldest = store.oldest_pending_ms()?;
-    let mut statuses = serde_json::Map::new();
-    for s in Status::ALL {
-        statuses.insert(s.as_str().into(), json!(by_status.get(&s).copied().unwrap_or(0)));
-    }
-    let mut topics: Vec<(String, u64)> = by_topic.into_iter().collect();
-    topics.sort();
-    let mut doc = json!({
-        "events_by_status": statuses,
-        "events_by_topic": topics.into_iter().map(|(t, n)| (if t.is_empty() { "(invalid)".to_string() } else { t }, json!(n))).collect::<serde_json::Map<_, _>>(),
-        "pending_depth": store.pending_depth(),
-        "oldest_pending_age_secs": oldest.map(|t| (now - t).max(0) / 1000),
-        "last_received_at": store.last_received_ms()?.map(format_ms),
-        "duplicates_seen": duplicates,
-        "store_size_bytes": store.size_on_disk(),
-        "erasure": {
-            "erasures_in_ledger": store.ledger_len()?,
-            "segments_to_shred": store.shred_queue_len(),
-        },
-    });
-    if let Some(m) = metrics {
-        let failures: u64 = ["missing", "malformed", "mismatch"]
-            .iter()
-            .map(|r| {
-                m.signature_failures
-                    .get_or_create(&crate::metrics::Reason { reason: r })
-                    .get()
-            })
-            .sum();
-        doc["signature_failures_since_start"] = json!(failures);
-        let last = m.health.last_2xx_ms();
-        doc["webhook_health"] = json!({
-                "consecutive_errors": m.health.consecutive_errors(),
-                "last_2xx_at": (last > 0).then(|| format_ms(last)),
-                "seconds_since_last_2xx": m.health.seconds_since_2xx(),
-                "note": "Intercom pauses a subscription after 1000 consecutive errors within 15 minutes and suspends it after 7 days of errors",
-        });
-    }
-    Ok(doc)
-}
-
-pub fn cache_show(store: &Store, codec: &CacheCodec, kind: CacheKind, id: &str) -> Result<Value, OpsError> {
-    let bytes = store
-        .cache_get(kind, id)?
-        .ok_or_else(|| OpsError::NotFound(format!("no cached {} with id {id}", kind.as_str())))?;
-    let unreadable = || {
-        OpsError::Store(StoreError::Corrupt(format!(
-            "cached {} {id} is unreadable",
-            kind.as_str()
-        )))
-    };
-    Ok(match kind {
-        CacheKind::Contact => codec.contact_view(&decode::<ContactRecord>(&bytes).ok_or_else(unreadable)?),
-        CacheKind::Conversation => {
-            codec.conversation_view(&decode::<ConversationRecord>(&bytes).ok_or_else(unreadable)?)
-        }
-    })
-}
-
-/// What to replay.
-#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
-pub struct ReplayRequest {
-    #[serde(default)]
-    pub ids: Vec<String>,
-    pub status: Option<String>,
-    pub topic: Option<String>,
-    pub since: Option<String>,
-    pub until: Option<String>,
-    #[serde(default)]
-    pub all: bool,
-    #[serde(default)]
-    pub dry_run: bool,
-}
-
-/// Selects events to replay and, unless it is a dry run, re-queues each one
-/// (status `pending`, a `replayed` entry in its history). Returns the
-/// selected keys; the caller runs them (workers, or inline on a stopped
-/// store). Invalid events have no handler and are never selected.
-pub fn select_replay(store: &Store, req: &ReplayRequest) -> Result<(Vec<String>, u64), OpsError> {
-    let filtered = req.status.is_some() || req.topic.is_some() || req.since.is_some() || req.until.is_some();
-    if req.ids.is_empty() && !filtered && !req.all {
-        return Err(OpsError::BadRequest(
-            "say what to replay: ids, a filter (status, topic, since, until) or all".into(),
-        ));
-    }
-    let mut keys = Vec::new();
-    if !req.ids.is_empty() {
-        for id in &req.ids {
-            let m = store
-                .get(id)?
-                .ok_or_else(|| OpsError::NotFound(format!("no event with id {id}")))?;
-            if m.status != Status::Invalid {
-                keys.push(m.key);
+    /// As query-string pairs (the admin API's form).
+    pub fn query_pairs(&self) -> Vec<(&'static str, String)> {
+        let mut v = Vec::new();
+        for (k, val) in [
+            ("status", &self.status),
+            ("topic", &self.topic),
+            ("since", &self.since),
+            ("until", &self.until),
+            ("after", &self.after),
+        ] {
+            if let Some(x) = val {
+                v.push((k, x.clone()));
             }
         }
-    } else {
-        let q = FilterQuery {
-            status: req.status.clone(),
-            topic: req.topic.clone(),
-            since: req.since.clone(),
-            until: req.until.clone(),
-            ..FilterQuery::default()
-        };
-        store.for_each(&q.to_filter()?, |m| {
-            if m.status != Status::Invalid && m.loc.is_some() {
-                keys.push(m.key);
-            }
-            Ok(())
-        })?;
-    }
-    let mut replayed = 0;
-    if !req.dry_run {
-        let now = now_ms();
-        for key in &keys {
-            store.update(key, |m| {
-                m.status = Status::Pending;
-                m.attempts = 0;
-                m.retry_at_ms = None;
-                m.last_error = None;
-                m.push_history(crate::store::Attempt {
-                    at_ms: now,
-                    outcome: "replayed".into(),
-                    error: None,
-                    duration_us: None,
-                });
-            })?;
-            replayed += 1;
+        if let Some(l) = self.limit {
+            v.push(("limit", l.to_string()));
         }
+        v
     }
-    Ok((keys, replayed))
 }
 
-/// Removes every cached record (tombstones stay, so deleted contacts still
-/// cannot come back) and writes an audit entry.
-pub fn cache_clear(store: &Store) -> Result<Value, OpsError> {
-    let removed = store.cache_clear()?;
-    crate::audit::append(store, "cache_clear", json!({ "records_removed": removed }))?;
-    tracing::info!(records_removed = removed, "Cache cleared.");
-    Ok(json!({ "removed": removed }))
+#[cfg(test)]
+mod tests {
+    /// The CLI is an adapter: it never opens or reads the store itself.
+    #[test]
+    fn the_cli_goes_through_ops() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut found = Vec::new();
+        for file in ["commands.rs", "render.rs"] {
+            let text = std::fs::read_to_string(src.join(file)).unwrap();
+            assert!(text.contains("fn "), "{file} was read");
+            for (n, line) in text.lines().enumerate() {
+                let code = line.trim_start();
+                if code.starts_with("//") {
+                    continue;
+                }
+                for needle in [
+                    "open_store",
+                    "store::Store",
+                    "Store::open",
+                    ".store",
+                    "crate::audit::verify",
+                ] {
+                    if code.contains(needle) {
+                        found.push(format!("{file}:{}: {code}", n + 1));
+                    }
+                }
+            }
+        }
+        assert!(found.is_empty(), "the CLI touches the store: {found:#?}");
+    }
 }

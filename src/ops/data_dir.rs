@@ -1,0 +1,178 @@
+//! Actions on the data dir as a whole: backup (here or through the admin
+//! API), restore and key rotation (with the store closed).
+
+use std::fs::File;
+use std::io::{BufWriter, Seek};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::{OpsError, Target};
+use crate::config::Settings;
+use crate::crypto::{self, DataKey};
+pub use crate::rotation::Rotated;
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BackupResult {
+    /// Index entries and files written (a backup taken here).
+    pub index_entries: Option<u64>,
+    pub files: Option<u64>,
+    /// Bytes received (a backup through the admin API).
+    pub bytes: Option<u64>,
+    pub via: String,
+}
+
+/// Writes a backup of the target's store into `file`.
+pub async fn backup(target: &Target, file: File) -> Result<(BackupResult, File), OpsError> {
+    match target {
+        Target::Remote(r) => {
+            let mut w = BufWriter::new(file);
+            let bytes = r.download("/admin/backup", &mut w).await?;
+            let file = w.into_inner().map_err(|e| StoreError::Io(e.into_error()))?;
+            let result = BackupResult {
+                index_entries: None,
+                files: None,
+                bytes: Some(bytes),
+                via: "admin API".into(),
+            };
+            Ok((result, file))
+        }
+        Target::Local(local) => {
+            let store = local.store.clone();
+            let made = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+                let mut w = BufWriter::new(file);
+                let (entries, files) = store.backup(&mut w)?;
+                let file = w.into_inner().map_err(|e| StoreError::Io(e.into_error()))?;
+                let result = BackupResult {
+                    index_entries: Some(entries),
+                    files: Some(files),
+                    bytes: None,
+                    via: "store".into(),
+                };
+                Ok((result, file))
+            })
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))??;
+            Ok(made)
+        }
+    }
+}
+
+/// A backup in an unnamed file (`O_TMPFILE`) on the data dir's disk,
+/// rewound: nothing is left behind if the process dies meanwhile, and it
+/// is not in a memory-backed /tmp. For the admin API to stream. Blocking.
+pub fn backup_to_unnamed_file(store: &Store) -> Result<File, StoreError> {
+    let mut file = crate::fsutil::unnamed_private_file(store.dir())?;
+    store.backup(&mut BufWriter::new(&mut file))?;
+    file.rewind()?;
+    Ok(file)
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RestoreResult {
+    pub data_dir: String,
+    pub index_entries: u64,
+    pub files: u64,
+    pub ledger_entries_added: usize,
+    pub erasures_in_ledger: usize,
+}
+
+/// Restores a backup into an empty data dir, then applies every erasure in
+/// the ledger (the backup's own, and those of the ledger it is given) before
+/// anything can read the restored data. `ledger` is required unless the
+/// data dir still has its own or `without_ledger` says there is none.
+pub fn restore(
+    settings: &Settings,
+    from: &Path,
+    ledger: Option<&Path>,
+    without_ledger: bool,
+) -> Result<RestoreResult, OpsError> {
+    let own_ledger = settings.data_dir.join(crate::store::LEDGER_FILE);
+    if ledger.is_none() && !without_ledger && !own_ledger.exists() {
+        return Err(OpsError::BadRequest(
+            "restore needs the erasure ledger of the data dir being replaced, so that nobody erased after the backup comes back: \
+             --ledger FILE (its erasures.ledger), or --without-ledger when there is none"
+                .into(),
+        ));
+    }
+    let mut input = std::io::BufReader::new(
+        File::open(from).map_err(|e| OpsError::Unavailable(format!("cannot read {}: {e}", from.display())))?,
+    );
+    let (entries, files) = crate::store::restore(&mut input, &settings.data_dir)?;
+    let merged = match ledger {
+        Some(l) => crate::store::merge_ledger(&settings.data_dir, l)?,
+        None => 0,
+    };
+    // Opening applies the ledger and shreds what it erases.
+    let store = super::open_store(settings).map_err(|e| {
+        OpsError::Unavailable(format!(
+            "restored, but the store does not open (is the data key configured?): {e}"
+        ))
+    })?;
+    let erasures = store.ledger_len()?;
+    store.close()?;
+    Ok(RestoreResult {
+        data_dir: settings.data_dir.display().to_string(),
+        index_entries: entries,
+        files,
+        ledger_entries_added: merged,
+        erasures_in_ledger: erasures,
+    })
+}
+
+/// Rotates the data key to `INTERCOM_WEBHOOKS_NEW_DATA_KEY` (see
+/// `rotation`), with no server holding the store. The new key is written
+/// into the data dir only with `write_key_file`; a generated `data.key`
+/// (which opens nothing now) is removed.
+pub fn rotate_data_key(settings: &Settings, write_key_file: bool) -> Result<Rotated, OpsError> {
+    let in_use = || OpsError::Unavailable("the store is in use: stop the server before rotating the data key".into());
+    let new = settings.new_data_key.as_ref().ok_or_else(|| {
+        OpsError::BadRequest(
+            "INTERCOM_WEBHOOKS_NEW_DATA_KEY (or _FILE) is not set: give the new 32-byte key, hex or base64".into(),
+        )
+    })?;
+    let new = DataKey::parse(new.expose()).map_err(|_| {
+        OpsError::BadRequest("INTERCOM_WEBHOOKS_NEW_DATA_KEY must be 32 bytes as 64 hex characters or base64".into())
+    })?;
+    if !settings.data_dir.join(crypto::ROOT_FILE).exists() {
+        return Err(OpsError::Unavailable(format!(
+            "there is no store in {}",
+            settings.data_dir.display()
+        )));
+    }
+    let resuming = settings.data_dir.join(crypto::ROOT_NEXT_FILE).exists();
+    // Opening the store proves the old key works and that no server holds
+    // it (a rotation being resumed cannot open it: the rotation checks both).
+    if !resuming {
+        match super::open_store(settings) {
+            Ok(store) => store.close()?,
+            Err(e) => match e.downcast_ref::<StoreError>() {
+                Some(StoreError::Locked(_)) => return Err(in_use()),
+                _ => return Err(OpsError::Unavailable(e.to_string())),
+            },
+        }
+    }
+    let (old, source) = DataKey::load_or_create(settings.data_key.as_ref(), &settings.data_dir)
+        .map_err(|e| OpsError::Unavailable(e.to_string()))?;
+    let mut doc = crate::rotation::rotate(
+        &settings.data_dir,
+        &settings.store,
+        &old,
+        &new,
+        settings.cache.contact_custom_attributes.clone(),
+    )
+    .map_err(|e| match e {
+        crate::rotation::RotationError::Store(StoreError::Locked(_)) => in_use(),
+        e => OpsError::Unavailable(e.to_string()),
+    })?;
+    let key_file = settings.data_dir.join(crypto::KEY_FILE);
+    let io = |e: std::io::Error| OpsError::Store(StoreError::Io(e));
+    if write_key_file {
+        crypto::replace_key_file(&settings.data_dir, &new).map_err(|e| OpsError::Unavailable(e.to_string()))?;
+    } else if source != crypto::KeySource::Configured && key_file.exists() {
+        std::fs::remove_file(&key_file).map_err(io)?;
+    }
+    doc.key_file_written = write_key_file;
+    Ok(doc)
+}
