@@ -53,6 +53,6 @@ pub struct Work {
 pub struct Fresh {
     pub seen: Snapshot,
     pub body: Bytes,
-    /// Report to [`Store::fresh_finished`] once the outcome is recorded.
+    /// Report to [`super::Backend::fresh_finished`] once the outcome is recorded.
     pub batch: u64,
 }
