@@ -221,6 +221,25 @@ pub fn on_webhook(store: &Store, codec: &CacheCodec, contact_id: &str, event_key
     Ok(())
 }
 
+/// Whether an event belongs to someone already erased, so it must be
+/// erased too instead of processed: it carries an erased contact id
+/// (Intercom never reuses one, so whatever comes later about that contact
+/// goes too: a late or out-of-order notification, or one stored just
+/// before the erasure that the index had not taken in yet when the
+/// erasure looked), or another erased identifier (an email, an external id)
+/// and was received no later than that erasure. An email or external id
+/// seen again after its erasure may be a new person's, and is kept.
+pub fn covers(store: &Store, meta: &crate::store::EventMeta) -> Result<bool, StoreError> {
+    for s in &meta.subjects {
+        if let Some(at) = store.erased_at(s)? {
+            if is_contact_key(s) || meta.received_ms <= at {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
 /// Brings the index up to date with the erasure ledger: after a restore
 /// from a backup taken before an erasure, or an index rebuilt from the
 /// intake log, everything erased since is erased again (and shredded)
@@ -300,4 +319,87 @@ pub fn upgrade(store: &Store, codec: &CacheCodec) -> Result<(), StoreError> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::{DataKey, Keys};
+    use crate::store::{EventMeta, StoreSettings};
+
+    fn open(dir: &std::path::Path) -> Store {
+        let keys = Keys::derive(&DataKey::parse(&"5a".repeat(32)).unwrap());
+        let settings = StoreSettings {
+            segment_max_bytes: 1 << 20,
+            segment_max_age: std::time::Duration::from_secs(3600),
+            min_free_bytes: 0,
+            shred_bytes_per_second: 0,
+        };
+        Store::open(dir, keys, &settings).unwrap().0
+    }
+
+    fn event(received_ms: i64, subjects: &[&str]) -> EventMeta {
+        EventMeta::received(received_ms, 2, subjects.iter().map(|s| s.to_string()).collect())
+    }
+
+    /// What reaches a worker after an erasure: an erased contact id covers
+    /// it whenever it was received; an erased email only if it was received
+    /// before the erasure (a new person may have the address now). The
+    /// ledger's subjects survive reopening, and a store whose ledger holds
+    /// lines it never noted (restored, or older) notes them at open.
+    #[test]
+    fn an_erasure_covers_what_reaches_a_worker_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let email = identifiers::email_key(store.keys(), "late@example.org");
+        let contact = identifiers::contact_key("65f0c0ffee00000000000e0e");
+        let at = now_ms();
+        assert!(
+            !covers(&store, &event(at - 1, &[&contact, &email])).unwrap(),
+            "nothing erased yet"
+        );
+        store
+            .ledger_append(&LedgerEntry {
+                at_ms: at,
+                subjects: vec![contact.clone(), email.clone()],
+                conversations: Vec::new(),
+            })
+            .unwrap();
+        let check = |store: &Store| {
+            assert!(
+                covers(store, &event(at - 1, &[&email])).unwrap(),
+                "received before the erasure"
+            );
+            assert!(
+                !covers(store, &event(at + 1, &[&email])).unwrap(),
+                "an email seen again later"
+            );
+            assert!(
+                covers(store, &event(at + 60_000, &[&contact])).unwrap(),
+                "the contact, however late"
+            );
+            assert!(!covers(store, &event(at - 1, &["c:someone-else"])).unwrap());
+        };
+        check(&store);
+        store.close().unwrap();
+        drop(store);
+        let store = open(dir.path());
+        check(&store);
+        store.close().unwrap();
+        drop(store);
+
+        // A ledger line this index never noted (as after a restore's merge).
+        let other = identifiers::contact_key("65f0c0ffee00000000000f0f");
+        let line = serde_json::to_string(&LedgerEntry {
+            at_ms: at,
+            subjects: vec![other.clone()],
+            conversations: Vec::new(),
+        })
+        .unwrap();
+        crate::store::ledger::append_lines(dir.path(), &[line]).unwrap();
+        let store = open(dir.path());
+        assert!(covers(&store, &event(at + 1, &[&other])).unwrap(), "noted at open");
+        check(&store);
+        store.close().unwrap();
+    }
 }

@@ -152,6 +152,13 @@ fn process_work(ctx: &WorkerCtx, work: Work) -> Result<Processed, StoreError> {
         return Ok(Processed::NotDue);
     }
     let started = Instant::now();
+    // Someone erased already: the event goes without being handled (its
+    // outcome says why; its dedup marker stays).
+    if crate::erasure::covers(&ctx.store, meta)? {
+        let done = finish(ctx, &seen, Status::Skipped, "erased".into(), started)?;
+        ctx.store.erase_events(&[key.to_string()], false)?;
+        return Ok(done);
+    }
     let failure = match prepare(ctx, meta, body) {
         Err(reason) => reason,
         Ok(None) => return finish(ctx, &seen, Status::Skipped, "skipped".into(), started),

@@ -542,3 +542,46 @@ async fn an_older_store_is_reindexed_on_open() {
     app.stop().await;
     assert_absent_from_files(&dir.path().join("data"), &[email]);
 }
+
+/// Whatever reaches a worker after a contact's erasure and carries the
+/// contact's id (a late or out-of-order notification, or one stored just
+/// before the erasure that the index had not taken in when the erasure
+/// looked) is erased instead of processed. A notification carrying only the
+/// erased email, received later, may be a new person's and is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_reaches_a_worker_after_an_erasure_about_the_erased_contact_goes_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn_app_with(dir.path(), SMALL, test_env()).await;
+    let (contact, email) = ("65f0c0ffee00000000000d0d", "late.comer@example.org");
+    let event = |id: &str, user: Option<&str>| {
+        let mut item = json!({"type":"event","id":format!("ev-{id}"),"event_name":"x","email":email});
+        if let Some(u) = user {
+            item["intercom_user_id"] = json!(u);
+        }
+        notification(id, "event.created", item, 1767225600)
+    };
+    assert_eq!(app.post_signed(&event("n_before", Some(contact))).await.status(), 200);
+    app.wait_idle().await;
+    let done = erase(&app, json!({"contact_id": contact, "local_only": true})).await;
+    assert_eq!(done["local"]["events"], 1, "{done}");
+
+    assert_eq!(app.post_signed(&event("n_late", Some(contact))).await.status(), 200);
+    assert_eq!(app.post_signed(&event("n_new_person", None)).await.status(), 200);
+    app.wait_idle().await;
+    assert_eq!(status_of(&app, "n_late").await, 404, "the late notification is erased");
+    assert_eq!(
+        app.post_signed(&event("n_late", Some(contact))).await.status(),
+        200,
+        "a re-delivery is still a duplicate"
+    );
+    app.wait_idle().await;
+    assert_eq!(status_of(&app, "n_late").await, 404, "and stays erased");
+    let kept = app.admin_json("/admin/events/n_new_person").await;
+    assert_eq!(kept["status"], "skipped", "{kept}");
+    let audit = app.admin_json("/admin/stats").await;
+    assert_eq!(
+        audit["events_by_status"]["skipped"], 1,
+        "only the new person's event is left: {audit}"
+    );
+    app.stop().await;
+}

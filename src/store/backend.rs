@@ -193,6 +193,9 @@ pub trait Backend: Send + Sync + 'static {
     fn ledger_unapplied(&self) -> Result<(Vec<LedgerEntry>, u64), StoreError>;
     fn ledger_mark_applied(&self, count: u64) -> Result<(), StoreError>;
     fn ledger_len(&self) -> Result<usize, StoreError>;
+    /// When a subject key was last erased (the latest ledger line naming
+    /// it, unix ms), if ever. Kept for as long as the ledger.
+    fn erased_at(&self, subject: &str) -> Result<Option<i64>, StoreError>;
     /// Durable one-time flags of the layers above (upgrades done).
     fn state_flag(&self, name: &str) -> Result<bool, StoreError>;
     fn set_state_flag(&self, name: &str) -> Result<(), StoreError>;

@@ -177,6 +177,7 @@ pub fn restore(input: &mut impl Read, dir: &Path) -> Result<(u64, u64), StoreErr
     // ...and every erasure in the ledger (which may now hold lines from
     // before and after the backup's own).
     db.open_tree("state")?.remove(crate::store::ledger::APPLIED)?;
+    db.open_tree("state")?.remove(super::ledger::NOTED)?;
     db.flush()?;
     drop(db);
     Ok((entries, files))

@@ -175,6 +175,7 @@ impl Embedded {
                 stop_checkpoint: stop_tx,
             }),
         };
+        store.note_ledger_tail()?;
         let mut pending = 0;
         for key in store.queued_keys()? {
             store.enqueue(key);

@@ -41,6 +41,10 @@ pub(crate) struct Trees {
     /// segment a shred pass replaced, and the one that holds its surviving
     /// records now, at the same offsets (index entries are not rewritten)
     pub moved: sled::Tree,
+    /// subject key → when it was last erased (unix ms, big-endian): every
+    /// subject of every ledger line, so a notification that reaches a worker
+    /// after its person's erasure can be recognised (see `erasure::covers`)
+    pub erased: sled::Tree,
     /// sequence (big-endian) → audit entry
     pub audit: sled::Tree,
     pub state: sled::Tree,
@@ -63,6 +67,7 @@ impl Trees {
             email_index: db.open_tree("email_index")?,
             subjects: db.open_tree("subjects")?,
             shred: db.open_tree("shred")?,
+            erased: db.open_tree("erased")?,
             moved: db.open_tree("moved")?,
             audit: db.open_tree("audit")?,
             state: db.open_tree("state")?,
