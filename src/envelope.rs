@@ -27,12 +27,56 @@ struct RawEnvelope {
     topic: Option<Value>,
     app_id: Option<Value>,
     created_at: Option<Value>,
-    data: Option<RawData>,
+    data: Option<Lenient<RawData>>,
 }
 
 #[derive(Deserialize)]
 struct RawData {
-    item: Option<RawItem>,
+    item: Option<Lenient<RawItem>>,
+}
+
+/// A value that is `T` when it is a JSON object, and is skipped (without
+/// being built) when it is anything else: the envelope decides what a
+/// notification is, and a nested field of an unexpected shape never turns
+/// one into `invalid`.
+struct Lenient<T>(Option<T>);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Lenient<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Visit<T> {
+            type Value = Lenient<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(|t| Lenient(Some(t)))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Lenient(None))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(Lenient(None))
+            }
+        }
+        d.deserialize_any(Visit(std::marker::PhantomData))
+    }
 }
 
 #[derive(Deserialize)]
@@ -56,7 +100,7 @@ pub enum Invalid {
 impl Invalid {
     pub fn reason(self) -> &'static str {
         match self {
-            Invalid::NotJson => "body is not a JSON object",
+            Invalid::NotJson => "body is not JSON, or not a JSON object",
             Invalid::NoTopic => "no topic",
             Invalid::NoItem => "no data.item object",
         }
@@ -78,21 +122,26 @@ pub fn parse(body: &[u8]) -> Result<Envelope, Invalid> {
         Some(Value::String(t)) if !t.trim().is_empty() => t.trim().to_string(),
         _ => return Err(Invalid::NoTopic),
     };
-    let item = raw.data.and_then(|d| d.item).ok_or(Invalid::NoItem)?;
-    let item_id = item
-        .id
-        .as_ref()
-        .and_then(id_string)
-        .or_else(|| item.conversation_id.as_ref().and_then(id_string))
-        .or_else(|| item.ticket.as_ref().and_then(|t| t.get("id")).and_then(id_string))
-        .or_else(|| item.contact.as_ref().and_then(|c| c.get("id")).and_then(id_string));
-    let kind = item.kind.as_ref().and_then(|v| v.as_str().map(str::to_string));
+    // `data.item` must be there; what it holds is the handlers' business.
+    let item = raw.data.and_then(|d| d.0).and_then(|d| d.item).ok_or(Invalid::NoItem)?;
+    let (item_type, item_id) = match item.0 {
+        Some(item) => (
+            item.kind.as_ref().and_then(|v| v.as_str().map(str::to_string)),
+            item.id
+                .as_ref()
+                .and_then(id_string)
+                .or_else(|| item.conversation_id.as_ref().and_then(id_string))
+                .or_else(|| item.ticket.as_ref().and_then(|t| t.get("id")).and_then(id_string))
+                .or_else(|| item.contact.as_ref().and_then(|c| c.get("id")).and_then(id_string)),
+        ),
+        None => (None, None),
+    };
     Ok(Envelope {
         id: raw.id.as_ref().and_then(id_string),
         topic,
         app_id: raw.app_id.as_ref().and_then(id_string),
         created_at: raw.created_at.as_ref().and_then(parse_timestamp),
-        item_type: kind,
+        item_type,
         item_id,
     })
 }

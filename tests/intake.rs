@@ -467,3 +467,160 @@ async fn handlers_yield_to_a_saturated_receiver() {
     assert_eq!(yielded_seconds(&app).await, 0.0);
     app.stop().await;
 }
+
+/// Any JSON value: scalars, and arrays and objects of them, nested, with
+/// keys that Intercom's items use as often as made-up ones.
+fn arb_json() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+    use proptest::prelude::*;
+    use serde_json::Value;
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(|n| json!(n)),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(|f| json!(f)),
+        "\\PC{0,16}".prop_map(Value::String),
+    ];
+    let key = prop_oneof![
+        Just("id".to_string()),
+        Just("type".to_string()),
+        Just("email".to_string()),
+        Just("contacts".to_string()),
+        Just("contact".to_string()),
+        Just("conversation_id".to_string()),
+        Just("ticket".to_string()),
+        Just("author".to_string()),
+        Just("source".to_string()),
+        Just("conversation_parts".to_string()),
+        "[a-z_]{1,10}",
+    ];
+    leaf.prop_recursive(4, 64, 8, move |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            prop::collection::btree_map(key.clone(), inner, 0..8).prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+    // `"item": null` is no item (kept as `invalid`, tested below).
+    .prop_filter("an item", |v| !v.is_null())
+}
+
+/// Property: a correctly signed body with an id, a topic and `data.item`
+/// is a notification whatever `data.item` holds (any shape, at any depth,
+/// under real topics too, so the handlers meet them): `200`, never `202`
+/// or `5xx`, stored once (the same body again is a duplicate), never kept
+/// as `invalid`; and the receiver stays ready.
+#[test]
+fn any_item_under_a_signed_envelope_is_a_notification() {
+    use proptest::test_runner::{Config, TestRunner};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let app = rt.block_on(spawn_app(dir.path()));
+    let topics = proptest::prop_oneof![
+        proptest::strategy::Just("contact.user.created".to_string()),
+        proptest::strategy::Just("contact.deleted".to_string()),
+        proptest::strategy::Just("contact.merged".to_string()),
+        proptest::strategy::Just("conversation.user.replied".to_string()),
+        proptest::strategy::Just("conversation.deleted".to_string()),
+        proptest::strategy::Just("event.created".to_string()),
+        "[a-z]{1,10}\\.[a-z]{1,10}",
+    ];
+    let bodies = std::cell::RefCell::new(Vec::new());
+    let mut runner = TestRunner::new(Config {
+        cases: 300,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    runner
+        .run(&(arb_json(), topics), |(item, topic)| {
+            let n = bodies.borrow().len();
+            let body = notification(&format!("notif_prop_{n}"), &topic, item, 1767225600);
+            let status = rt.block_on(app.post_signed(&body)).status().as_u16();
+            proptest::prop_assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+            bodies.borrow_mut().push(body);
+            Ok(())
+        })
+        .unwrap();
+    let bodies = bodies.into_inner();
+    for body in &bodies {
+        assert_eq!(rt.block_on(app.post_signed(body)).status(), 200, "a duplicate");
+    }
+    let stats = rt.block_on(app.admin_json("/admin/stats"));
+    let by_status = stats["events_by_status"].as_object().unwrap();
+    let stored: u64 = by_status.values().map(|v| v.as_u64().unwrap()).sum();
+    assert_eq!(by_status["invalid"], 0, "{stats}");
+    // Erased events (a random `contact.deleted` erases whom it names) are
+    // neither listed nor counted; every other one is stored once and its
+    // second copy counted as a duplicate.
+    assert!(
+        stored <= bodies.len() as u64 && stats["duplicates_seen"].as_u64().unwrap() >= stored,
+        "each stored once, the second copy a duplicate: {stats}"
+    );
+    assert_eq!(rt.block_on(app.readyz()), 200);
+    rt.block_on(app.stop());
+}
+
+/// The shapes the issue named, and the real problem named when there is
+/// one: a bare array of contacts, nulls and numbers where objects or
+/// strings were expected are notifications; a body that is JSON but not an
+/// object, or has no `data.item`, is `invalid` with a reason that says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_envelope_decides_what_a_notification_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn_app(dir.path()).await;
+    let odd = [
+        json!({"type":"conversation","id":"c1","contacts":[{"type":"contact","id":"u1"}],"source":null}),
+        json!({"type":"conversation","id":7,"conversation_parts":5,"contacts":"none"}),
+        json!(["an", "array", "item"]),
+        json!("a string item"),
+        json!(12),
+    ];
+    for (i, item) in odd.iter().enumerate() {
+        let id = format!("notif_odd_{i}");
+        let body = notification(&id, "conversation.user.replied", item.clone(), 1767225600);
+        assert_eq!(app.post_signed(&body).await.status(), 200, "{item}");
+        // A `200` waits for the log; the index follows within moments.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let shown = loop {
+            let r = app.admin_get(&format!("/admin/events/{id}")).await;
+            if r.status() == 200 {
+                break r.json::<serde_json::Value>().await.unwrap();
+            }
+            assert!(std::time::Instant::now() < deadline, "{id} never indexed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert_ne!(shown["status"], "invalid", "{shown}");
+    }
+    for (body, reason) in [
+        (b"[1,2,3]".to_vec(), "not a JSON object"),
+        (
+            br#"{"id":"notif_x","topic":"contact.user.created","data":{"item":null}}"#.to_vec(),
+            "no data.item",
+        ),
+        (
+            br#"{"id":"notif_y","topic":"contact.user.created","data":[]}"#.to_vec(),
+            "no data.item",
+        ),
+    ] {
+        assert_eq!(
+            app.post_signed(&body).await.status(),
+            202,
+            "{}",
+            String::from_utf8_lossy(&body)
+        );
+        let listed = app.admin_json("/admin/events?status=invalid&limit=100").await;
+        assert!(
+            listed["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["last_error"].as_str().is_some_and(|m| m.contains(reason))),
+            "{reason}: {listed}"
+        );
+    }
+    app.stop().await;
+}
