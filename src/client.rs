@@ -1,9 +1,12 @@
 //! The Intercom REST client for privacy operations (facts.md §4): base URL
 //! by region or `INTERCOM_API_BASE_URL`, bearer token, a pinned
 //! `Intercom-Version`, timeouts, retries with exponential backoff and jitter
-//! on network errors and 5xx, and on `429` a wait until `X-RateLimit-Reset`.
-//! A governor limiter keeps us at a share (default 80%) of the limit
-//! Intercom reports in `X-RateLimit-Limit`. `error.list` bodies become
+//! on network errors and 5xx, and on `429` a wait until `X-RateLimit-Reset`
+//! (the backoff when it is missing or already past). A governor limiter
+//! keeps us at a share (default 80%) of the limit Intercom reports in
+//! `X-RateLimit-Limit`, with a burst small enough that no 10-second window
+//! (Intercom's enforcement unit) gets more than its sixth. The token goes
+//! over TLS only (`http://` to a loopback stand-in aside). `error.list` bodies become
 //! [`ApiError::Api`]. Nothing here logs a token, a request body or a
 //! response body.
 
@@ -52,6 +55,11 @@ pub struct IntercomClient {
 impl IntercomClient {
     pub fn new(base: &str, token: Option<Secret>, metrics: Option<Arc<Metrics>>) -> Result<Self, ApiError> {
         let token = token.ok_or(ApiError::NoToken)?;
+        if !crate::config::base_url_allowed(base) {
+            return Err(ApiError::Network(
+                "the API base URL must be https:// (http:// only to a loopback address)".into(),
+            ));
+        }
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(30))
@@ -96,13 +104,21 @@ impl IntercomClient {
         if guard.as_ref().is_some_and(|(l, _)| *l == limit) {
             return;
         }
-        // Intercom's limits are per minute, enforced in 10-second windows.
-        let per_minute = ((f64::from(limit) * self.share) as u32).max(1);
-        let per_window = std::num::NonZeroU32::new((per_minute / 6).max(1)).unwrap_or(std::num::NonZeroU32::MIN);
-        let quota = Quota::with_period(Duration::from_secs(60) / per_minute)
-            .unwrap_or_else(|| Quota::per_second(std::num::NonZeroU32::MIN))
-            .allow_burst(per_window);
+        let quota = window_quota(limit, self.share);
         *guard = Some((limit, Arc::new(RateLimiter::direct(quota))));
+    }
+
+    /// How long to wait after a `429`: until the reset Intercom names (at
+    /// most a minute), or, when it names none or one already past (clocks
+    /// differ), the backoff, never zero.
+    fn rate_limit_wait(&self, reset: Option<i64>, attempt: u32) -> Duration {
+        let now = crate::timefmt::now_ms();
+        match reset {
+            Some(reset) if reset * 1000 > now => {
+                Duration::from_millis(((reset * 1000 - now) as u64).min(60_000)) + self.backoff(0) / 4
+            }
+            _ => self.backoff(attempt),
+        }
     }
 
     fn count(&self, endpoint: &'static str, status: u16) {
@@ -160,13 +176,12 @@ impl IntercomClient {
                 if attempt >= self.max_retries {
                     return Err(ApiError::RateLimited);
                 }
-                let wait = resp
+                let reset = resp
                     .headers()
                     .get("x-ratelimit-reset")
                     .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<i64>().ok())
-                    .map(|reset| Duration::from_secs((reset - crate::timefmt::now_ms() / 1000).clamp(0, 60) as u64))
-                    .unwrap_or_else(|| self.backoff(attempt));
+                    .and_then(|v| v.parse::<i64>().ok());
+                let wait = self.rate_limit_wait(reset, attempt);
                 tracing::warn!(
                     endpoint,
                     wait_ms = wait.as_millis() as u64,
@@ -305,6 +320,18 @@ impl IntercomClient {
     }
 }
 
+/// Intercom's limits are per minute, enforced in 10-second windows
+/// (facts.md §4): a quota of `share` of `limit` a minute whose burst plus
+/// ten seconds of refill never exceeds one window's sixth of `limit`.
+pub fn window_quota(limit: u32, share: f64) -> Quota {
+    let per_minute = ((f64::from(limit) * share) as u32).clamp(1, limit.max(1));
+    let window = limit / 6;
+    let burst = window.saturating_sub(per_minute / 6).max(1);
+    Quota::with_period(Duration::from_secs(60) / per_minute)
+        .unwrap_or_else(|| Quota::per_second(std::num::NonZeroU32::MIN))
+        .allow_burst(std::num::NonZeroU32::new(burst).unwrap_or(std::num::NonZeroU32::MIN))
+}
+
 /// A path segment with anything but safe characters percent-encoded (the
 /// one encoder for ids in URLs: Intercom's API and our admin API).
 pub fn path_segment(id: &str) -> String {
@@ -342,5 +369,115 @@ fn api_error(status: StatusCode, text: String) -> ApiError {
         status: status.as_u16(),
         code,
         message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// A stand-in answering `GET /contacts/{id}`: `429` with the given
+    /// reset for the first `limited` calls, then the contact; every answer
+    /// reports `X-RateLimit-Limit: limit`.
+    async fn stand_in(limit: u32, limited: u32, reset: i64) -> (String, Arc<AtomicU32>) {
+        use axum::response::IntoResponse;
+        let calls = Arc::new(AtomicU32::new(0));
+        let counter = calls.clone();
+        let app = axum::Router::new().route(
+            "/contacts/{id}",
+            axum::routing::get(move || {
+                let n = counter.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    let headers = [
+                        ("x-ratelimit-limit", limit.to_string()),
+                        ("x-ratelimit-reset", reset.to_string()),
+                    ];
+                    if n < limited {
+                        let body = axum::Json(json!({"type":"error.list","errors":[{"code":"rate_limit_exceeded","message":"Exceeded rate limit"}]}));
+                        (StatusCode::TOO_MANY_REQUESTS, headers, body).into_response()
+                    } else {
+                        (headers, axum::Json(json!({"type":"contact","id":"c1"}))).into_response()
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (format!("http://{addr}"), calls)
+    }
+
+    fn client(base: &str, backoff_ms: u64) -> IntercomClient {
+        IntercomClient::new(base, Some(Secret::new("tok")), None)
+            .unwrap()
+            .with_backoff(Duration::from_millis(backoff_ms))
+    }
+
+    /// Burst plus ten seconds of refill stays within one of Intercom's
+    /// 10-second windows (a sixth of the per-minute limit), for limits from
+    /// tiny to large.
+    #[test]
+    fn the_quota_keeps_to_one_window() {
+        for limit in [60, 83, 166, 600, 1000, 10_000, 100_000] {
+            let q = window_quota(limit, 0.8);
+            let per_second = 1.0 / q.replenish_interval().as_secs_f64();
+            let most = f64::from(q.burst_size().get()) + per_second * 10.0;
+            assert!(most <= f64::from(limit / 6) + 1.0, "limit {limit}: {most} in 10 s");
+        }
+    }
+
+    /// Measured against a server: after the first answer names a limit of
+    /// 600 a minute (100 per 10 s window), two seconds of calls stay
+    /// within burst plus two seconds of refill. (The quota before this fix
+    /// allowed a whole window's worth at once: about 96 here.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn calls_keep_to_the_limit_intercom_reports() {
+        let (base, calls) = stand_in(600, 0, 0).await;
+        let c = client(&base, 10);
+        c.get_contact("c1").await.unwrap();
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_secs(2) {
+            c.get_contact("c1").await.unwrap();
+        }
+        let q = window_quota(600, 0.8);
+        let allowed = 1 + q.burst_size().get() + 2 * (1.0 / q.replenish_interval().as_secs_f64()) as u32 + 1;
+        let made = calls.load(Ordering::SeqCst);
+        assert!(made <= allowed, "{made} calls in 2 s, at most {allowed}");
+        assert!(made >= 20, "the limiter lets calls through ({made})");
+    }
+
+    /// A `429` whose reset time is already past (clocks differ) waits the
+    /// backoff, not nothing; one with a reset ahead waits for it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_past_reset_time_still_backs_off() {
+        let past = crate::timefmt::now_ms() / 1000 - 100;
+        let (base, calls) = stand_in(10_000, 2, past).await;
+        let started = std::time::Instant::now();
+        client(&base, 200).get_contact("c1").await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        // backoff(0) + backoff(1) is at least 100 + 200 ms.
+        assert!(
+            started.elapsed() >= Duration::from_millis(300),
+            "{:?}",
+            started.elapsed()
+        );
+
+        let ahead = crate::timefmt::now_ms() / 1000 + 2;
+        let (base, _) = stand_in(10_000, 1, ahead).await;
+        let started = std::time::Instant::now();
+        client(&base, 10).get_contact("c1").await.unwrap();
+        assert!(
+            started.elapsed() >= Duration::from_millis(900),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn a_token_goes_over_tls_or_stays_on_this_machine() {
+        assert!(IntercomClient::new("http://api.example.org", Some(Secret::new("t")), None).is_err());
+        assert!(IntercomClient::new("https://api.intercom.io", Some(Secret::new("t")), None).is_ok());
+        assert!(IntercomClient::new("http://127.0.0.1:1", Some(Secret::new("t")), None).is_ok());
     }
 }

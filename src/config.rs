@@ -318,8 +318,8 @@ impl Settings {
             .unwrap_or_else(|| region.base_url().to_string())
             .trim_end_matches('/')
             .to_string();
-        if !api_base_url.starts_with("http://") && !api_base_url.starts_with("https://") {
-            return err("INTERCOM_API_BASE_URL must start with http:// or https://");
+        if !base_url_allowed(&api_base_url) {
+            return err("INTERCOM_API_BASE_URL must be https:// (http:// only to a loopback address: the access token must not cross a network in clear)");
         }
 
         let client_secrets = match secret_var(env, "INTERCOM_CLIENT_SECRET")? {
@@ -556,6 +556,22 @@ fn secret_var(env: &dyn Env, name: &str) -> Result<Option<Secret>, ConfigError> 
 /// load) while one keeps up with intake.
 fn default_worker_concurrency() -> usize {
     std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}
+
+/// The token only goes over TLS, but to a stand-in on this machine.
+pub fn base_url_allowed(base: &str) -> bool {
+    if base.starts_with("https://") {
+        return true;
+    }
+    let Some(rest) = base.strip_prefix("http://") else {
+        return false;
+    };
+    let host = rest.split('/').next().unwrap_or("");
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]

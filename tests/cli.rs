@@ -93,6 +93,33 @@ fn config_check_hides_secrets_and_bad_config_exits_2() {
     assert_eq!(json_of(&out)["retention"]["audit"], "7years");
 }
 
+/// The access token never crosses a network in clear: an `http://` API base
+/// URL is refused at start (exit 2, naming the variable) unless it is a
+/// loopback address (a local stand-in).
+#[test]
+fn a_plaintext_api_url_is_refused_unless_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    for (url, ok) in [
+        ("http://api.example.org", false),
+        ("http://10.0.0.5:8080", false),
+        ("ftp://api.intercom.io", false),
+        ("https://api.eu.intercom.io", true),
+        ("http://127.0.0.1:9999", true),
+        ("http://[::1]:9999", true),
+        ("http://localhost:9999/", true),
+    ] {
+        let mut bin = Binary::new(dir.path());
+        bin.env.push(("INTERCOM_API_BASE_URL".into(), url.into()));
+        let (code, _, err) = bin.run(&["config", "check"]);
+        if ok {
+            assert_eq!(code, 0, "{url}: {err}");
+        } else {
+            assert_eq!(code, 2, "{url}");
+            assert!(err.contains("INTERCOM_API_BASE_URL"), "{url}: {err}");
+        }
+    }
+}
+
 #[test]
 fn commands_on_a_running_server_and_on_a_stopped_store() {
     let dir = tempfile::tempdir().unwrap();

@@ -363,9 +363,11 @@ async fn export_then_erase_end_to_end() {
         200,
         "a re-delivery is a duplicate"
     );
+    // A late notification about them is stored (`200`), then erased
+    // rather than processed: it is never served.
     let late = notification("notif_e3", "contact.user.updated", contact_json(C1), 1767229999);
     assert_eq!(app.post_signed(&late).await.status(), 200);
-    app.wait_final("notif_e3").await;
+    app.wait_gone("notif_e3").await;
     assert_eq!(app.admin_get(&format!("/admin/contacts/{C1}")).await.status(), 404);
 
     // Idempotent: a second erasure finds nothing more locally.
