@@ -74,12 +74,14 @@ pub async fn run(settings: Settings, listeners: Listeners, shutdown: Cancellatio
     let admin_addr = listeners.admin.local_addr()?;
     tracing::info!(listen = %public_addr, admin_listen = %admin_addr, "Receiving Intercom webhooks on POST /webhooks/intercom.");
     let http = &settings.http;
+    let cap = crate::server::ConnectionCap::new(http.max_connections, http.busy_wait);
     let public = tokio::spawn(crate::server::serve(
         listeners.public,
         public_router(state.clone()),
         shutdown.clone(),
         http.header_timeout,
         http.shutdown_grace,
+        Some((cap, metrics.clone())),
     ));
     let admin = tokio::spawn(crate::server::serve(
         listeners.admin,
@@ -87,6 +89,7 @@ pub async fn run(settings: Settings, listeners: Listeners, shutdown: Cancellatio
         shutdown.clone(),
         http.header_timeout,
         http.shutdown_grace,
+        None,
     ));
 
     shutdown.cancelled().await;

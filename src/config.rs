@@ -68,10 +68,24 @@ pub struct HttpSettings {
     /// Failed signature checks allowed per source address per minute before
     /// further failures are answered `429` (valid requests are never limited).
     pub bad_signatures_per_minute: u32,
-    /// Take the client address from the last `X-Forwarded-For` hop (behind a
-    /// proxy you run).
-    pub trust_forwarded_for: bool,
+    /// Proxies whose `X-Forwarded-For` is believed (see
+    /// `netaddr::client_ip`); from anyone else the header is ignored.
+    pub trusted_proxies: Vec<crate::netaddr::Cidr>,
+    /// Connections the public listener serves at once; beyond it a new one
+    /// waits up to `busy_wait` for room, then gets `503`.
+    pub max_connections: usize,
+    /// Bytes of not-yet-verified bodies held at once (reserved by each
+    /// request's declared length, or `body_limit` when it declares none).
+    /// A quarter is kept for bodies of at most [`SMALL_BODY`] bytes (every
+    /// notification Intercom sends), so large slow bodies cannot crowd
+    /// them out. Beyond it a request waits up to `busy_wait`, then `503`.
+    pub max_unverified_bytes: usize,
+    #[serde(with = "humantime_serde_compat")]
+    pub busy_wait: Duration,
 }
+
+/// Bodies up to this size draw on the reserve for small bodies.
+pub const SMALL_BODY: usize = 64 * 1024;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Retention {
@@ -179,6 +193,10 @@ struct FileServer {
     shutdown_grace: Option<String>,
     bad_signatures_per_minute: Option<u32>,
     trust_forwarded_for: Option<bool>,
+    trusted_proxies: Option<Vec<String>>,
+    max_connections: Option<usize>,
+    max_unverified_bytes: Option<usize>,
+    busy_wait: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -345,8 +363,41 @@ impl Settings {
             body_timeout: dur(file.server.body_timeout.as_ref(), "server.body_timeout", "10s")?,
             shutdown_grace: dur(file.server.shutdown_grace.as_ref(), "server.shutdown_grace", "20s")?,
             bad_signatures_per_minute: file.server.bad_signatures_per_minute.unwrap_or(60),
-            trust_forwarded_for: file.server.trust_forwarded_for.unwrap_or(false),
+            trusted_proxies: match &file.server.trusted_proxies {
+                None => Vec::new(),
+                Some(list) => {
+                    let mut out = Vec::new();
+                    for p in list {
+                        match crate::netaddr::Cidr::parse(p) {
+                            Some(c) => out.push(c),
+                            None => {
+                                return err(format!(
+                                    "{cfg_name}: server.trusted_proxies: '{p}' is not an address or a CIDR range"
+                                ))
+                            }
+                        }
+                    }
+                    out
+                }
+            },
+            max_connections: file.server.max_connections.unwrap_or(2048),
+            max_unverified_bytes: file.server.max_unverified_bytes.unwrap_or(128 * 1024 * 1024),
+            busy_wait: dur(file.server.busy_wait.as_ref(), "server.busy_wait", "1s")?,
         };
+        if file.server.trust_forwarded_for == Some(true) && http.trusted_proxies.is_empty() {
+            return err(format!(
+                "{cfg_name}: server.trust_forwarded_for believed X-Forwarded-For from anyone; list the proxies it comes from in server.trusted_proxies instead"
+            ));
+        }
+        if http.max_connections == 0 {
+            return err(format!("{cfg_name}: server.max_connections must be at least 1"));
+        }
+        if http.max_unverified_bytes < 4 * http.body_limit {
+            return err(format!(
+                "{cfg_name}: server.max_unverified_bytes ({}) must hold at least four bodies of server.body_limit_bytes ({})",
+                http.max_unverified_bytes, http.body_limit
+            ));
+        }
         if http.body_limit < 1024 {
             return err(format!("{cfg_name}: server.body_limit_bytes must be at least 1024"));
         }

@@ -50,6 +50,7 @@ pub mod ingest;
 pub mod intake_load;
 pub mod logging;
 pub mod metrics;
+pub mod netaddr;
 pub mod ops;
 pub mod privacy;
 pub mod purge;

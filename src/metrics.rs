@@ -40,6 +40,9 @@ pub struct Metrics {
     pub requests: Family<RouteCode, Counter>,
     pub signature_failures: Family<Reason, Counter>,
     pub duplicates: Counter,
+    /// Requests and connections turned away with `503` because the public
+    /// listener's caps were reached.
+    pub intake_busy: Counter,
     pub intake: Family<OutcomeLabel, Counter>,
     pub intake_latency: Histogram,
     pub processing_latency: Histogram,
@@ -127,6 +130,7 @@ impl Metrics {
             requests: Family::default(),
             signature_failures: Family::default(),
             duplicates: Counter::default(),
+            intake_busy: Counter::default(),
             intake: Family::default(),
             intake_latency: Histogram::new(latency_buckets()),
             processing_latency: Histogram::new(latency_buckets()),
@@ -165,6 +169,11 @@ impl Metrics {
                 "duplicates",
                 "Webhook deliveries of an id already stored",
                 m.duplicates.clone(),
+            );
+            r.register(
+                "intake_busy",
+                "Requests and connections answered 503 because the caps on connections or unverified body bytes were reached",
+                m.intake_busy.clone(),
             );
             r.register("intake", "Verified webhook deliveries by outcome", m.intake.clone());
             r.register(

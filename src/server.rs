@@ -1,10 +1,13 @@
 //! The HTTP/1.1 accept loop (hyper directly, so slow clients are bounded):
 //! a client must send its headers within `header_timeout` (the handler
-//! bounds the body), and on shutdown the listener closes at once while
-//! in-flight requests get `shutdown_grace` to finish.
+//! bounds the body), at most `cap` connections are served at once (a new
+//! one waits up to the cap's `wait` for room, then gets `503` and is
+//! closed), and on shutdown the listener closes at once while in-flight
+//! requests get `shutdown_grace` to finish.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
@@ -13,6 +16,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
@@ -22,6 +26,7 @@ pub async fn serve(
     shutdown: CancellationToken,
     header_timeout: Duration,
     grace: Duration,
+    cap: Option<(ConnectionCap, Arc<crate::metrics::Metrics>)>,
 ) {
     let graceful = GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -56,10 +61,35 @@ pub async fn serve(
                 )
             }
         });
-        let conn = builder.serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
+        let (builder, watcher, cap) = (builder.clone(), graceful.watcher(), cap.clone());
         tokio::spawn(async move {
-            let _ = conn.await;
+            // Held for the connection's life.
+            let _slot = match &cap {
+                None => None,
+                Some((cap, metrics)) => match cap.admit().await {
+                    Some(slot) => Some(slot),
+                    None => {
+                        metrics.intake_busy.inc();
+                        let busy = hyper::service::service_fn(|_req| async {
+                            Ok::<_, Infallible>(
+                                hyper::Response::builder()
+                                    .status(503)
+                                    .header("connection", "close")
+                                    .header("retry-after", "1")
+                                    .body(axum::body::Body::from("busy, retry\n"))
+                                    .unwrap_or_default(),
+                            )
+                        });
+                        let _ = watcher
+                            .watch(builder.serve_connection(TokioIo::new(stream), busy))
+                            .await;
+                        return;
+                    }
+                },
+            };
+            let _ = watcher
+                .watch(builder.serve_connection(TokioIo::new(stream), service))
+                .await;
         });
     }
     drop(listener);
@@ -68,5 +98,32 @@ pub async fn serve(
         _ = tokio::time::sleep(grace) => {
             tracing::warn!(grace_secs = grace.as_secs(), "Shutdown grace ran out with requests still open.");
         }
+    }
+}
+
+/// Connections the public listener serves at once.
+#[derive(Clone)]
+pub struct ConnectionCap {
+    slots: Arc<Semaphore>,
+    pub wait: Duration,
+}
+
+impl ConnectionCap {
+    pub fn new(max: usize, wait: Duration) -> Self {
+        ConnectionCap {
+            slots: Arc::new(Semaphore::new(max)),
+            wait,
+        }
+    }
+
+    /// A slot for a new connection, waiting up to `wait`; `None`: full.
+    pub async fn admit(&self) -> Option<OwnedSemaphorePermit> {
+        if let Ok(p) = self.slots.clone().try_acquire_owned() {
+            return Some(p);
+        }
+        tokio::time::timeout(self.wait, self.slots.clone().acquire_owned())
+            .await
+            .ok()
+            .and_then(Result::ok)
     }
 }

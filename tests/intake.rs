@@ -313,6 +313,71 @@ async fn flood_of_bad_signatures_gets_429_but_valid_requests_pass() {
     app.stop().await;
 }
 
+/// `X-Forwarded-For` is believed only from a configured proxy: from it,
+/// forged requests are counted per forwarded client (two clients, two
+/// budgets); from anyone else the header is ignored (a forger cannot pick
+/// a fresh key per request). `trust_forwarded_for` without proxies listed
+/// is refused at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_for_counts_only_behind_a_trusted_proxy() {
+    let body = contact_body("notif_xff");
+    let forged = sign("forged", &body);
+    async fn codes(app: &TestApp, body: &[u8], sig: &str, xff: &[&str]) -> Vec<u16> {
+        let mut out = Vec::new();
+        for x in xff {
+            let r = app
+                .client
+                .post(app.url())
+                .header("content-type", "application/json")
+                .header("x-hub-signature", sig)
+                .header("x-forwarded-for", *x)
+                .body(body.to_vec())
+                .send()
+                .await
+                .unwrap();
+            out.push(r.status().as_u16());
+        }
+        out
+    }
+    let many: Vec<String> = (0..6).map(|i| format!("198.51.100.{i}")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = "[server]\nbad_signatures_per_minute = 2\ntrusted_proxies = [\"127.0.0.1\"]\n";
+    let app = spawn_app_with(dir.path(), cfg, test_env()).await;
+    assert_eq!(
+        codes(&app, &body, &forged, &many).await,
+        vec![401; 6],
+        "one budget per forwarded client"
+    );
+    let same = codes(&app, &body, &forged, &["203.0.113.5"; 4]).await;
+    assert_eq!(same, vec![401, 401, 429, 429], "one client's budget");
+    app.stop().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn_app_with(dir.path(), "[server]\nbad_signatures_per_minute = 2\n", test_env()).await;
+    let ignored = codes(&app, &body, &forged, &many).await;
+    assert_eq!(
+        ignored,
+        vec![401, 401, 429, 429, 429, 429],
+        "the header is ignored: {ignored:?}"
+    );
+    app.stop().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut bin = Binary::new(dir.path());
+    std::fs::write(dir.path().join("xff.toml"), "[server]\ntrust_forwarded_for = true\n").unwrap();
+    bin.env.push(("RUST_LOG".into(), "warn".into()));
+    let (code, _, err) = bin.run(&[
+        "--config",
+        dir.path().join("xff.toml").to_str().unwrap(),
+        "config",
+        "check",
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("trusted_proxies"), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_clients_are_cut_off() {
     let dir = tempfile::tempdir().unwrap();
@@ -623,4 +688,120 @@ async fn the_envelope_decides_what_a_notification_is() {
         );
     }
     app.stop().await;
+}
+
+/// Resident memory of a process now and at its peak, in bytes.
+fn rss_of(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// 600 clients each declare a 2 MiB body (the largest accepted), send half
+/// of it and stall. With the default caps (128 MiB of unverified bodies, a
+/// quarter kept for small ones) the server's peak resident memory stays
+/// within 256 MiB of what it was before, the excess get `503` instead of
+/// being buffered, and a correctly signed notification sent every 50 ms
+/// meanwhile gets `200` every time. Without the cap the stalled halves
+/// alone are 600 MiB.
+#[test]
+fn slow_large_bodies_cannot_exhaust_memory_or_crowd_out_intercom() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let bin = Binary::new(dir.path());
+    let (server, public, admin) = bin.serve(&[]);
+    let pid = server.0.id();
+    let (before, _) = rss_of(pid);
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let half = vec![b'x'; 1 << 20];
+    let attackers: Vec<_> = (0..600)
+        .map(|_| {
+            let (half, stop) = (half.clone(), stop.clone());
+            std::thread::Builder::new()
+                .stack_size(64 * 1024)
+                .spawn(move || {
+                    let Ok(mut s) = std::net::TcpStream::connect(public) else { return };
+                    let head = format!(
+                        "POST /webhooks/intercom HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-hub-signature: sha1=00\r\n\r\n",
+                        2 << 20
+                    );
+                    let _ = s.write_all(head.as_bytes());
+                    let _ = s.write_all(&half);
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                })
+                .unwrap()
+        })
+        .collect();
+
+    // A plain HTTP/1.1 exchange: status code of the answer.
+    let exchange = |addr: std::net::SocketAddr, request: &[u8]| -> String {
+        use std::io::Read;
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(request).unwrap();
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    let mut peak = before;
+    for i in 0..100 {
+        let body = notification(
+            &format!("notif_busy_{i}"),
+            "contact.user.created",
+            json!({"type":"contact","id":format!("c{i}")}),
+            1767225600,
+        );
+        let mut request = format!(
+            "POST /webhooks/intercom HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-hub-signature: {}\r\n\r\n",
+            body.len(),
+            sign(SECRET, &body)
+        )
+        .into_bytes();
+        request.extend_from_slice(&body);
+        let answer = exchange(public, &request);
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "signed notification {i} while the server is flooded: {}",
+            answer.lines().next().unwrap_or("")
+        );
+        peak = peak.max(rss_of(pid).0);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (_, hwm) = rss_of(pid);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for a in attackers {
+        let _ = a.join();
+    }
+    let metrics = exchange(admin, b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+    let busy: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("intercom_webhooks_intake_busy_total"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    let grew = hwm.max(peak).saturating_sub(before);
+    eprintln!(
+        "RSS before {} MiB, peak {} MiB; {busy} answered 503",
+        before >> 20,
+        hwm.max(peak) >> 20
+    );
+    assert!(
+        grew < 256 << 20,
+        "peak RSS grew by {} MiB (from {} MiB)",
+        grew >> 20,
+        before >> 20
+    );
+    assert!(busy >= 100.0, "the excess was turned away with 503 ({busy})");
+    drop(server);
 }

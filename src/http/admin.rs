@@ -86,7 +86,11 @@ async fn authorize(
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     if !constant_time_eq(given.as_bytes(), token.expose().as_bytes()) {
-        if app.admin_failures.check_key(&peer.ip()).is_err() {
+        if app
+            .admin_failures
+            .check_key(&crate::netaddr::source_key(peer.ip()))
+            .is_err()
+        {
             return error(
                 StatusCode::TOO_MANY_REQUESTS,
                 "too many failed admin authentications from this address",

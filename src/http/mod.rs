@@ -3,6 +3,7 @@
 //! admin API and `/metrics`. [`AppState`] is a set of cheap clonable handles.
 
 pub mod admin;
+pub mod budget;
 pub mod health;
 pub mod webhook;
 
@@ -30,6 +31,8 @@ pub struct AppState {
     pub ops: crate::ops::Local,
     /// Failed signature checks per source address.
     pub bad_signatures: Arc<DefaultKeyedRateLimiter<IpAddr>>,
+    /// Room for unverified body bytes on the public listener.
+    pub body_budget: budget::BodyBudget,
     /// Failed admin authentications per source address.
     pub admin_failures: Arc<DefaultKeyedRateLimiter<IpAddr>>,
     pub workers_running: Arc<AtomicBool>,
@@ -47,6 +50,7 @@ impl AppState {
         let ops = crate::ops::Local::new(store.clone(), settings.clone(), Some(metrics.clone()));
         AppState {
             verifier: Arc::new(Verifier::new(&settings.client_secrets)),
+            body_budget: budget::BodyBudget::new(&settings.http),
             ops,
             bad_signatures: Arc::new(RateLimiter::keyed(Quota::per_minute(per_minute))),
             admin_failures: Arc::new(RateLimiter::keyed(Quota::per_minute(admin_failures))),

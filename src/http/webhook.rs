@@ -15,6 +15,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use super::AppState;
 use crate::ingest::{ingest, Outcome};
 use crate::metrics::{OutcomeLabel, Reason, RouteCode};
+use crate::netaddr::{client_ip, source_key};
 use crate::timefmt::now_ms;
 
 pub async fn probe() -> (StatusCode, &'static str) {
@@ -27,14 +28,14 @@ enum BodyError {
     Broken,
 }
 
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize, timeout: Duration) -> Result<Bytes, BodyError> {
-    let declared = headers
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(BodyError::TooLarge);
-    }
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<Bytes, BodyError> {
     match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
         Err(_) => Err(BodyError::Timeout),
         Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(BodyError::TooLarge),
@@ -43,18 +44,10 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize, timeout: Durat
     }
 }
 
-fn client_ip(app: &AppState, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
-    if app.settings.http.trust_forwarded_for {
-        if let Some(ip) = headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .and_then(|v| v.trim().parse().ok())
-        {
-            return ip;
-        }
-    }
-    peer.ip()
+/// The key the bad-signature limiter counts a request under (see `netaddr`).
+fn client_key(app: &AppState, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+    let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+    source_key(client_ip(peer.ip(), forwarded, &app.settings.http.trusted_proxies))
 }
 
 pub async fn receive(
@@ -79,7 +72,23 @@ pub async fn receive(
 
 async fn handle(app: &AppState, peer: SocketAddr, headers: &HeaderMap, body: Body) -> (StatusCode, &'static str) {
     let http = &app.settings.http;
-    let bytes = match read_body(headers, body, http.body_limit, http.body_timeout).await {
+    let declared = declared_length(headers);
+    if declared.is_some_and(|n| n > http.body_limit as u64) {
+        tracing::warn!(reason = "body_too_large", limit = http.body_limit, "Webhook rejected.");
+        return (StatusCode::PAYLOAD_TOO_LARGE, "payload too large\n");
+    }
+    // Room for the body before any of it is read (what it declares, or the
+    // limit when it declares nothing); held until it is verified.
+    let want = declared.map_or(http.body_limit, |n| n as usize);
+    let Some(reserved) = app.body_budget.reserve(want).await else {
+        app.metrics.intake_busy.inc();
+        tracing::warn!(
+            reason = "busy",
+            "Webhook deferred: too many unverified bodies in flight; answering 503."
+        );
+        return (StatusCode::SERVICE_UNAVAILABLE, "busy, retry\n");
+    };
+    let bytes = match read_body(body, http.body_limit, http.body_timeout).await {
         Ok(b) => b,
         Err(BodyError::TooLarge) => {
             tracing::warn!(reason = "body_too_large", limit = http.body_limit, "Webhook rejected.");
@@ -98,7 +107,9 @@ async fn handle(app: &AppState, peer: SocketAddr, headers: &HeaderMap, body: Bod
     // costs no CPU and must not make the handlers wait.
     let _in_flight = app.intake_load.enter();
     let signature = headers.get("x-hub-signature").map(|v| v.as_bytes());
-    let verified = match app.verifier.verify(bytes, signature) {
+    let verified = app.verifier.verify(bytes, signature);
+    drop(reserved);
+    let verified = match verified {
         Ok(v) => v,
         Err(e) => {
             app.metrics
@@ -107,7 +118,7 @@ async fn handle(app: &AppState, peer: SocketAddr, headers: &HeaderMap, body: Bod
                 .inc();
             // Past its budget a source gets 429 and no log line, so a flood
             // of forgeries costs a hash each and cannot fill the logs.
-            if app.bad_signatures.check_key(&client_ip(app, peer, headers)).is_err() {
+            if app.bad_signatures.check_key(&client_key(app, peer, headers)).is_err() {
                 return (StatusCode::TOO_MANY_REQUESTS, "too many failed signature checks\n");
             }
             tracing::warn!(reason = e.reason(), "Webhook rejected: signature check failed.");
