@@ -378,6 +378,52 @@ async fn forwarded_for_counts_only_behind_a_trusted_proxy() {
     assert!(err.contains("trusted_proxies"), "{err}");
 }
 
+/// Past `max_connections` a new connection waits `busy_wait` for a slot,
+/// then gets `503` (so Intercom retries) and is closed; slots freed are
+/// used at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_cap_get_503() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = "[server]\nmax_connections = 8\nbusy_wait = \"200ms\"\n";
+    let app = spawn_app_with(dir.path(), cfg, test_env()).await;
+    let mut idle = Vec::new();
+    for _ in 0..8 {
+        idle.push(tokio::net::TcpStream::connect(app.addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let body = contact_body("notif_cap");
+    let request = |body: &[u8]| {
+        let mut r = format!(
+            "POST /webhooks/intercom HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-hub-signature: {}\r\n\r\n",
+            body.len(),
+            sign(SECRET, body)
+        )
+        .into_bytes();
+        r.extend_from_slice(body);
+        r
+    };
+    let exchange = |addr, req: Vec<u8>| async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(&req).await.unwrap();
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer)).await;
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    let started = std::time::Instant::now();
+    let answer = exchange(app.addr, request(&body)).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "it waited busy_wait first"
+    );
+    // (The harness's own pooled connection may hold a slot too, so all
+    // eight go.)
+    drop(idle);
+    let answer = exchange(app.addr, request(&body)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_clients_are_cut_off() {
     let dir = tempfile::tempdir().unwrap();
