@@ -180,5 +180,7 @@ pub fn restore(input: &mut impl Read, dir: &Path) -> Result<(u64, u64), StoreErr
     db.open_tree("state")?.remove(super::ledger::NOTED)?;
     db.flush()?;
     drop(db);
+    // Opened next by this process: its lock goes a moment after the drop.
+    super::open::LAST_CLOSE_MS.store(crate::timefmt::now_ms(), std::sync::atomic::Ordering::Relaxed);
     Ok((entries, files))
 }

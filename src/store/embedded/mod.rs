@@ -190,7 +190,9 @@ fn close_inner(inner: &Inner) -> Result<(), StoreError> {
     for t in inner.threads.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
         let _ = t.join();
     }
-    checkpoint(&inner.trees, &inner.shared, &inner.dir)
+    let done = checkpoint(&inner.trees, &inner.shared, &inner.dir);
+    open::LAST_CLOSE_MS.store(crate::timefmt::now_ms(), Ordering::Relaxed);
+    done
 }
 
 /// Fresh work carries its body in memory only while the queue is shorter
@@ -320,6 +322,11 @@ impl Embedded {
             return Err(StoreError::Closed);
         }
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Bytes an unprivileged writer may still use on the log's file system.
+    pub fn free_space(&self) -> Option<u64> {
+        log::free_space(&self.inner.log_dir).ok()
     }
 
     /// Bytes on disk under the data dir.

@@ -12,19 +12,7 @@ impl Embedded {
         crate::fsutil::private_dir_all(&log_dir)?;
         // Made here so that it is owner-only too (sled would make it 0755).
         crate::fsutil::private_dir_all(&dir.join("index"))?;
-        let db = sled::Config::new()
-            .path(dir.join("index"))
-            .flush_every_ms(None)
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Io(ref io)
-                    if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") =>
-                {
-                    StoreError::Locked(dir.display().to_string())
-                }
-                other => StoreError::from(other),
-            })?;
+        let db = open_index(dir)?;
         let trees = Trees::open(db)?;
         match trees.state.get(SCHEMA)? {
             None => {
@@ -182,5 +170,39 @@ impl Embedded {
             pending += 1;
         }
         Ok((store, Recovery { pending, ..recovery }))
+    }
+}
+
+/// When this process last closed a store (unix ms; 0: never).
+pub(super) static LAST_CLOSE_MS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+/// How long an open retries a lock this process may still hold: sled
+/// releases its file lock only once its own I/O threads let go of the
+/// database, a moment after the last handle is dropped.
+const RELOCK_WAIT: Duration = Duration::from_secs(3);
+
+/// Opens the sled index, locked for this process. A lock still held by a
+/// store this process closed within [`RELOCK_WAIT`] is waited for; any
+/// other holder (a running server) is reported at once.
+fn open_index(dir: &Path) -> Result<sled::Db, StoreError> {
+    let started = std::time::Instant::now();
+    loop {
+        let opened = sled::Config::new()
+            .path(dir.join("index"))
+            .flush_every_ms(None)
+            .mode(sled::Mode::HighThroughput)
+            .open();
+        match opened {
+            Ok(db) => return Ok(db),
+            Err(sled::Error::Io(ref io))
+                if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") =>
+            {
+                let closed_here = crate::timefmt::now_ms() - LAST_CLOSE_MS.load(Ordering::Relaxed);
+                if closed_here > RELOCK_WAIT.as_millis() as i64 || started.elapsed() > RELOCK_WAIT {
+                    return Err(StoreError::Locked(dir.display().to_string()));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(other) => return Err(StoreError::from(other)),
+        }
     }
 }
