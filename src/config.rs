@@ -318,15 +318,29 @@ impl Settings {
             }
         };
 
+        // A bad value is named where it came from: the flag (or its
+        // variable) when given, else the file's key.
+        let from = |flag: Option<&String>, flag_name: &str, key: &str| match flag {
+            Some(_) => flag_name.to_string(),
+            None => format!("{cfg_name}: {key}"),
+        };
         let listen = addr(
             serve.listen.as_ref().or(file.server.listen.as_ref()),
             "127.0.0.1:8080",
-            "--listen / INTERCOM_WEBHOOKS_LISTEN",
+            &from(
+                serve.listen.as_ref(),
+                "--listen / INTERCOM_WEBHOOKS_LISTEN",
+                "server.listen",
+            ),
         )?;
         let admin_listen = addr(
             serve.admin_listen.as_ref().or(file.server.admin_listen.as_ref()),
             "127.0.0.1:9090",
-            "--admin-listen / INTERCOM_WEBHOOKS_ADMIN_LISTEN",
+            &from(
+                serve.admin_listen.as_ref(),
+                "--admin-listen / INTERCOM_WEBHOOKS_ADMIN_LISTEN",
+                "server.admin_listen",
+            ),
         )?;
         let region = cli.region.or(file.intercom.region).unwrap_or(Region::Us);
         let api_base_url = cli
@@ -337,7 +351,14 @@ impl Settings {
             .trim_end_matches('/')
             .to_string();
         if !base_url_allowed(&api_base_url) {
-            return err("INTERCOM_API_BASE_URL must be https:// (http:// only to a loopback address: the access token must not cross a network in clear)");
+            let name = from(
+                cli.api_base_url.as_ref(),
+                "INTERCOM_API_BASE_URL",
+                "intercom.api_base_url",
+            );
+            return err(format!(
+                "{name} must be https:// (http:// only to a loopback address: the access token must not cross a network in clear)"
+            ));
         }
 
         let client_secrets = match secret_var(env, "INTERCOM_CLIENT_SECRET")? {

@@ -93,6 +93,25 @@ fn config_check_hides_secrets_and_bad_config_exits_2() {
     assert_eq!(json_of(&out)["retention"]["audit"], "7years");
 }
 
+/// Inputs the fuzz targets found (`fuzz/`), kept as regressions: each
+/// config error names the file and the key the bad value came from.
+#[test]
+fn fuzzed_config_files_fail_naming_the_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = Binary::new(dir.path());
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fuzz");
+    let cases: &[(&str, &str)] = &[("config_file-bad-admin-listen.toml", "server.admin_listen")];
+    for (file, key) in cases {
+        let path = fixtures.join(file);
+        let (code, _, err) = bin.run(&["--config", path.to_str().unwrap(), "config", "check"]);
+        assert_eq!(code, 2, "{file}: {err}");
+        assert!(
+            err.contains(path.to_str().unwrap()) && err.contains(key),
+            "{file}: {err}"
+        );
+    }
+}
+
 /// The access token never crosses a network in clear: an `http://` API base
 /// URL is refused at start (exit 2, naming the variable) unless it is a
 /// loopback address (a local stand-in).

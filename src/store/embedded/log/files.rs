@@ -45,10 +45,7 @@ pub fn create_segment(dir: &Path, seq: u64, now_ms: i64, size: u64) -> std::io::
             }
         };
         zero_fill_buffered(&file, direct_end, size)?;
-        let mut header = [0u8; HEADER_LEN as usize];
-        header[..8].copy_from_slice(MAGIC);
-        header[8..16].copy_from_slice(&seq.to_le_bytes());
-        header[16..24].copy_from_slice(&(now_ms.max(0) as u64).to_le_bytes());
+        let header = header(seq, now_ms);
         // Through the page cache, which also leaves the first page there for
         // the committer's first write (see `pad_to_page`).
         file.write_all_at(&header, 0)?;

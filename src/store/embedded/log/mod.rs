@@ -220,7 +220,18 @@ pub fn scan(path: &Path, cipher: &SegmentCipher, seq: u64, from: u64) -> Result<
     scan_bytes(&data, cipher, seq, from)
 }
 
-fn scan_bytes(data: &[u8], cipher: &SegmentCipher, seq: u64, from: u64) -> Result<ScanResult, LogError> {
+/// A segment's header (`from` 0: written by intake).
+pub fn header(seq: u64, now_ms: i64) -> [u8; HEADER_LEN as usize] {
+    let mut header = [0u8; HEADER_LEN as usize];
+    header[..8].copy_from_slice(MAGIC);
+    header[8..16].copy_from_slice(&seq.to_le_bytes());
+    header[16..24].copy_from_slice(&(now_ms.max(0) as u64).to_le_bytes());
+    header
+}
+
+/// [`scan`] over a segment's bytes already in memory (also what the fuzz
+/// target `log_segment` drives).
+pub fn scan_bytes(data: &[u8], cipher: &SegmentCipher, seq: u64, from: u64) -> Result<ScanResult, LogError> {
     let file_len = data.len() as u64;
     let mut off = from.max(HEADER_LEN);
     let mut records = Vec::new();
