@@ -58,6 +58,7 @@ pub async fn run(settings: Settings, listeners: Listeners, shutdown: Cancellatio
         settings.clone(),
         shutdown.clone(),
     ));
+    let audit_check = tokio::spawn(check_audit_loop(store.clone(), metrics.clone(), shutdown.clone()));
     let limiter_gc = {
         let (limiter, shutdown) = (state.bad_signatures.clone(), shutdown.clone());
         tokio::spawn(async move {
@@ -99,6 +100,7 @@ pub async fn run(settings: Settings, listeners: Listeners, shutdown: Cancellatio
     let _ = purger.await;
     let _ = shredder.await;
     let _ = limiter_gc.await;
+    let _ = audit_check.await;
     workers_stop.cancel();
     worker::mark_running(&state.workers_running, false);
     tokio::task::spawn_blocking(move || {
@@ -169,4 +171,32 @@ async fn signal_listener(shutdown: CancellationToken) {
     let _ = tokio::signal::ctrl_c().await;
     tracing::info!("Signal received.");
     shutdown.cancel();
+}
+
+/// How often a running server checks its audit chain (and once at start).
+const AUDIT_CHECK_EVERY: Duration = Duration::from_secs(3600);
+
+/// Checks the audit chain at start and every [`AUDIT_CHECK_EVERY`], for the
+/// `audit_chain_ok` gauge (and the alert on it): a chain rewritten or cut
+/// while the server runs is noticed within the hour.
+async fn check_audit_loop(store: crate::store::Store, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+    loop {
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || crate::audit::verify(&s, None)).await {
+            Ok(Ok(doc)) => {
+                let ok = doc["ok"] == true;
+                if !ok {
+                    tracing::error!(reason = %doc["reason"], "The audit chain does not verify.");
+                }
+                metrics.audit_chain_ok.set(i64::from(ok));
+                metrics.audit_last_verified.set(crate::timefmt::now_ms() / 1000);
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "Checking the audit chain failed; will try again."),
+            Err(e) => tracing::error!(error = %e, "Checking the audit chain failed; will try again."),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(AUDIT_CHECK_EVERY) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
 }

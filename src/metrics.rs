@@ -59,6 +59,18 @@ pub struct Metrics {
     pub purge_last_run: Gauge,
     pub purge_duration_ms: Gauge,
     pub store_size: Gauge,
+    /// Age of the oldest event waiting for a worker (0: none waits).
+    pub oldest_pending_age: Gauge,
+    /// Bytes free on the data dir's file system, and the reserve the store
+    /// stops taking writes at (`[store] min_free_bytes`).
+    pub store_free_bytes: Gauge,
+    pub store_min_free_bytes: Gauge,
+    /// 1 while the store takes writes (what `/readyz` reports), else 0.
+    pub store_ready: Gauge,
+    /// 1 when the last check of the audit chain passed, 0 when it failed;
+    /// when it was last checked.
+    pub audit_chain_ok: Gauge,
+    pub audit_last_verified: Gauge,
     pub fsyncs: Gauge,
     pub webhook_consecutive_errors: Gauge,
     pub webhook_seconds_since_2xx: Gauge,
@@ -146,6 +158,12 @@ impl Metrics {
             purge_last_run: Gauge::default(),
             purge_duration_ms: Gauge::default(),
             store_size: Gauge::default(),
+            oldest_pending_age: Gauge::default(),
+            store_free_bytes: Gauge::default(),
+            store_min_free_bytes: Gauge::default(),
+            store_ready: Gauge::default(),
+            audit_chain_ok: Gauge::default(),
+            audit_last_verified: Gauge::default(),
             fsyncs: Gauge::default(),
             webhook_consecutive_errors: Gauge::default(),
             webhook_seconds_since_2xx: Gauge::default(),
@@ -193,6 +211,36 @@ impl Metrics {
                 m.worker_yielded.clone(),
             );
             r.register("pending_depth", "Events waiting for a worker", m.pending_depth.clone());
+            r.register(
+                "oldest_pending_age_seconds",
+                "Age of the oldest event waiting for a worker (0 when none waits)",
+                m.oldest_pending_age.clone(),
+            );
+            r.register(
+                "store_free_bytes",
+                "Bytes free on the data dir's file system",
+                m.store_free_bytes.clone(),
+            );
+            r.register(
+                "store_min_free_bytes",
+                "The free-space reserve below which the store stops taking writes ([store] min_free_bytes)",
+                m.store_min_free_bytes.clone(),
+            );
+            r.register(
+                "store_ready",
+                "1 while the store takes writes (as /readyz reports), else 0",
+                m.store_ready.clone(),
+            );
+            r.register(
+                "audit_chain_ok",
+                "1 when the last check of the audit chain passed, 0 when it failed",
+                m.audit_chain_ok.clone(),
+            );
+            r.register(
+                "audit_last_verified_timestamp_seconds",
+                "When the audit chain was last checked (hourly, and at start)",
+                m.audit_last_verified.clone(),
+            );
             r.register(
                 "erasure_segments_to_shred",
                 "Log segments holding erased records, waiting for the shred pass to rewrite them",

@@ -1,6 +1,8 @@
 //! The deploy files stay in step with the binary: manifests parse, and the
 //! ports, probe paths and environment names they use are the binary's.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
@@ -109,4 +111,62 @@ fn systemd_container_and_proxy_match_the_binary() {
         );
         assert!(!text.contains("9090"), "{proxy} must not expose the admin listener");
     }
+}
+
+/// Every metric the alert rules and the dashboard use is one a real server
+/// exposes (its `# TYPE` lines name every registered metric, counters and
+/// histograms by their base name), so a renamed metric cannot leave an
+/// alert silently watching nothing. `promtool check rules` and `promtool
+/// test rules` run in CI (`.ci/run`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alert_rules_and_dashboard_use_metrics_the_server_exposes() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = common::spawn_app(dir.path()).await;
+    let scrape = app
+        .client
+        .get(format!("http://{}/metrics", app.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    app.stop().await;
+    let exposed: BTreeSet<String> = scrape
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect();
+    assert!(exposed.contains("intercom_webhooks_store_ready"), "{exposed:?}");
+    let mut used = BTreeSet::new();
+    for file in ["deploy/monitoring/alerts.yml", "deploy/monitoring/dashboard.json"] {
+        let text = read(file);
+        for (i, _) in text.match_indices("intercom_webhooks_") {
+            let name: String = text[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            used.insert((file, name));
+        }
+    }
+    assert!(used.len() > 10, "the files were read");
+    let base = |n: &str| {
+        for suffix in ["_total", "_bucket", "_count", "_sum"] {
+            if let Some(b) = n.strip_suffix(suffix) {
+                if exposed.contains(b) {
+                    return b.to_string();
+                }
+            }
+        }
+        n.to_string()
+    };
+    let missing: Vec<_> = used.iter().filter(|(_, n)| !exposed.contains(&base(n))).collect();
+    assert!(missing.is_empty(), "not exposed by the server: {missing:?}");
+    // The rules file is YAML with the groups Prometheus expects.
+    let rules: serde_yaml::Value = serde_yaml::from_str(&read("deploy/monitoring/alerts.yml")).unwrap();
+    let alerts = rules["groups"][0]["rules"].as_sequence().unwrap();
+    assert!(alerts.len() >= 7);
+    let dashboard: serde_json::Value = serde_json::from_str(&read("deploy/monitoring/dashboard.json")).unwrap();
+    assert!(dashboard["panels"].as_array().unwrap().len() >= 10);
 }

@@ -134,15 +134,30 @@ async fn run<A: Action>(app: &AppState, action: A) -> Result<Json<A::Output>, Ad
 
 async fn metrics(State(app): State<AppState>) -> Response {
     let store = app.store.clone();
-    let (size, depth, failed) = tokio::task::spawn_blocking(move || {
+    let (size, depth, failed, oldest, free) = tokio::task::spawn_blocking(move || {
         let failed = store.failed_count().unwrap_or(0);
-        (store.size_on_disk(), store.pending_depth(), failed)
+        let oldest = store.oldest_pending_ms().ok().flatten();
+        (
+            store.size_on_disk(),
+            store.pending_depth(),
+            failed,
+            oldest,
+            store.free_space(),
+        )
     })
     .await
-    .unwrap_or((0, 0, 0));
-    app.metrics.store_size.set(size as i64);
-    app.metrics.pending_depth.set(depth as i64);
-    app.metrics.failed_events.set(failed as i64);
+    .unwrap_or((0, 0, 0, None, None));
+    let m = &app.metrics;
+    m.store_size.set(size as i64);
+    m.pending_depth.set(depth as i64);
+    m.failed_events.set(failed as i64);
+    m.oldest_pending_age
+        .set(oldest.map_or(0, |t| (crate::timefmt::now_ms() - t).max(0) / 1000));
+    m.store_free_bytes
+        .set(free.map_or(0, |f| f.min(i64::MAX as u64) as i64));
+    m.store_min_free_bytes
+        .set(app.settings.store.min_free_bytes.min(i64::MAX as u64) as i64);
+    m.store_ready.set(i64::from(app.store.is_writable()));
     app.metrics.intake_in_flight.set(app.intake_load.in_flight() as i64);
     app.metrics.fsyncs.set(app.store.fsync_stats().0 as i64);
     app.metrics.shred_queue.set(app.store.shred_queue_len() as i64);

@@ -109,6 +109,8 @@ pub trait Backend: Send + Sync + 'static {
     fn fsync_stats(&self) -> (u64, u64);
     /// Bytes the store occupies (metrics, `stats`).
     fn size_on_disk(&self) -> u64;
+    /// Bytes still free where the store writes, if it can tell (metrics).
+    fn free_space(&self) -> Option<u64>;
     /// Makes every index write so far durable (contract 1 holds without it).
     fn flush_index(&self) -> Result<(), StoreError>;
     /// Contract 9: a point-in-time copy; returns (events, files) written.

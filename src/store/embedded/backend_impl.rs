@@ -19,6 +19,7 @@ impl Backend for Embedded {
         fn not_writable(&self) -> Option<&'static str>;
         fn fsync_stats(&self) -> (u64, u64);
         fn size_on_disk(&self) -> u64;
+        fn free_space(&self) -> Option<u64>;
         fn flush_index(&self) -> Result<(), StoreError>;
         fn work_queue(&self) -> Receiver<Work>;
         fn enqueue(&self, key: String);
