@@ -10,7 +10,9 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let cipher = SegmentCipher::new(&[7u8; 32]);
-    let Some((&mode, rest)) = data.split_first() else { return };
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
     if mode % 2 == 0 {
         // Raw bytes as a whole segment, header included.
         if let Ok(scanned) = scan_bytes(rest, &cipher, 1, 0) {

@@ -18,5 +18,7 @@ fuzz_target!(|data: &[u8]| {
     // `sha1=` as Intercom writes it, then the hex in either case.
     let expected = header.starts_with(b"sha1=") && good.iter().any(|g| g.as_bytes().eq_ignore_ascii_case(header));
     assert_eq!(verified, expected, "header {:?}", String::from_utf8_lossy(header));
-    assert!(verifier.verify(Bytes::copy_from_slice(body), Some(good[1].as_bytes())).is_ok());
+    assert!(verifier
+        .verify(Bytes::copy_from_slice(body), Some(good[1].as_bytes()))
+        .is_ok());
 });
