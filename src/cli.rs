@@ -123,6 +123,14 @@ pub enum Command {
         #[arg(long)]
         without_ledger: bool,
     },
+    /// List the workspace's data attributes (contacts, companies,
+    /// conversations), mark those likely to hold personal data, and suggest
+    /// a `[cache.contacts] custom_attributes` allow-list to review.
+    Discover {
+        /// Include archived attributes.
+        #[arg(long)]
+        include_archived: bool,
+    },
     /// Configuration.
     #[command(subcommand)]
     Config(ConfigCommand),

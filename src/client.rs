@@ -263,6 +263,17 @@ impl IntercomClient {
         }
     }
 
+    /// The data attributes of one model (`contact`, `company`,
+    /// `conversation`).
+    pub async fn data_attributes(&self, model: &str, include_archived: bool) -> Result<Vec<Value>, ApiError> {
+        let path = format!(
+            "/data_attributes?model={}&include_archived={include_archived}",
+            path_segment(model)
+        );
+        let page = self.call(Method::GET, &path, None, "data_attributes.list").await?;
+        Ok(page.get("data").and_then(Value::as_array).cloned().unwrap_or_default())
+    }
+
     pub async fn get_contact(&self, id: &str) -> Result<Value, ApiError> {
         self.call(
             Method::GET,

@@ -17,7 +17,8 @@ use crate::ops::{
     Replay, ReplayRequest, ShowEvent, Stats, SubjectRequest, Target,
 };
 use crate::render::{
-    pretty, print_doc, render_audit, render_events, render_purge, render_replay, render_stats, render_verify,
+    pretty, print_doc, render_audit, render_discovery, render_events, render_purge, render_replay, render_stats,
+    render_verify,
 };
 use crate::store::CacheKind;
 
@@ -58,6 +59,11 @@ pub async fn run(cli: Cli, settings: Settings) -> CmdResult {
             Ok(())
         }
         Command::Simulate(args) => simulate(&settings, args, json_out).await,
+        Command::Discover { include_archived } => {
+            let found = ops::workspace::discover(&settings, include_archived).await?;
+            print_doc(&found, json_out, render_discovery);
+            Ok(())
+        }
         Command::Events(EventsCommand::List(f)) => {
             let q = FilterQuery {
                 status: f.select.status,

@@ -39,6 +39,7 @@ pub mod client;
 pub mod commands;
 pub mod config;
 pub mod crypto;
+pub mod discover;
 pub mod dispatch;
 pub mod envelope;
 pub mod erasure;

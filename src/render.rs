@@ -134,3 +134,31 @@ pub fn render_verify(d: &Value) -> String {
 pub fn pretty(d: &Value) -> String {
     serde_json::to_string_pretty(d).unwrap_or_default()
 }
+
+pub fn render_discovery(d: &Value) -> String {
+    let mut out = format!(
+        "{:<13} {:<32} {:<8} {:<7} {:<9} {}\n",
+        "MODEL", "NAME", "TYPE", "CUSTOM", "PERSONAL", "WHY"
+    );
+    for a in d["attributes"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "{:<13} {:<32} {:<8} {:<7} {:<9} {}\n",
+            s(&a["model"]),
+            s(&a["name"]),
+            s(&a["data_type"]),
+            if a["custom"] == true { "yes" } else { "no" },
+            s(&a["verdict"]),
+            s(&a["reason"])
+        ));
+    }
+    out.push_str("\nSuggested allow-list (review it; nothing is kept until you configure it):\n\n[cache.contacts]\ncustom_attributes = [");
+    let names: Vec<String> = d["suggested_allow_list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|n| format!("{n}"))
+        .collect();
+    out.push_str(&names.join(", "));
+    out.push(']');
+    out
+}

@@ -168,6 +168,53 @@ async fn delete_contact(State(f): State<Arc<Fake>>, headers: HeaderMap, Path(id)
     Json(json!({"type":"contact","id":id,"external_id":null,"deleted":true})).into_response()
 }
 
+/// `GET /data_attributes?model=…&include_archived=…`, answered as the OpenAPI
+/// description's example is shaped (`list` of `data_attribute`).
+async fn data_attributes(
+    State(f): State<Arc<Fake>>,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let model = q.get("model").cloned().unwrap_or_default();
+    f.hit(&format!("data_attributes.{model}"), &headers);
+    let archived = q.get("include_archived").map(String::as_str) == Some("true");
+    let a = |name: &str, label: &str, data_type: &str, custom: bool, extra: Value| {
+        let mut v = json!({"type":"data_attribute","name":name,
+            "full_name": if custom { format!("custom_attributes.{name}") } else { name.to_string() },
+            "label":label,"description":"","data_type":data_type,"api_writable":true,"ui_writable":true,
+            "messenger_writable":false,"custom":custom,"archived":false,"model":model});
+        if let Value::Object(m) = extra {
+            for (k, val) in m {
+                v[k] = val;
+            }
+        }
+        v
+    };
+    let mut data = match model.as_str() {
+        "contact" => vec![
+            a("email", "Email", "string", false, json!({})),
+            a("name", "Name", "string", false, json!({})),
+            a("last_seen_at", "Last seen", "date", false, json!({})),
+            a("plan", "Plan", "string", true, json!({"options":["free","pro"]})),
+            a("paid_subscriber", "Paid subscriber", "boolean", true, json!({})),
+            a("seats", "Seats", "integer", true, json!({})),
+            a("home_address", "Home address", "string", true, json!({})),
+            a("date_of_birth", "Date of birth", "date", true, json!({})),
+            a("favourite_colour", "Favourite colour", "string", true, json!({})),
+        ],
+        "company" => vec![
+            a("name", "Company name", "string", false, json!({})),
+            a("user_count", "People", "integer", false, json!({})),
+        ],
+        "conversation" => vec![a("Copilot used", "Copilot used", "boolean", true, json!({}))],
+        _ => return error_list(StatusCode::BAD_REQUEST, "parameter_invalid", "model"),
+    };
+    if archived && model == "contact" {
+        data.push(a("old_flag", "Old flag", "boolean", true, json!({"archived": true})));
+    }
+    Json(json!({"type":"list","data":data})).into_response()
+}
+
 async fn spawn_fake() -> (String, Arc<Fake>) {
     let fake = Arc::new(Fake::default());
     let app = Router::new()
@@ -176,6 +223,7 @@ async fn spawn_fake() -> (String, Arc<Fake>) {
         .route("/contacts/{id}/{what}", get(contact_list))
         .route("/conversations/search", post(search_conversations))
         .route("/conversations/{id}", get(get_conversation))
+        .route("/data_attributes", get(data_attributes))
         .with_state(fake.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -673,4 +721,65 @@ fn export_exit_codes() {
     let (code, out, err) = bin.run(&["export", "--email", "nobody.at.all@example.org", "--local-only"]);
     assert_eq!(code, 3, "{out} {err}");
     assert!(out.is_empty() && err.trim().lines().count() == 1, "one line: {err}");
+}
+
+/// `discover` asks Intercom for the attributes of all three models (with
+/// the pinned version and the token), marks the personal ones, and
+/// suggests an allow-list of the others among custom contact attributes;
+/// it writes no config. Without a token it exits 2 naming it.
+#[test]
+fn discover_suggests_an_allow_list_without_personal_attributes() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (base, fake) = rt.block_on(spawn_fake());
+    let dir = tempfile::tempdir().unwrap();
+    let mut bin = Binary::new(dir.path());
+    bin.env.push(("INTERCOM_API_BASE_URL".into(), base));
+    let (code, _, err) = bin.run(&["discover"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("INTERCOM_ACCESS_TOKEN"), "{err}");
+
+    bin.env.push(("INTERCOM_ACCESS_TOKEN".into(), "fake-token".into()));
+    let (code, out, err) = bin.run(&["discover", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        doc["suggested_allow_list"],
+        json!(["paid_subscriber", "plan", "seats"]),
+        "{doc}"
+    );
+    let verdict = |model: &str, name: &str| {
+        doc["attributes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["model"] == model && a["name"] == name)
+            .map(|a| a["verdict"].as_str().unwrap().to_string())
+            .unwrap_or_else(|| panic!("{model}.{name} missing: {doc}"))
+    };
+    for (model, name, v) in [
+        ("contact", "email", "likely"),
+        ("contact", "name", "likely"),
+        ("contact", "home_address", "likely"),
+        ("contact", "date_of_birth", "likely"),
+        ("contact", "favourite_colour", "maybe"),
+        ("contact", "seats", "unlikely"),
+        ("company", "name", "unlikely"),
+        ("conversation", "Copilot used", "unlikely"),
+    ] {
+        assert_eq!(verdict(model, name), v, "{model}.{name}");
+    }
+    for model in ["contact", "company", "conversation"] {
+        assert_eq!(fake.count(&format!("data_attributes.{model}")), 1, "{model}");
+    }
+    assert_eq!(*fake.bad_headers.lock().unwrap(), 0, "token and Intercom-Version sent");
+
+    // Text output ends with the snippet to paste; archived ones only on request.
+    let (code, out, _) = bin.run(&["discover", "--include-archived"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("old_flag"), "{out}");
+    assert!(
+        out.contains("[cache.contacts]\ncustom_attributes = [\"paid_subscriber\", \"plan\", \"seats\"]"),
+        "{out}"
+    );
+    assert!(!dir.path().join("data").exists(), "no data dir was made");
 }

@@ -14,6 +14,7 @@ pub mod remote;
 mod state;
 mod subject;
 mod target;
+pub mod workspace;
 
 use std::sync::Arc;
 
@@ -104,9 +105,7 @@ impl Local {
     /// this is the server. The one place the Intercom client is built.
     pub fn new(store: Store, settings: Arc<Settings>, server: Option<Arc<Metrics>>) -> Self {
         let codec = Arc::new(CacheCodec::from_settings(store.keys().clone(), &settings.cache));
-        let intercom = IntercomClient::new(&settings.api_base_url, settings.access_token.clone(), server.clone())
-            .ok()
-            .map(Arc::new);
+        let intercom = intercom_client(&settings, server.clone());
         Local {
             store,
             settings,
@@ -127,6 +126,14 @@ impl Local {
             .await
             .map_err(|e| OpsError::Store(StoreError::Unavailable(format!("request aborted: {e}"))))?
     }
+}
+
+/// The Intercom client, the one place it is built; `None` without
+/// `INTERCOM_ACCESS_TOKEN`.
+pub fn intercom_client(settings: &Settings, metrics: Option<Arc<Metrics>>) -> Option<Arc<IntercomClient>> {
+    IntercomClient::new(&settings.api_base_url, settings.access_token.clone(), metrics)
+        .ok()
+        .map(Arc::new)
 }
 
 /// Where the admin API serves an action.
