@@ -131,6 +131,9 @@ pub enum Command {
         #[arg(long)]
         include_archived: bool,
     },
+    /// Intercom's content data export: delivery and engagement data of
+    /// outbound messages sent in a date range, as gzipped CSV.
+    ExportMessages(ExportMessagesArgs),
     /// Configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -305,4 +308,30 @@ pub struct SimulateArgs {
     /// List the topics with a sample.
     #[arg(long)]
     pub list: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportMessagesArgs {
+    /// Messages sent from (RFC 3339 time, or a duration ago such as 30d).
+    #[arg(long, required_unless_present = "job")]
+    pub since: Option<String>,
+    /// Messages sent until (inclusive; default: now).
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Where the gzipped CSV goes (written 0600).
+    #[arg(long, value_name = "FILE", required_unless_present = "cancel")]
+    pub out: Option<std::path::PathBuf>,
+    /// Replace FILE if it exists.
+    #[arg(long)]
+    pub force: bool,
+    /// Resume this export job (its id is printed when it starts) instead of
+    /// starting one.
+    #[arg(long, value_name = "ID")]
+    pub job: Option<String>,
+    /// Cancel the job given with --job.
+    #[arg(long, requires = "job")]
+    pub cancel: bool,
+    /// First wait between polls of the job; it doubles up to a minute.
+    #[arg(long, default_value = "5s", value_name = "DURATION")]
+    pub poll_interval: String,
 }

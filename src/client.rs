@@ -136,6 +136,19 @@ impl IntercomClient {
         body: Option<&Value>,
         endpoint: &'static str,
     ) -> Result<Value, ApiError> {
+        self.call_with(method, path, body, endpoint, true).await
+    }
+
+    /// [`Self::call`]; with `wait_on_429` false a `429` is an error at once
+    /// (when it means "one job at a time", waiting would not help).
+    async fn call_with(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        endpoint: &'static str,
+        wait_on_429: bool,
+    ) -> Result<Value, ApiError> {
         let mut attempt = 0;
         loop {
             let limiter = self
@@ -172,6 +185,9 @@ impl IntercomClient {
             let status = resp.status();
             self.count(endpoint, status.as_u16());
             self.note_limit(resp.headers());
+            if status == StatusCode::TOO_MANY_REQUESTS && !wait_on_429 {
+                return Err(api_error(status, resp.text().await.unwrap_or_default()));
+            }
             if status == StatusCode::TOO_MANY_REQUESTS {
                 if attempt >= self.max_retries {
                     return Err(ApiError::RateLimited);
@@ -272,6 +288,73 @@ impl IntercomClient {
         );
         let page = self.call(Method::GET, &path, None, "data_attributes.list").await?;
         Ok(page.get("data").and_then(Value::as_array).cloned().unwrap_or_default())
+    }
+
+    /// Starts a content data export of the messages sent in `[after,
+    /// before]` (unix seconds, inclusive). A `429` here means another
+    /// export job is active: returned at once.
+    pub async fn create_content_export(&self, after: i64, before: i64) -> Result<Value, ApiError> {
+        let body = json!({"created_at_after": after, "created_at_before": before});
+        self.call_with(
+            Method::POST,
+            "/export/content/data",
+            Some(&body),
+            "export.create",
+            false,
+        )
+        .await
+    }
+
+    pub async fn content_export(&self, job: &str) -> Result<Value, ApiError> {
+        let path = format!("/export/content/data/{}", path_segment(job));
+        self.call(Method::GET, &path, None, "export.get").await
+    }
+
+    pub async fn cancel_content_export(&self, job: &str) -> Result<Value, ApiError> {
+        let path = format!("/export/cancel/{}", path_segment(job));
+        self.call(Method::POST, &path, None, "export.cancel").await
+    }
+
+    /// Streams a finished export (gzipped CSV) into `out`, telling
+    /// `progress` the bytes so far; returns the total.
+    pub async fn download_content_export(
+        &self,
+        job: &str,
+        out: &mut (dyn std::io::Write + Send),
+        progress: &mut (dyn FnMut(u64) + Send),
+    ) -> Result<u64, ApiError> {
+        use futures_util::StreamExt;
+        let url = format!("{}/download/content/data/{}", self.base, path_segment(job));
+        let resp = self
+            .http
+            .get(url)
+            .bearer_auth(self.token.expose())
+            .header("Intercom-Version", INTERCOM_API_VERSION)
+            .header("Accept", "application/octet-stream")
+            .timeout(Duration::from_secs(3600))
+            .send()
+            .await
+            .map_err(|e| ApiError::Network(e.without_url().to_string()))?;
+        let status = resp.status();
+        self.count("export.download", status.as_u16());
+        if status == StatusCode::NOT_FOUND {
+            return Err(ApiError::NotFound);
+        }
+        if !status.is_success() {
+            return Err(api_error(status, resp.text().await.unwrap_or_default()));
+        }
+        let mut stream = resp.bytes_stream();
+        let mut n = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| ApiError::Network(e.without_url().to_string()))?;
+            out.write_all(&chunk)
+                .map_err(|e| ApiError::Network(format!("writing the export: {e}")))?;
+            n += chunk.len() as u64;
+            progress(n);
+        }
+        out.flush()
+            .map_err(|e| ApiError::Network(format!("writing the export: {e}")))?;
+        Ok(n)
     }
 
     pub async fn get_contact(&self, id: &str) -> Result<Value, ApiError> {

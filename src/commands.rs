@@ -59,6 +59,7 @@ pub async fn run(cli: Cli, settings: Settings) -> CmdResult {
             Ok(())
         }
         Command::Simulate(args) => simulate(&settings, args, json_out).await,
+        Command::ExportMessages(args) => export_messages(&settings, args, json_out).await,
         Command::Discover { include_archived } => {
             let found = ops::workspace::discover(&settings, include_archived).await?;
             print_doc(&found, json_out, render_discovery);
@@ -259,6 +260,96 @@ async fn export(settings: &Settings, args: crate::cli::ExportArgs) -> CmdResult 
         None => println!("{text}"),
     }
     Ok(())
+}
+
+async fn export_messages(settings: &Settings, args: crate::cli::ExportMessagesArgs, json_out: bool) -> CmdResult {
+    use ops::workspace::{ExportProgress, MessageExportRequest, RecordMessageExport};
+    let now = crate::timefmt::now_ms();
+    let bound = |v: &Option<String>, default: i64| -> Result<i64, Failure> {
+        match v {
+            None => Ok(default),
+            Some(s) => crate::timefmt::parse_time_bound(s, now)
+                .map(|ms| ms / 1000)
+                .map_err(|e| Failure::new(2, e)),
+        }
+    };
+    let (since, until) = (bound(&args.since, 0)?, bound(&args.until, now / 1000)?);
+    let poll = crate::timefmt::parse_duration(&args.poll_interval).map_err(|e| Failure::new(2, e))?;
+    // The audit log must be reachable before Intercom is asked for anything
+    // (through a running server: try it once).
+    let audit = target(settings)?;
+    if let Target::Remote(_) = &audit {
+        audit.run(Stats).await?;
+    }
+    let record = |job: &str, status: &str, bytes: u64| RecordMessageExport {
+        job: job.to_string(),
+        since: args.since.as_ref().map(|_| since),
+        until: args.since.as_ref().map(|_| until),
+        status: status.to_string(),
+        bytes,
+    };
+    if args.cancel {
+        let job = args.job.clone().unwrap_or_default();
+        let done = ops::workspace::cancel_message_export(settings, &job).await?;
+        audit.run(record(&job, &done.status, 0)).await?;
+        print_doc(&done, json_out, |d| {
+            format!("export job {} {}", s(&d["job"]), s(&d["status"]))
+        });
+        return Ok(());
+    }
+    let out = args.out.clone().unwrap_or_default();
+    let cannot = |e: std::io::Error| Failure::new(1, format!("cannot write {}: {e}", out.display()));
+    let (file, dest) = crate::fsutil::create_out(&out, args.force).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => Failure::new(2, format!("--out {}: {e}", out.display())),
+        _ => cannot(e),
+    })?;
+    let req = MessageExportRequest {
+        since,
+        until,
+        job: args.job.clone(),
+        poll,
+    };
+    let bar = std::io::stderr()
+        .is_terminal()
+        .then(indicatif::ProgressBar::new_spinner);
+    let mut shown = |p: ExportProgress<'_>| match p {
+        // Always said, so an interrupted export can be resumed.
+        ExportProgress::Started(job) => eprintln!("export job {job}: resume with --job {job} if interrupted"),
+        ExportProgress::Waiting(status, polls) => {
+            if let Some(b) = &bar {
+                b.set_message(format!("Intercom is preparing the export ({status}, {polls} polls)"));
+                b.tick();
+            }
+        }
+        ExportProgress::Downloaded(n) => {
+            if let Some(b) = &bar {
+                b.set_message(format!("downloaded {n} bytes"));
+                b.tick();
+            }
+        }
+    };
+    let mut w = std::io::BufWriter::new(file);
+    let done = ops::workspace::export_messages(settings, &req, &mut w, &mut shown).await?;
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    let file = w.into_inner().map_err(|e| cannot(e.into_error()))?;
+    dest.finish(file).map_err(cannot)?;
+    audit.run(record(&done.job, &done.status, done.bytes)).await?;
+    let mut doc = serde_json::to_value(&done).unwrap_or_default();
+    doc["out"] = json!(out.display().to_string());
+    print_doc(&doc, json_out, |d| {
+        format!(
+            "{} bytes of message data (gzipped CSV) written to {}",
+            d["bytes"],
+            s(&d["out"])
+        )
+    });
+    Ok(())
+}
+
+fn s(v: &serde_json::Value) -> String {
+    v.as_str().map_or_else(|| v.to_string(), str::to_string)
 }
 
 async fn backup(settings: &Settings, out: &std::path::Path, force: bool, json_out: bool) -> CmdResult {

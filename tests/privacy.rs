@@ -24,6 +24,10 @@ struct Fake {
     calls: Mutex<HashMap<String, u32>>,
     deleted: Mutex<Vec<String>>,
     bad_headers: Mutex<u32>,
+    /// Content export jobs: id → (polls so far, polls until done, outcome).
+    exports: Mutex<HashMap<String, (u32, u32, &'static str)>>,
+    /// The last export request's body.
+    export_asked: Mutex<Value>,
 }
 
 impl Fake {
@@ -215,6 +219,90 @@ async fn data_attributes(
     Json(json!({"type":"list","data":data})).into_response()
 }
 
+/// The gzipped CSV the stand-in serves (gzip magic, then bytes).
+const EXPORT_BYTES: &[u8] = b"\x1f\x8b\x08\x00fake gzipped csv: message_id,user_id,received_at\n";
+
+fn export_state(job: &str, status: &str) -> Value {
+    let done = status == "completed";
+    json!({"job_identifier": job, "status": status,
+        "download_url": if done { format!("https://api.intercom.io/download/content/data/{job}") } else { String::new() },
+        "download_expires_at": if done { "1767312000" } else { "" }})
+}
+
+/// `POST /export/content/data`: one active job at a time (`429` as
+/// Intercom words it); `created_at_after` 1 makes a job that fails.
+async fn create_export(State(f): State<Arc<Fake>>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
+    f.hit("export.create", &headers);
+    *f.export_asked.lock().unwrap() = body.clone();
+    let mut jobs = f.exports.lock().unwrap();
+    if jobs
+        .values()
+        .any(|(polls, until, outcome)| polls < until && *outcome != "canceled")
+    {
+        return error_list(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_exceeded",
+            "Exceeded rate limit of 1 pending message data export jobs",
+        );
+    }
+    let (job, outcome) = if body["created_at_after"] == 1 {
+        ("jobfail".to_string(), "failed")
+    } else {
+        (format!("job{}", jobs.len() + 1), "completed")
+    };
+    jobs.insert(job.clone(), (0, 3, outcome));
+    Json(export_state(&job, "pending")).into_response()
+}
+
+/// `GET /export/content/data/{job}`: pending, in progress, then its outcome.
+async fn get_export(State(f): State<Arc<Fake>>, headers: HeaderMap, Path(job): Path<String>) -> Response {
+    f.hit("export.get", &headers);
+    let mut jobs = f.exports.lock().unwrap();
+    let Some((polls, until, outcome)) = jobs.get_mut(&job) else {
+        return error_list(StatusCode::NOT_FOUND, "not_found", "Job not found");
+    };
+    *polls += 1;
+    let status = if *outcome == "canceled" {
+        "canceled"
+    } else if *polls < *until {
+        if *polls == 1 {
+            "pending"
+        } else {
+            "in_progress"
+        }
+    } else {
+        outcome
+    };
+    Json(export_state(&job, status)).into_response()
+}
+
+async fn cancel_export(State(f): State<Arc<Fake>>, headers: HeaderMap, Path(job): Path<String>) -> Response {
+    f.hit("export.cancel", &headers);
+    match f.exports.lock().unwrap().get_mut(&job) {
+        Some(j) => {
+            j.2 = "canceled";
+            Json(export_state(&job, "canceled")).into_response()
+        }
+        None => error_list(StatusCode::NOT_FOUND, "not_found", "Job not found"),
+    }
+}
+
+/// `GET /download/content/data/{job}`: needs `Accept: application/octet-stream`.
+async fn download_export(State(f): State<Arc<Fake>>, headers: HeaderMap, Path(job): Path<String>) -> Response {
+    f.hit("export.download", &headers);
+    if headers.get("accept").and_then(|v| v.to_str().ok()) != Some("application/octet-stream") {
+        return error_list(
+            StatusCode::NOT_ACCEPTABLE,
+            "not_acceptable",
+            "Accept: application/octet-stream",
+        );
+    }
+    match f.exports.lock().unwrap().get(&job) {
+        Some((polls, until, "completed")) if polls >= until => EXPORT_BYTES.into_response(),
+        _ => error_list(StatusCode::NOT_FOUND, "not_found", "Export not ready"),
+    }
+}
+
 async fn spawn_fake() -> (String, Arc<Fake>) {
     let fake = Arc::new(Fake::default());
     let app = Router::new()
@@ -224,6 +312,10 @@ async fn spawn_fake() -> (String, Arc<Fake>) {
         .route("/conversations/search", post(search_conversations))
         .route("/conversations/{id}", get(get_conversation))
         .route("/data_attributes", get(data_attributes))
+        .route("/export/content/data", post(create_export))
+        .route("/export/content/data/{job}", get(get_export))
+        .route("/export/cancel/{job}", post(cancel_export))
+        .route("/download/content/data/{job}", get(download_export))
         .with_state(fake.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -782,4 +874,112 @@ fn discover_suggests_an_allow_list_without_personal_attributes() {
         "{out}"
     );
     assert!(!dir.path().join("data").exists(), "no data dir was made");
+}
+
+/// `export-messages` against the stand-in, through the binary: a job that
+/// takes several polls is downloaded (gzipped CSV, mode 0600) and audited;
+/// one that fails exits 1 naming it and leaves no file; a second job while
+/// one is active is refused at once; a job can be resumed and cancelled.
+#[test]
+fn export_messages_polls_downloads_audits_and_cancels() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (base, fake) = rt.block_on(spawn_fake());
+    let dir = tempfile::tempdir().unwrap();
+    let mut bin = Binary::new(dir.path());
+    bin.env.push(("INTERCOM_API_BASE_URL".into(), base));
+    stored_then_stopped(&bin, "notif_em");
+    let out = dir.path().join("messages.csv.gz");
+    let out_s = out.to_str().unwrap();
+    let range = ["--since", "2026-11-01T00:00:00Z", "--until", "2026-11-30T23:59:59Z"];
+    let mut args = vec!["export-messages", "--out", out_s, "--poll-interval", "20ms"];
+    args.extend(range);
+
+    let (code, _, err) = bin.run(&args);
+    assert_eq!(code, 2, "no token: {err}");
+    assert!(err.contains("INTERCOM_ACCESS_TOKEN"), "{err}");
+    bin.env.push(("INTERCOM_ACCESS_TOKEN".into(), "fake-token".into()));
+
+    let mut json_args = vec!["--json"];
+    json_args.extend(args.iter().copied());
+    let (code, stdout, err) = bin.run(&json_args);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("--job job1"), "the job id is said, for resuming: {err}");
+    let done: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(done["status"], "completed");
+    assert_eq!(done["polls"], 3, "pending, in progress, completed: {done}");
+    assert_eq!(std::fs::read(&out).unwrap(), EXPORT_BYTES);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    let asked = fake.export_asked.lock().unwrap().clone();
+    assert_eq!(
+        asked,
+        json!({"created_at_after": 1793491200, "created_at_before": 1796083199})
+    );
+    assert_eq!(*fake.bad_headers.lock().unwrap(), 0);
+
+    // Resumed by id (here: downloaded again), into a new file.
+    let again = dir.path().join("again.csv.gz");
+    let (code, _, err) = bin.run(&["export-messages", "--job", "job1", "--out", again.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(std::fs::read(&again).unwrap(), EXPORT_BYTES);
+
+    // A job that fails: exit 1 naming it, no partial file.
+    let failed = dir.path().join("failed.csv.gz");
+    let (code, _, err) = bin.run(&[
+        "export-messages",
+        "--since",
+        "1970-01-01T00:00:01Z",
+        "--out",
+        failed.to_str().unwrap(),
+        "--poll-interval",
+        "20ms",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("jobfail") && err.contains("failed"), "{err}");
+    assert!(!failed.exists());
+    assert!(std::fs::read_dir(dir.path()).unwrap().all(|e| !e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .ends_with(".partial")));
+
+    // One job at a time: while one is active a second is refused at once.
+    fake.exports
+        .lock()
+        .unwrap()
+        .insert("busy".into(), (0, 1000, "completed"));
+    let started = std::time::Instant::now();
+    let (code, _, err) = bin.run(&[
+        "export-messages",
+        "--since",
+        "30d",
+        "--out",
+        dir.path().join("b").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("one export job at a time"), "{err}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "not retried for minutes"
+    );
+    let (code, _, err) = bin.run(&["export-messages", "--cancel", "--job", "busy"]);
+    assert_eq!(code, 0, "{err}");
+
+    // Every export and the cancellation are in the audit log, with no data.
+    let (code, list, _) = bin.run(&["audit", "list", "--json"]);
+    assert_eq!(code, 0);
+    let entries: Value = serde_json::from_str(&list).unwrap();
+    let exports: Vec<&Value> = entries["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "export_messages")
+        .collect();
+    assert_eq!(exports.len(), 3, "{entries}");
+    assert_eq!(exports[0]["details"]["job"], "job1");
+    assert_eq!(exports[0]["details"]["bytes"], EXPORT_BYTES.len());
+    assert_eq!(exports[2]["details"]["status"], "canceled");
 }

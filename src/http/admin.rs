@@ -38,6 +38,7 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/backup", get(backup))
         .route("/admin/audit", get(audit_list))
         .route("/admin/audit/verify", get(audit_verify))
+        .route("/admin/audit/message-export", post(record_message_export))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
     Router::new()
         .route("/metrics", get(metrics))
@@ -260,6 +261,13 @@ async fn audit_verify(
         },
     )
     .await
+}
+
+async fn record_message_export(
+    State(app): State<AppState>,
+    Json(req): Json<ops::workspace::RecordMessageExport>,
+) -> Result<Json<ops::workspace::Recorded>, AdminError> {
+    run(&app, req).await
 }
 
 async fn erase(
