@@ -59,6 +59,9 @@ pub async fn run(settings: Settings, listeners: Listeners, shutdown: Cancellatio
         shutdown.clone(),
     ));
     let audit_check = tokio::spawn(check_audit_loop(store.clone(), metrics.clone(), shutdown.clone()));
+    let reconciler = settings
+        .reconcile_interval
+        .map(|every| tokio::spawn(reconcile_loop(state.ops.clone(), every, shutdown.clone())));
     let limiter_gc = {
         let (limiter, shutdown) = (state.bad_signatures.clone(), shutdown.clone());
         tokio::spawn(async move {
@@ -101,6 +104,9 @@ pub async fn run(settings: Settings, listeners: Listeners, shutdown: Cancellatio
     let _ = shredder.await;
     let _ = limiter_gc.await;
     let _ = audit_check.await;
+    if let Some(r) = reconciler {
+        let _ = r.await;
+    }
     workers_stop.cancel();
     worker::mark_running(&state.workers_running, false);
     tokio::task::spawn_blocking(move || {
@@ -197,6 +203,27 @@ async fn check_audit_loop(store: crate::store::Store, metrics: Arc<Metrics>, shu
         tokio::select! {
             _ = tokio::time::sleep(AUDIT_CHECK_EVERY) => {}
             _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// `[reconcile] interval`: a reconciliation every `every` until shutdown
+/// (the first one `every` after start).
+async fn reconcile_loop(ops: crate::ops::Local, every: Duration, shutdown: CancellationToken) {
+    use crate::ops::Action;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        match crate::ops::workspace::Reconcile::default().run(ops.clone()).await {
+            Ok(r) => tracing::info!(
+                stored = r.stored,
+                contacts_deleted = r.contacts_deleted,
+                conversations_deleted = r.conversations_deleted,
+                "Scheduled reconciliation done."
+            ),
+            Err(e) => tracing::warn!(error = %e, "Scheduled reconciliation failed; will try again next interval."),
         }
     }
 }

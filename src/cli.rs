@@ -134,6 +134,17 @@ pub enum Command {
     /// Intercom's content data export: delivery and engagement data of
     /// outbound messages sent in a date range, as gzipped CSV.
     ExportMessages(ExportMessagesArgs),
+    /// Fetch from Intercom what its webhooks did not deliver (contacts and
+    /// conversations changed since the last run, deletions) and process it.
+    Reconcile {
+        /// Start from here instead of the stored watermark (RFC 3339 time or
+        /// a duration ago such as 7d).
+        #[arg(long)]
+        since: Option<String>,
+        /// Count what would be stored, store nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Configuration.
     #[command(subcommand)]
     Config(ConfigCommand),

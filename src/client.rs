@@ -40,6 +40,13 @@ pub enum ApiError {
     NoToken,
 }
 
+/// What [`IntercomClient::changed_since`] searches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Changed {
+    Contacts,
+    Conversations,
+}
+
 pub struct IntercomClient {
     http: reqwest::Client,
     base: String,
@@ -248,6 +255,43 @@ impl IntercomClient {
         let query = json!({"field": "contact_ids", "operator": "=", "value": contact_id});
         self.search("/conversations/search", query, "conversations", "conversations.search")
             .await
+    }
+
+    /// One page of a search for what changed after `after` (unix seconds),
+    /// oldest first: contacts (`/contacts/search`, list `data`) or
+    /// conversations (`/conversations/search`, list `conversations`).
+    /// Returns the items and the cursor of the next page.
+    pub async fn changed_since(
+        &self,
+        what: Changed,
+        after: i64,
+        cursor: Option<&str>,
+    ) -> Result<(Vec<Value>, Option<String>), ApiError> {
+        let (path, list_key, endpoint) = match what {
+            Changed::Contacts => ("/contacts/search", "data", "contacts.search"),
+            Changed::Conversations => ("/conversations/search", "conversations", "conversations.search"),
+        };
+        let mut pagination = json!({"per_page": 150});
+        if let Some(c) = cursor {
+            pagination["starting_after"] = json!(c);
+        }
+        let body = json!({
+            "query": {"field": "updated_at", "operator": ">", "value": after},
+            "sort": {"field": "updated_at", "order": "ascending"},
+            "pagination": pagination,
+        });
+        let page = self.call(Method::POST, path, Some(&body), endpoint).await?;
+        let items = page
+            .get(list_key)
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let next = page
+            .pointer("/pages/next/starting_after")
+            .and_then(Value::as_str)
+            .filter(|n| Some(*n) != cursor)
+            .map(str::to_string);
+        Ok((items, next))
     }
 
     async fn search(

@@ -60,6 +60,40 @@ pub async fn run(cli: Cli, settings: Settings) -> CmdResult {
         }
         Command::Simulate(args) => simulate(&settings, args, json_out).await,
         Command::ExportMessages(args) => export_messages(&settings, args, json_out).await,
+        Command::Reconcile { since, dry_run } => {
+            let mut target = target(&settings)?;
+            let bar = Arc::new(std::sync::OnceLock::<Option<indicatif::ProgressBar>>::new());
+            if let Target::Local(local) = &mut target {
+                let b = bar.clone();
+                local.progress = Some(Arc::new(move |done, _| {
+                    if let Some(bar) = b.get_or_init(|| {
+                        std::io::stderr()
+                            .is_terminal()
+                            .then(indicatif::ProgressBar::new_spinner)
+                    }) {
+                        bar.set_message(format!("{done} items looked at"));
+                        bar.tick();
+                    }
+                }));
+            }
+            let report = target.run(ops::workspace::Reconcile { since, dry_run }).await?;
+            if let Some(Some(b)) = bar.get() {
+                b.finish_and_clear();
+            }
+            print_doc(&report, json_out, |d| {
+                format!(
+                    "{}contacts changed {}, conversations changed {}, contacts deleted {}, conversations deleted {}; stored {}, already seen {}",
+                    if d["dry_run"] == true { "(dry run) " } else { "" },
+                    d["contacts_changed"],
+                    d["conversations_changed"],
+                    d["contacts_deleted"],
+                    d["conversations_deleted"],
+                    d["stored"],
+                    d["duplicates"]
+                )
+            });
+            Ok(())
+        }
         Command::Discover { include_archived } => {
             let found = ops::workspace::discover(&settings, include_archived).await?;
             print_doc(&found, json_out, render_discovery);

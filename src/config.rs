@@ -50,6 +50,9 @@ pub struct Settings {
     pub worker: WorkerSettings,
     pub store: StoreSettings,
     pub admin: AdminSettings,
+    /// How often a running server reconciles with Intercom's API (`None`:
+    /// never; `[reconcile] interval`, off by default).
+    pub reconcile_interval: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -172,6 +175,8 @@ struct FileConfig {
     #[serde(default)]
     purge: FilePurge,
     #[serde(default)]
+    reconcile: FileReconcile,
+    #[serde(default)]
     cache: FileCache,
     #[serde(default)]
     worker: FileWorker,
@@ -215,6 +220,12 @@ struct FileRetention {
     tombstones: Option<String>,
     markers: Option<String>,
     audit: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileReconcile {
+    interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -486,6 +497,20 @@ impl Settings {
             ));
         }
 
+        let reconcile_interval = match &file.reconcile.interval {
+            None => None,
+            Some(text) => {
+                let d =
+                    parse_duration(text).map_err(|e| ConfigError(format!("{cfg_name}: reconcile.interval: {e}")))?;
+                if d < Duration::from_secs(60) {
+                    return err(format!(
+                        "{cfg_name}: reconcile.interval must be at least 1m (each run reads Intercom's API within its rate limit)"
+                    ));
+                }
+                Some(d)
+            }
+        };
+
         Ok(Settings {
             data_dir: cli
                 .data_dir
@@ -520,6 +545,7 @@ impl Settings {
             admin: AdminSettings {
                 failed_auth_per_minute: file.admin.failed_auth_per_minute.unwrap_or(10).max(1),
             },
+            reconcile_interval,
         })
     }
 
@@ -563,6 +589,7 @@ impl Settings {
             "worker": self.worker,
             "store": self.store,
             "admin": self.admin,
+            "reconcile": { "interval": self.reconcile_interval.map(|d| humantime::format_duration(d).to_string()) },
         })
     }
 }

@@ -55,6 +55,7 @@ pub mod netaddr;
 pub mod ops;
 pub mod privacy;
 pub mod purge;
+pub mod reconcile;
 pub mod redact;
 pub mod render;
 pub mod rotation;

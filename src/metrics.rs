@@ -54,6 +54,8 @@ pub struct Metrics {
     pub intake_in_flight: Gauge,
     pub failed_events: Gauge,
     pub replays: Counter,
+    /// Notifications a reconciliation stored (changes webhooks missed).
+    pub reconciled: Counter,
     pub purged: Family<ClassLabel, Counter>,
     pub purge_runs: Counter,
     pub purge_last_run: Gauge,
@@ -153,6 +155,7 @@ impl Metrics {
             intake_in_flight: Gauge::default(),
             failed_events: Gauge::default(),
             replays: Counter::default(),
+            reconciled: Counter::default(),
             purged: Family::default(),
             purge_runs: Counter::default(),
             purge_last_run: Gauge::default(),
@@ -257,6 +260,11 @@ impl Metrics {
                 m.failed_events.clone(),
             );
             r.register("replays", "Events replayed", m.replays.clone());
+            r.register(
+                "reconciled",
+                "Notifications stored by reconciliation: changes the webhooks missed",
+                m.reconciled.clone(),
+            );
             r.register("purged", "Items removed by retention, by data class", m.purged.clone());
             r.register("purge_runs", "Purge runs", m.purge_runs.clone());
             r.register(

@@ -983,3 +983,277 @@ fn export_messages_polls_downloads_audits_and_cancels() {
     assert_eq!(exports[0]["details"]["bytes"], EXPORT_BYTES.len());
     assert_eq!(exports[2]["details"]["status"], "canceled");
 }
+
+/// Intercom's side of a reconciliation: its contacts and conversations now,
+/// searched by `updated_at` two to a page (oldest first, as asked), single
+/// ones by id (`404` once deleted); a `429` or a `400` can be set for one
+/// page. Every search is logged as (path, after, cursor).
+#[derive(Default)]
+struct Workspace {
+    contacts: Mutex<Vec<Value>>,
+    conversations: Mutex<Vec<Value>>,
+    searches: Mutex<Vec<(String, i64, Option<String>)>>,
+    rate_limit_once_at: Mutex<Option<String>>,
+    fail_at: Mutex<Option<String>>,
+    bad_headers: Mutex<u32>,
+}
+
+async fn workspace_search(
+    State(w): State<Arc<Workspace>>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+    Json(body): Json<Value>,
+) -> Response {
+    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some("Bearer fake-token") {
+        *w.bad_headers.lock().unwrap() += 1;
+    }
+    assert_eq!(body["query"]["field"], "updated_at");
+    assert_eq!(body["query"]["operator"], ">");
+    assert_eq!(body["sort"], json!({"field":"updated_at","order":"ascending"}));
+    let after = body["query"]["value"].as_i64().unwrap();
+    let cursor = body["pagination"]["starting_after"].as_str().map(str::to_string);
+    w.searches
+        .lock()
+        .unwrap()
+        .push((uri.path().to_string(), after, cursor.clone()));
+    if cursor.is_some() && *w.rate_limit_once_at.lock().unwrap() == cursor {
+        *w.rate_limit_once_at.lock().unwrap() = None;
+        let mut r = error_list(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_exceeded",
+            "Exceeded rate limit",
+        );
+        let reset = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 1;
+        r.headers_mut()
+            .insert("x-ratelimit-reset", reset.to_string().parse().unwrap());
+        return r;
+    }
+    if cursor.is_some() && *w.fail_at.lock().unwrap() == cursor {
+        return error_list(StatusCode::BAD_REQUEST, "parameter_invalid", "starting_after");
+    }
+    let (all, key) = if uri.path().starts_with("/contacts") {
+        (w.contacts.lock().unwrap().clone(), "data")
+    } else {
+        (w.conversations.lock().unwrap().clone(), "conversations")
+    };
+    let mut hits: Vec<Value> = all
+        .into_iter()
+        .filter(|v| v["updated_at"].as_i64().unwrap() > after)
+        .collect();
+    hits.sort_by_key(|v| v["updated_at"].as_i64().unwrap());
+    let from: usize = cursor.as_deref().map_or(0, |c| c.parse().unwrap());
+    let page: Vec<Value> = hits.iter().skip(from).take(2).cloned().collect();
+    let next = (from + 2 < hits.len()).then(|| json!({"page": from / 2 + 2, "starting_after": (from + 2).to_string()}));
+    let list_type = if key == "data" { "list" } else { "conversation.list" };
+    Json(json!({"type": list_type, key: page, "total_count": hits.len(),
+        "pages": {"type": "pages", "page": from / 2 + 1, "per_page": 2, "next": next}}))
+    .into_response()
+}
+
+async fn workspace_get(State(w): State<Arc<Workspace>>, uri: axum::http::Uri, Path(id): Path<String>) -> Response {
+    let all = if uri.path().starts_with("/contacts") {
+        w.contacts.lock().unwrap().clone()
+    } else {
+        w.conversations.lock().unwrap().clone()
+    };
+    match all.into_iter().find(|v| v["id"] == id) {
+        Some(v) => Json(v).into_response(),
+        None => error_list(StatusCode::NOT_FOUND, "not_found", "Resource Not Found"),
+    }
+}
+
+async fn spawn_workspace() -> (String, Arc<Workspace>) {
+    let w = Arc::new(Workspace::default());
+    let app = Router::new()
+        .route("/contacts/search", post(workspace_search))
+        .route("/conversations/search", post(workspace_search))
+        .route("/contacts/{id}", get(workspace_get))
+        .route("/conversations/{id}", get(workspace_get))
+        .with_state(w.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}"), w)
+}
+
+fn person(id: &str, name: &str, updated_at: i64) -> Value {
+    json!({"type":"contact","id":id,"role":"user","email":format!("{id}@example.org"),"name":name,"created_at":900,"updated_at":updated_at})
+}
+
+fn talk(id: &str, state: &str, updated_at: i64, contact: &str) -> Value {
+    json!({"type":"conversation","id":id,"state":state,"open":state == "open","created_at":900,"updated_at":updated_at,
+        "contacts":{"type":"contact.list","contacts":[{"type":"contact","id":contact}]}})
+}
+
+/// A gap of missed webhooks (a contact updated, one deleted, a conversation
+/// closed, one deleted, contacts created) is healed by one reconciliation
+/// through the same handlers; a second run stores nothing; a `429` in the
+/// middle of a sweep is waited out without starting over; a run stopped by
+/// an error resumes from the last page it stored; a dry run stores nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_heals_missed_webhooks_and_resumes() {
+    let (base, w) = spawn_workspace().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = format!("[intercom]\napi_base_url = \"{base}\"\n");
+    let app = spawn_app_with(dir.path(), &cfg, privacy_env()).await;
+    let (a, b) = ("65f0c0ffee0000000000a00a", "65f0c0ffee0000000000b00b");
+    for (n, item) in [person(a, "Ann", 1000), person(b, "Bob", 1000)].into_iter().enumerate() {
+        let body = notification(&format!("notif_p{n}"), "contact.user.created", item, 1000);
+        assert_eq!(app.post_signed(&body).await.status(), 200);
+    }
+    for (n, item) in [talk("9001", "open", 1000, a), talk("9002", "open", 1000, b)]
+        .into_iter()
+        .enumerate()
+    {
+        let body = notification(&format!("notif_t{n}"), "conversation.user.created", item, 1000);
+        assert_eq!(app.post_signed(&body).await.status(), 200);
+    }
+    app.wait_idle().await;
+    assert_eq!(app.admin_get(&format!("/admin/contacts/{b}")).await.status(), 200);
+
+    // Meanwhile in Intercom, with no webhook delivered: Ann updated, Bob
+    // deleted, two people added, 9001 closed, 9002 deleted.
+    *w.contacts.lock().unwrap() = vec![
+        person(a, "Ann Again", 2000),
+        person("65f0c0ffee0000000000c00c", "Cy", 2100),
+        person("65f0c0ffee0000000000d00d", "Di", 2200),
+    ];
+    *w.conversations.lock().unwrap() = vec![talk("9001", "closed", 2000, a)];
+    // The second page of contacts is rate limited once.
+    *w.rate_limit_once_at.lock().unwrap() = Some("2".into());
+
+    let r = app
+        .admin_post("/admin/reconcile", json!({"since": "1970-01-01T00:16:40Z"}))
+        .await;
+    assert_eq!(r.status(), 200);
+    let report: Value = r.json().await.unwrap();
+    assert_eq!(report["contacts_changed"], 3, "{report}");
+    assert_eq!(report["conversations_changed"], 1, "{report}");
+    assert_eq!(report["contacts_deleted"], 1, "{report}");
+    assert_eq!(report["conversations_deleted"], 1, "{report}");
+    assert_eq!(report["stored"], 6, "{report}");
+    let searches = w.searches.lock().unwrap().clone();
+    let contact_pages: Vec<_> = searches.iter().filter(|s| s.0 == "/contacts/search").collect();
+    assert_eq!(
+        contact_pages.len(),
+        3,
+        "page 1 once, page 2 twice (429 waited out): {searches:?}"
+    );
+    assert_eq!(contact_pages[0].2, None);
+    assert!(contact_pages[1..].iter().all(|s| s.2.as_deref() == Some("2")));
+    assert_eq!(contact_pages[0].1, 999, "since 1000, inclusive");
+
+    app.wait_idle().await;
+    assert_eq!(app.admin_json("/admin/conversations/9001").await["state"], "closed");
+    assert_eq!(
+        app.admin_get(&format!("/admin/contacts/{b}")).await.status(),
+        404,
+        "Bob deleted"
+    );
+    assert_eq!(
+        app.admin_get("/admin/events/notif_p1").await.status(),
+        404,
+        "and erased"
+    );
+    assert_eq!(app.admin_get("/admin/conversations/9002").await.status(), 404);
+    assert_eq!(
+        app.admin_get("/admin/contacts/65f0c0ffee0000000000d00d").await.status(),
+        200
+    );
+
+    // Again: nothing new (the last second is looked at again: duplicates).
+    let again: Value = app
+        .admin_post("/admin/reconcile", json!({}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again["stored"], 0, "{again}");
+    assert_eq!(again["contacts_deleted"], 0, "{again}");
+    assert_eq!(again["contacts_since"], 2200, "from the watermark: {again}");
+
+    // A run stopped by an error on its second page resumes after its first.
+    w.contacts.lock().unwrap().extend([
+        person("65f0c0ffee0000000000e00e", "Ed", 3000),
+        person("65f0c0ffee0000000000f00f", "Flo", 3100),
+        person("65f0c0ffee0000000000a0a0", "Gus", 3200),
+    ]);
+    *w.fail_at.lock().unwrap() = Some("2".into());
+    let r = app.admin_post("/admin/reconcile", json!({})).await;
+    assert_eq!(r.status(), 502, "{}", r.text().await.unwrap());
+    *w.fail_at.lock().unwrap() = None;
+    w.searches.lock().unwrap().clear();
+    let resumed: Value = app
+        .admin_post("/admin/reconcile", json!({}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let first = w.searches.lock().unwrap()[0].clone();
+    // The failed run stored its first page (Di 2200, Ed 3000): it starts
+    // again from 3000, not from 2200.
+    assert_eq!(first.1, 2999, "resumed after the stored page: {first:?}");
+    assert_eq!(resumed["stored"], 2, "Flo and Gus are new: {resumed}");
+
+    // A dry run counts and stores nothing, and moves no watermark.
+    let dry: Value = app
+        .admin_post(
+            "/admin/reconcile",
+            json!({"since": "1970-01-01T00:00:00Z", "dry_run": true}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(dry["stored"], 0);
+    assert!(dry["contacts_changed"].as_u64().unwrap() >= 6, "{dry}");
+    let after: Value = app
+        .admin_post("/admin/reconcile", json!({}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(after["contacts_since"], 3200, "{after}");
+
+    let audit = app.admin_json("/admin/audit").await;
+    let runs = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "reconcile")
+        .count();
+    assert_eq!(runs, 4, "every real run audited, the dry run not: {audit}");
+    assert_eq!(*w.bad_headers.lock().unwrap(), 0);
+    app.stop().await;
+}
+
+/// On a stopped store the CLI reconciles itself and runs the handlers
+/// there and then, as `replay` does.
+#[test]
+fn cli_reconcile_on_a_stopped_store_processes_what_it_stores() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (base, w) = rt.block_on(spawn_workspace());
+    let dir = tempfile::tempdir().unwrap();
+    let mut bin = Binary::new(dir.path());
+    bin.env.push(("INTERCOM_API_BASE_URL".into(), base));
+    stored_then_stopped(&bin, "notif_cli_rec");
+    let (code, _, err) = bin.run(&["reconcile"]);
+    assert_eq!(code, 2, "no token: {err}");
+    bin.env.push(("INTERCOM_ACCESS_TOKEN".into(), "fake-token".into()));
+    let mut updated = contact_json(C1);
+    updated["updated_at"] = json!(1767229999);
+    *w.contacts.lock().unwrap() = vec![updated];
+    let (code, out, err) = bin.run(&["reconcile", "--since", "2026-01-01T00:00:00Z", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["stored"], 1, "{report}");
+    assert_eq!(report["contacts_deleted"], 0, "{report}");
+    let (code, out, _) = bin.run(&["cache", "show", "contact", C1, "--json"]);
+    assert_eq!(code, 0);
+    let cached: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(cached["updated_at"], 1767229999, "processed here: {cached}");
+}

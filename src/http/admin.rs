@@ -39,6 +39,7 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/audit", get(audit_list))
         .route("/admin/audit/verify", get(audit_verify))
         .route("/admin/audit/message-export", post(record_message_export))
+        .route("/admin/reconcile", post(reconcile))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
     Router::new()
         .route("/metrics", get(metrics))
@@ -261,6 +262,13 @@ async fn audit_verify(
         },
     )
     .await
+}
+
+async fn reconcile(
+    State(app): State<AppState>,
+    body: Option<Json<ops::workspace::Reconcile>>,
+) -> Result<Json<crate::reconcile::Report>, AdminError> {
+    run(&app, body.map(|b| b.0).unwrap_or_default()).await
 }
 
 async fn record_message_export(

@@ -209,3 +209,81 @@ impl super::Action for RecordMessageExport {
         })
     }
 }
+
+/// `reconcile`, `POST /admin/reconcile`: what Intercom never delivered,
+/// fetched and fed through the handlers (see `reconcile`). `since` is an
+/// RFC 3339 time or a duration ago; without it each kind starts from its
+/// watermark, or `[retention] contacts` ago on a first run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Reconcile {
+    pub since: Option<String>,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+impl super::Action for Reconcile {
+    type Output = crate::reconcile::Report;
+
+    fn route(&self) -> super::Route {
+        super::Route::Post(
+            "/admin/reconcile".into(),
+            serde_json::to_value(self).unwrap_or_default(),
+        )
+    }
+
+    fn run(self, local: super::Local) -> BoxFuture<'static, Result<crate::reconcile::Report, OpsError>> {
+        Box::pin(async move {
+            let client = local.intercom.clone().ok_or_else(|| {
+                OpsError::BadRequest("INTERCOM_ACCESS_TOKEN is not set: reconcile asks Intercom's API".into())
+            })?;
+            let now = crate::timefmt::now_ms();
+            let since = match &self.since {
+                None => None,
+                Some(s) => Some(crate::timefmt::parse_time_bound(s, now).map_err(OpsError::BadRequest)? / 1000),
+            };
+            let default_since = (now - local.settings.retention.contacts.as_millis() as i64) / 1000;
+            let progress = local.progress.clone();
+            let told = move |n: u64| {
+                if let Some(p) = &progress {
+                    p(n, 0);
+                }
+            };
+            let report = crate::reconcile::run(&local.store, &client, since, default_since, self.dry_run, &told)
+                .await
+                .map_err(|e| match e {
+                    crate::reconcile::ReconcileError::Store(e) => OpsError::Store(e),
+                    e => OpsError::Upstream(e.to_string()),
+                })?;
+            if self.dry_run {
+                return Ok(report);
+            }
+            let keys = report.stored_keys.clone();
+            let details = serde_json::to_value(&report).unwrap_or_default();
+            let runtime = tokio::runtime::Handle::current();
+            local
+                .blocking(move |l| {
+                    if let Some(m) = &l.server {
+                        m.reconciled.inc_by(keys.len() as u64);
+                    } else {
+                        // No server runs: the handlers run here.
+                        let ctx = crate::worker::WorkerCtx {
+                            store: l.store.clone(),
+                            codec: l.codec.clone(),
+                            metrics: std::sync::Arc::new(crate::metrics::Metrics::new()),
+                            settings: l.settings.worker.clone(),
+                            runtime,
+                            intake_load: crate::intake_load::IntakeLoad::default(),
+                        };
+                        for key in &keys {
+                            crate::worker::process(&ctx, key)?;
+                        }
+                    }
+                    crate::audit::append(&l.store, "reconcile", details)?;
+                    tracing::info!(stored = keys.len(), "Reconciliation done.");
+                    Ok(())
+                })
+                .await?;
+            Ok(report)
+        })
+    }
+}

@@ -202,6 +202,10 @@ pub trait Backend: Send + Sync + 'static {
     fn state_flag(&self, name: &str) -> Result<bool, StoreError>;
     fn set_state_flag(&self, name: &str) -> Result<(), StoreError>;
     fn clear_state_flag(&self, name: &str) -> Result<(), StoreError>;
+    /// Small durable values of the layers above (a reconciliation's
+    /// watermark), made durable before `set_state_value` returns.
+    fn state_value(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    fn set_state_value(&self, name: &str, value: &[u8]) -> Result<(), StoreError>;
 
     // --- purge by time (contract 6) ---
     /// Expires the payloads of events received before `before_ms`, in

@@ -140,6 +140,16 @@ impl Embedded {
         self.flush_index()
     }
 
+    /// A value the layers above keep (`v:` + name in the `state` tree).
+    pub fn state_value(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.inner.trees.state.get(format!("v:{name}"))?.map(|v| v.to_vec()))
+    }
+
+    pub fn set_state_value(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.inner.trees.state.insert(format!("v:{name}"), value)?;
+        self.flush_index()
+    }
+
     /// Segments waiting to be rewritten without erased records.
     pub fn shred_queue_len(&self) -> usize {
         self.inner.trees.shred.len()
