@@ -1247,8 +1247,13 @@ fn cli_reconcile_on_a_stopped_store_processes_what_it_stores() {
     let mut updated = contact_json(C1);
     updated["updated_at"] = json!(1767229999);
     *w.contacts.lock().unwrap() = vec![updated];
+    bin.env.push(("RUST_LOG".into(), "trace".into()));
     let (code, out, err) = bin.run(&["reconcile", "--since", "2026-01-01T00:00:00Z", "--json"]);
     assert_eq!(code, 0, "{err}");
+    for personal in [EMAIL, "Zoë", "+15550100"] {
+        assert!(!err.contains(personal), "the log holds {personal:?}");
+    }
+    assert!(err.contains("Reconciliation done"), "the trace log was captured: {err}");
     let report: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["stored"], 1, "{report}");
     assert_eq!(report["contacts_deleted"], 0, "{report}");
