@@ -33,6 +33,8 @@ struct Args {
     bodies: usize,
     /// Print latency percentiles per window of this many seconds too.
     windows: Option<u64>,
+    /// Contacts are `c{contact_base + i % 3000}`.
+    contact_base: usize,
 }
 
 fn parse_args() -> Args {
@@ -46,6 +48,7 @@ fn parse_args() -> Args {
         bad_pct: 1.0,
         bodies: 400_000,
         windows: None,
+        contact_base: 0,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -61,6 +64,7 @@ fn parse_args() -> Args {
             "--bad-pct" => a.bad_pct = v.parse().expect("--bad-pct P"),
             "--bodies" => a.bodies = v.parse().expect("--bodies N"),
             "--windows" => a.windows = Some(v.parse().expect("--windows SECONDS")),
+            "--contact-base" => a.contact_base = v.parse().expect("--contact-base N"),
             other => panic!("unknown argument {other}"),
         }
         i += 2;
@@ -102,7 +106,7 @@ fn build(args: &Args, host: &str, path: &str) -> Vec<Prepared> {
                     "type": "conversation", "id": format!("{}", 215_470_000_000_000u64 + (i % 5000) as u64),
                     "created_at": now - 60, "updated_at": now, "state": "open", "open": true, "read": false,
                     "source": {"type": "conversation", "delivered_as": "customer_initiated", "body": format!("<p>{pad}</p>")},
-                    "contacts": {"type": "contact.list", "contacts": [{"type": "contact", "id": format!("c{}", i % 3000)}]},
+                    "contacts": {"type": "contact.list", "contacts": [{"type": "contact", "id": format!("c{}", args.contact_base + i % 3000)}]},
                     "statistics": {"count_conversation_parts": 3}
                 }},
                 "links": {}, "id": format!("notif_{:016x}{:016x}", rng.gen::<u64>(), rng.gen::<u64>()), "topic": "conversation.user.replied",

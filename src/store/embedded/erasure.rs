@@ -235,7 +235,9 @@ impl Embedded {
         if !path.exists() {
             return Ok(false);
         }
+        let started = std::time::Instant::now();
         let scan = log::scan_paced(&path, &cipher, seq, self.shred_pace())?;
+        let read = started.elapsed();
         let mut live = Vec::new();
         let (mut first, mut last) = (i64::MAX, 0);
         for r in scan.records {
@@ -256,8 +258,15 @@ impl Embedded {
                 }
             }
         }
+        let sorted = started.elapsed();
         if live.is_empty() {
             self.drop_segment(seq)?;
+            tracing::debug!(
+                seq,
+                read_ms = read.as_millis() as u64,
+                total_ms = started.elapsed().as_millis() as u64,
+                "Shred: segment dropped (nothing left in it)."
+            );
             return Ok(true);
         }
         let new_seq = shared.next_seq.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -272,6 +281,7 @@ impl Embedded {
         log::create_rewrite(&self.inner.log_dir, new_seq, seq, now_ms())?;
         let path = log::segment_path(&self.inner.log_dir, new_seq);
         log::write_rewrite(&path, &buf, self.shred_pace())?;
+        let written = started.elapsed();
         drop(buf);
         shared.readers.register(new_seq, &self.inner.log_dir, new_cipher)?;
         let info = SegmentInfo {
@@ -300,7 +310,19 @@ impl Embedded {
         drop(locs);
         // The replacement must be durable before the old copy goes.
         self.flush_index()?;
+        let flushed = started.elapsed();
         self.drop_segment(seq)?;
+        tracing::debug!(
+            seq,
+            new_seq,
+            kept = live.len(),
+            read_ms = read.as_millis() as u64,
+            sorted_ms = (sorted - read).as_millis() as u64,
+            write_ms = (written - sorted).as_millis() as u64,
+            flush_ms = (flushed - written).as_millis() as u64,
+            drop_ms = (started.elapsed() - flushed).as_millis() as u64,
+            "Shred: segment rewritten."
+        );
         Ok(true)
     }
 }
