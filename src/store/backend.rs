@@ -65,7 +65,7 @@ use bytes::Bytes;
 use crossbeam_channel::Receiver;
 
 use super::{
-    Appended, CacheKind, CacheTx, Completion, Counts, EventFilter, EventMeta, Expiry, LedgerEntry, Snapshot,
+    Appended, CacheKind, CacheTx, Completion, Counts, EventFilter, EventMeta, EventPage, Expiry, LedgerEntry, Snapshot,
     StoreError, TxResult, Work,
 };
 use crate::crypto::Keys;
@@ -145,13 +145,9 @@ pub trait Backend: Send + Sync + 'static {
     fn read_body(&self, meta: &EventMeta) -> Result<Option<Bytes>, StoreError>;
     /// Records an outcome against what the worker read (contract 3).
     fn complete(&self, seen: &Snapshot, completion: &Completion) -> Result<Option<EventMeta>, StoreError>;
-    /// Newest first, from after the cursor `after`; returns the next cursor.
-    fn list(
-        &self,
-        filter: &EventFilter,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<(Vec<EventMeta>, Option<String>), StoreError>;
+    /// Newest first, from after the cursor `after`, at most `limit` events
+    /// and at most `filter.scan_limit` read.
+    fn list(&self, filter: &EventFilter, after: Option<&str>, limit: usize) -> Result<EventPage, StoreError>;
     /// Every matching event, oldest first, until `f` fails.
     fn for_each_dyn(
         &self,

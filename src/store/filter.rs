@@ -11,6 +11,21 @@ pub struct EventFilter {
     pub topic: Option<Glob>,
     pub since_ms: Option<i64>,
     pub until_ms: Option<i64>,
+    /// A listing reads at most this many events per page, matching or
+    /// not, so a page costs the same however rarely the filter matches; a
+    /// page cut short by it is still followed by a cursor.
+    pub scan_limit: Option<usize>,
+}
+
+/// One page of a listing, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct EventPage {
+    pub events: Vec<EventMeta>,
+    /// Where the next page starts; `None` on the last.
+    pub next: Option<String>,
+    /// Receipt time (unix ms) of the oldest event this page read, matching
+    /// or not: how far back it searched.
+    pub searched_to_ms: Option<i64>,
 }
 
 impl EventFilter {

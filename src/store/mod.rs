@@ -34,7 +34,7 @@ pub use backend::{Backend, BoxFuture, ErasedEvents, ExpiredEvents};
 pub use cache::{CacheKind, CacheTx, Expiry, TxError, TxResult};
 pub use embedded::{restore, Embedded};
 pub use event::{time_key, Attempt, EventMeta, Location, Status};
-pub use filter::{EventFilter, Glob};
+pub use filter::{EventFilter, EventPage, Glob};
 pub use ledger::{merge as merge_ledger, LedgerEntry, LEDGER_FILE};
 pub use settings::StoreSettings;
 pub use work::{Completion, Fresh, Snapshot, Work};

@@ -32,7 +32,7 @@ impl Backend for Embedded {
         fn snapshot(&self, key: &str) -> Result<Option<Snapshot>, StoreError>;
         fn read_body(&self, meta: &EventMeta) -> Result<Option<Bytes>, StoreError>;
         fn complete(&self, seen: &Snapshot, completion: &Completion) -> Result<Option<EventMeta>, StoreError>;
-        fn list(&self, filter: &EventFilter, after: Option<&str>, limit: usize) -> Result<(Vec<EventMeta>, Option<String>), StoreError>;
+        fn list(&self, filter: &EventFilter, after: Option<&str>, limit: usize) -> Result<EventPage, StoreError>;
         fn counts(&self) -> Result<Counts, StoreError>;
         fn failed_count(&self) -> Result<usize, StoreError>;
         fn last_received_ms(&self) -> Result<Option<i64>, StoreError>;

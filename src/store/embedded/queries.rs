@@ -19,17 +19,25 @@ impl Embedded {
     /// Events whose handler gave up, counted from their index (cheap
     /// enough for every metrics scrape).
     pub fn failed_count(&self) -> Result<usize, StoreError> {
-        let mut n = 0;
+        Ok(self.failed_events()?.len())
+    }
+
+    /// Events whose handler gave up, read through their index, in the
+    /// listing's order (time key), with their time keys.
+    fn failed_events(&self) -> Result<Vec<(Vec<u8>, EventMeta)>, StoreError> {
+        let mut out = Vec::new();
         for kv in self.inner.trees.failed.iter() {
             let (k, _) = kv?;
             let v = self.inner.trees.events.get(&k)?;
-            if v.and_then(|v| EventMeta::decode(&v))
-                .is_some_and(|m| m.status == Status::Failed)
+            if let Some(m) = v
+                .and_then(|v| EventMeta::decode(&v))
+                .filter(|m| m.status == Status::Failed)
             {
-                n += 1;
+                out.push((time_key(m.received_ms, &m.key), m));
             }
         }
-        Ok(n)
+        out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
     }
 
     /// Events waiting for a worker: those with a `pending` entry and fresh
@@ -52,12 +60,7 @@ impl Embedded {
 
     /// Events matching `filter`, newest first, after the cursor `after` (a
     /// previous page's last `cursor`), at most `limit`.
-    pub fn list(
-        &self,
-        filter: &EventFilter,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<(Vec<EventMeta>, Option<String>), StoreError> {
+    pub fn list(&self, filter: &EventFilter, after: Option<&str>, limit: usize) -> Result<EventPage, StoreError> {
         let upper: Vec<u8> = match after {
             Some(c) => hex::decode(c).map_err(|_| StoreError::Corrupt("bad cursor".into()))?,
             None => match filter.until_ms {
@@ -66,24 +69,40 @@ impl Embedded {
             },
         };
         let lower = time_key(filter.since_ms.unwrap_or(0), "");
-        let mut out = Vec::new();
-        let mut cursor = None;
-        for kv in self.inner.trees.by_time.range(lower..upper).rev() {
-            let (k, _) = kv?;
-            let Some((_, key)) = event::split_time_key(&k) else {
-                continue;
-            };
-            if let Some(m) = self.get(key)? {
-                if filter.matches(&m) {
-                    out.push(m);
-                    if out.len() >= limit {
-                        cursor = Some(hex::encode(&k));
-                        break;
-                    }
+        let mut page = EventPage::default();
+        if filter.status == Some(Status::Failed) {
+            // Through the failed index: however few among however many.
+            for (k, m) in self.failed_events()?.into_iter().rev() {
+                if k >= upper || k < lower || !filter.matches(&m) {
+                    continue;
+                }
+                page.searched_to_ms = Some(m.received_ms);
+                page.events.push(m);
+                if page.events.len() >= limit {
+                    page.next = Some(hex::encode(&k));
+                    break;
                 }
             }
+            return Ok(page);
         }
-        Ok((out, cursor))
+        let budget = filter.scan_limit.unwrap_or(usize::MAX).max(1);
+        for (read, kv) in self.inner.trees.by_time.range(lower..upper).rev().enumerate() {
+            let (k, _) = kv?;
+            let Some((ms, key)) = event::split_time_key(&k) else {
+                continue;
+            };
+            page.searched_to_ms = Some(ms);
+            if let Some(m) = self.get(key)? {
+                if filter.matches(&m) {
+                    page.events.push(m);
+                }
+            }
+            if page.events.len() >= limit || read + 1 >= budget {
+                page.next = Some(hex::encode(&k));
+                break;
+            }
+        }
+        Ok(page)
     }
 
     /// Calls `f` for every event matching `filter`, oldest first.
@@ -97,6 +116,14 @@ impl Embedded {
             Some(u) => time_key(u.saturating_add(1), ""),
             None => vec![0xff; 9],
         };
+        if filter.status == Some(Status::Failed) {
+            for (k, m) in self.failed_events()? {
+                if k >= lower && k < upper && filter.matches(&m) {
+                    f(m)?;
+                }
+            }
+            return Ok(());
+        }
         for kv in self.inner.trees.by_time.range(lower..upper) {
             let (k, _) = kv?;
             let Some((_, key)) = event::split_time_key(&k) else {
