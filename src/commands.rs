@@ -107,6 +107,7 @@ pub async fn run(cli: Cli, settings: Settings) -> CmdResult {
                 until: f.select.until,
                 limit: f.limit,
                 after: f.after,
+                scan: None,
             };
             let list = target(&settings)?.run(ListEvents(q)).await?;
             print_doc(&list, json_out, render_events);

@@ -80,6 +80,8 @@ pub struct Metrics {
     /// Webhook delivery health, as Intercom sees it (facts.md §1.6): it
     /// pauses after 1,000 consecutive errors in 15 minutes.
     pub health: WebhookHealth,
+    /// Intake and processing rates over the last minute (the console's).
+    pub rates: Rates,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -124,6 +126,49 @@ impl WebhookHealth {
     }
 }
 
+/// Totals sampled every few seconds (by the server's sampler task), so
+/// the console can show rates without a time-series database.
+#[derive(Default)]
+pub struct Rates {
+    /// (unix ms, stored notifications, handler outcomes), oldest first.
+    samples: Mutex<std::collections::VecDeque<(i64, u64, u64)>>,
+}
+
+/// Per-second rates over `window_seconds`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RatePair {
+    pub intake: f64,
+    pub processed: f64,
+    pub window_seconds: u64,
+}
+
+impl Rates {
+    /// How far back rates look.
+    pub const WINDOW_MS: i64 = 60_000;
+
+    pub fn sample(&self, at_ms: i64, stored: u64, processed: u64) {
+        let mut s = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        s.push_back((at_ms, stored, processed));
+        // Keep the newest sample at least a window old, and nothing older.
+        while s.len() > 2 && s[1].0 <= at_ms - Self::WINDOW_MS {
+            s.pop_front();
+        }
+    }
+
+    /// From the oldest sample kept to the newest; `None` until two
+    /// samples a second or more apart exist.
+    pub fn per_second(&self) -> Option<RatePair> {
+        let s = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        let (&(t0, a0, p0), &(t1, a1, p1)) = (s.front()?, s.back()?);
+        let dt = (t1 - t0) as f64 / 1000.0;
+        (dt >= 1.0).then(|| RatePair {
+            intake: a1.saturating_sub(a0) as f64 / dt,
+            processed: p1.saturating_sub(p0) as f64 / dt,
+            window_seconds: dt.round() as u64,
+        })
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -138,6 +183,14 @@ fn latency_buckets() -> impl Iterator<Item = f64> {
 }
 
 impl Metrics {
+    /// The sum of an outcome family's counters over `outcomes`.
+    pub fn outcome_total(family: &Family<OutcomeLabel, Counter>, outcomes: &[&'static str]) -> u64 {
+        outcomes
+            .iter()
+            .map(|&outcome| family.get_or_create(&OutcomeLabel { outcome }).get())
+            .sum()
+    }
+
     pub fn new() -> Self {
         let m = Metrics {
             registry: Mutex::new(Registry::with_prefix("intercom_webhooks")),
@@ -172,6 +225,7 @@ impl Metrics {
             webhook_seconds_since_2xx: Gauge::default(),
             intercom_calls: Family::default(),
             health: WebhookHealth::default(),
+            rates: Rates::default(),
         };
         m.health.started_ms.store(now_ms(), Ordering::Relaxed);
         {
@@ -317,5 +371,29 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Rates;
+
+    #[test]
+    fn rates_cover_the_last_minute_only() {
+        let r = Rates::default();
+        assert_eq!(r.per_second(), None);
+        r.sample(0, 0, 0);
+        assert_eq!(r.per_second(), None, "one sample is no rate");
+        // 100/s for the first two minutes, then 10/s.
+        for t in 1..=120 {
+            r.sample(t * 1000, t as u64 * 100, t as u64 * 50);
+        }
+        for t in 121..=180 {
+            r.sample(t * 1000, 12_000 + (t as u64 - 120) * 10, 6_000 + (t as u64 - 120) * 5);
+        }
+        let p = r.per_second().expect("a rate");
+        assert_eq!(p.window_seconds, 60);
+        assert!((p.intake - 10.0).abs() < 1e-9, "{p:?}");
+        assert!((p.processed - 5.0).abs() < 1e-9, "{p:?}");
     }
 }

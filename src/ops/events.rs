@@ -46,6 +46,10 @@ pub struct EventList {
     pub events: Vec<EventSummary>,
     /// Pass as `after` for the next page; `None` on the last.
     pub next_cursor: Option<String>,
+    /// Receipt time of the oldest event this page read (matching or not):
+    /// how far back a page cut short by `scan` searched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub searched_to: Option<String>,
 }
 
 /// `events list`, `GET /admin/events`.
@@ -64,10 +68,14 @@ impl Action for ListEvents {
                 .blocking(move |l| {
                     let filter = self.0.to_filter()?;
                     let limit = self.0.limit.unwrap_or(50).clamp(1, 10_000);
-                    let (events, next_cursor) = l.store.list(&filter, self.0.after.as_deref(), limit)?;
+                    let page = l.store.list(&filter, self.0.after.as_deref(), limit)?;
                     Ok(EventList {
-                        events: events.iter().map(EventSummary::of).collect(),
-                        next_cursor,
+                        events: page.events.iter().map(EventSummary::of).collect(),
+                        next_cursor: page.next,
+                        searched_to: page
+                            .searched_to_ms
+                            .filter(|_| filter.scan_limit.is_some())
+                            .map(format_ms),
                     })
                 })
                 .await

@@ -28,8 +28,8 @@ pub use events::{
 };
 pub use open::open_store;
 pub use state::{
-    AuditCheck, AuditList, AuditListing, AuditVerify, CacheClear, CacheShow, CachedRecord, Cleared, Purge, PurgeResult,
-    Stats, StatsReport,
+    AuditCheck, AuditList, AuditListing, AuditVerify, CacheClear, CacheShow, CachedRecord, Cleared, ErasureBacklog,
+    Overview, OverviewReport, Purge, PurgeResult, Stats, StatsReport, WebhookHealth,
 };
 pub use subject::{Erase, Export, SubjectReport, SubjectRequest};
 pub use target::Target;
@@ -161,6 +161,10 @@ pub struct FilterQuery {
     pub until: Option<String>,
     pub limit: Option<usize>,
     pub after: Option<String>,
+    /// Read at most this many events for one page (see
+    /// [`EventFilter::scan_limit`]); the console sets it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scan: Option<usize>,
 }
 
 impl FilterQuery {
@@ -185,6 +189,7 @@ impl FilterQuery {
             topic: self.topic.as_deref().map(Glob::new),
             since_ms: bound(&self.since)?,
             until_ms: bound(&self.until)?,
+            scan_limit: self.scan,
         })
     }
 
@@ -204,6 +209,9 @@ impl FilterQuery {
         }
         if let Some(l) = self.limit {
             v.push(("limit", l.to_string()));
+        }
+        if let Some(n) = self.scan {
+            v.push(("scan", n.to_string()));
         }
         v
     }

@@ -94,15 +94,80 @@ fn stats(local: &Local) -> Result<StatsReport, OpsError> {
                 })
                 .sum(),
         );
-        let last = m.health.last_2xx_ms();
-        report.webhook_health = Some(WebhookHealth {
-            consecutive_errors: m.health.consecutive_errors(),
-            last_2xx_at: (last > 0).then(|| format_ms(last)),
-            seconds_since_last_2xx: m.health.seconds_since_2xx(),
-            note: "Intercom pauses a subscription after 1000 consecutive errors within 15 minutes and suspends it after 7 days of errors".into(),
-        });
+        report.webhook_health = Some(webhook_health(m));
     }
     Ok(report)
+}
+
+/// What on-call looks at first: rates, backlog, failures, delivery health.
+/// Unlike [`StatsReport`] it reads no event: every figure comes from a
+/// queue, an index of its own or the server's counters, so it is cheap on
+/// any size of store.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OverviewReport {
+    /// Stored (new) notifications per second over the last minute; `None`
+    /// outside a server or before it has two samples.
+    pub intake_per_second: Option<f64>,
+    /// Handler outcomes per second over the same window.
+    pub processed_per_second: Option<f64>,
+    pub rate_window_seconds: Option<u64>,
+    pub pending_depth: usize,
+    pub oldest_pending_age_secs: Option<i64>,
+    pub failed: usize,
+    pub last_received_at: Option<String>,
+    pub store_size_bytes: u64,
+    pub store_free_bytes: Option<u64>,
+    pub store_ready: bool,
+    pub erasure: ErasureBacklog,
+    pub webhook_health: Option<WebhookHealth>,
+}
+
+/// `GET /admin/overview` (the console's first page).
+pub struct Overview;
+
+impl Action for Overview {
+    type Output = OverviewReport;
+
+    fn route(&self) -> Route {
+        Route::Get("/admin/overview".into(), vec![])
+    }
+
+    fn run(self, local: Local) -> BoxFuture<'static, Result<OverviewReport, OpsError>> {
+        Box::pin(async move { local.blocking(overview).await })
+    }
+}
+
+fn overview(local: &Local) -> Result<OverviewReport, OpsError> {
+    let store = &local.store;
+    let now = now_ms();
+    let rates = local.server.as_ref().and_then(|m| m.rates.per_second());
+    Ok(OverviewReport {
+        intake_per_second: rates.map(|r| r.intake),
+        processed_per_second: rates.map(|r| r.processed),
+        rate_window_seconds: rates.map(|r| r.window_seconds),
+        pending_depth: store.pending_depth(),
+        oldest_pending_age_secs: store.oldest_pending_ms()?.map(|t| (now - t).max(0) / 1000),
+        failed: store.failed_count()?,
+        last_received_at: store.last_received_ms()?.map(format_ms),
+        store_size_bytes: store.size_on_disk(),
+        store_free_bytes: store.free_space(),
+        store_ready: store.is_writable(),
+        erasure: ErasureBacklog {
+            erasures_in_ledger: store.ledger_len()?,
+            segments_to_shred: store.shred_queue_len(),
+        },
+        webhook_health: local.server.as_ref().map(|m| webhook_health(m)),
+    })
+}
+
+fn webhook_health(m: &crate::metrics::Metrics) -> WebhookHealth {
+    let last = m.health.last_2xx_ms();
+    WebhookHealth {
+        consecutive_errors: m.health.consecutive_errors(),
+        last_2xx_at: (last > 0).then(|| format_ms(last)),
+        seconds_since_last_2xx: m.health.seconds_since_2xx(),
+        note: "Intercom pauses a subscription after 1000 consecutive errors within 15 minutes and suspends it after 7 days of errors".into(),
+    }
 }
 
 /// What a purge removed (or, on a dry run, would remove), by class.
