@@ -64,15 +64,20 @@ pub async fn run(settings: Settings, listeners: Listeners, shutdown: Cancellatio
         .map(|every| tokio::spawn(reconcile_loop(state.ops.clone(), every, shutdown.clone())));
     let limiter_gc = {
         let (limiter, shutdown) = (state.bad_signatures.clone(), shutdown.clone());
+        let console = state.console.clone();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(60)) => limiter.retain_recent(),
+                    _ = tokio::time::sleep(Duration::from_secs(60)) => {
+                        limiter.retain_recent();
+                        console.forget_expired();
+                    }
                     _ = shutdown.cancelled() => return,
                 }
             }
         })
     };
+    let rate_sampler = tokio::spawn(sample_rates(metrics.clone(), shutdown.clone()));
 
     let public_addr = listeners.public.local_addr()?;
     let admin_addr = listeners.admin.local_addr()?;
@@ -104,6 +109,7 @@ pub async fn run(settings: Settings, listeners: Listeners, shutdown: Cancellatio
     let _ = shredder.await;
     let _ = limiter_gc.await;
     let _ = audit_check.await;
+    let _ = rate_sampler.await;
     if let Some(r) = reconciler {
         let _ = r.await;
     }
@@ -185,6 +191,26 @@ const AUDIT_CHECK_EVERY: Duration = Duration::from_secs(3600);
 /// Checks the audit chain at start and every [`AUDIT_CHECK_EVERY`], for the
 /// `audit_chain_ok` gauge (and the alert on it): a chain rewritten or cut
 /// while the server runs is noticed within the hour.
+/// Feeds the console's rates (`metrics::Rates`) every 5 s.
+async fn sample_rates(metrics: Arc<Metrics>, shutdown: CancellationToken) {
+    let handler_outcomes: Vec<&'static str> = crate::store::Status::ALL
+        .iter()
+        .filter(|s| **s != crate::store::Status::Pending)
+        .map(|s| s.as_str())
+        .collect();
+    loop {
+        metrics.rates.sample(
+            crate::timefmt::now_ms(),
+            Metrics::outcome_total(&metrics.intake, &["stored"]),
+            Metrics::outcome_total(&metrics.processed, &handler_outcomes),
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
 async fn check_audit_loop(store: crate::store::Store, metrics: Arc<Metrics>, shutdown: CancellationToken) {
     loop {
         let s = store.clone();

@@ -154,6 +154,12 @@ pub struct AdminSettings {
     /// Failed admin authentications allowed per source address per minute;
     /// past it that source gets `429`. A correct token is never limited.
     pub failed_auth_per_minute: u32,
+    /// A console session ends after this long without a request...
+    #[serde(with = "humantime_serde_compat")]
+    pub session_idle: Duration,
+    /// ...and this long after sign-in, whatever happens.
+    #[serde(with = "humantime_serde_compat")]
+    pub session_max: Duration,
 }
 
 pub use crate::store::StoreSettings;
@@ -273,6 +279,8 @@ struct FileStore {
 #[serde(deny_unknown_fields)]
 struct FileAdmin {
     failed_auth_per_minute: Option<u32>,
+    session_idle: Option<String>,
+    session_max: Option<String>,
     /// Accepted from older config files and ignored: a correct token is no
     /// longer rate-limited (one shared limit let strangers lock the
     /// operator out).
@@ -497,6 +505,17 @@ impl Settings {
             ));
         }
 
+        let admin = AdminSettings {
+            failed_auth_per_minute: file.admin.failed_auth_per_minute.unwrap_or(10).max(1),
+            session_idle: dur(file.admin.session_idle.as_ref(), "admin.session_idle", "30m")?,
+            session_max: dur(file.admin.session_max.as_ref(), "admin.session_max", "12h")?,
+        };
+        if admin.session_idle.is_zero() || admin.session_max.is_zero() {
+            return err(format!(
+                "{cfg_name}: admin.session_idle and admin.session_max must be above zero"
+            ));
+        }
+
         let reconcile_interval = match &file.reconcile.interval {
             None => None,
             Some(text) => {
@@ -542,9 +561,7 @@ impl Settings {
             },
             worker,
             store,
-            admin: AdminSettings {
-                failed_auth_per_minute: file.admin.failed_auth_per_minute.unwrap_or(10).max(1),
-            },
+            admin,
             reconcile_interval,
         })
     }

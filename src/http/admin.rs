@@ -2,7 +2,8 @@
 //! `Authorization: Bearer <admin token>`, compared in constant time; with no
 //! admin token configured every admin request is refused. A governor limit
 //! caps the request rate. Each handler runs one `ops` action, the same code
-//! the CLI runs on a stopped store.
+//! the CLI runs on a stopped store. The console (`/console`, signed in with
+//! the same token, see [`super::console`]) is merged in here.
 
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
@@ -26,6 +27,7 @@ use crate::store::CacheKind;
 pub fn router(state: AppState) -> Router {
     let protected = Router::new()
         .route("/admin/stats", get(stats))
+        .route("/admin/overview", get(overview))
         .route("/admin/events", get(list_events))
         .route("/admin/events/{id}", get(show_event))
         .route("/admin/replay", post(replay))
@@ -44,6 +46,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .merge(protected)
+        .merge(super::console::router())
         .layer(middleware::from_fn_with_state(state.clone(), count))
         .with_state(state)
 }
@@ -52,6 +55,7 @@ pub fn router(state: AppState) -> Router {
 async fn count(State(app): State<AppState>, req: Request, next: Next) -> Response {
     let route = match req.extensions().get::<axum::extract::MatchedPath>().map(|p| p.as_str()) {
         Some("/metrics") => "metrics",
+        Some(p) if p.starts_with("/console") => "console",
         Some(_) => "admin",
         None => "unmatched",
     };
@@ -171,6 +175,10 @@ async fn metrics(State(app): State<AppState>) -> Response {
         app.metrics.encode(),
     )
         .into_response()
+}
+
+async fn overview(State(app): State<AppState>) -> Result<Json<ops::OverviewReport>, AdminError> {
+    run(&app, ops::Overview).await
 }
 
 async fn stats(State(app): State<AppState>) -> Result<Json<StatsReport>, AdminError> {

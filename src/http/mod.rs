@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod budget;
+pub mod console;
 pub mod health;
 pub mod webhook;
 
@@ -38,6 +39,8 @@ pub struct AppState {
     pub workers_running: Arc<AtomicBool>,
     /// Requests the webhook route is working on (read by the handler threads).
     pub intake_load: crate::intake_load::IntakeLoad,
+    /// The console's signed-in sessions.
+    pub console: Arc<console::Sessions>,
     pub shutdown: CancellationToken,
 }
 
@@ -56,6 +59,10 @@ impl AppState {
             admin_failures: Arc::new(RateLimiter::keyed(Quota::per_minute(admin_failures))),
             workers_running: Arc::new(AtomicBool::new(false)),
             intake_load: crate::intake_load::IntakeLoad::default(),
+            console: Arc::new(console::Sessions::new(
+                settings.admin.session_idle,
+                settings.admin.session_max,
+            )),
             store,
             settings,
             metrics,
