@@ -108,6 +108,7 @@ pub async fn run(cli: Cli, settings: Settings) -> CmdResult {
                 limit: f.limit,
                 after: f.after,
                 scan: None,
+                scan_ms: None,
             };
             let list = target(&settings)?.run(ListEvents(q)).await?;
             print_doc(&list, json_out, render_events);

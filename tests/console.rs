@@ -453,6 +453,27 @@ async fn a_listing_page_reads_at_most_its_scan_budget() {
     }
     assert_eq!(found, 1);
     assert_eq!(pages, 4, "21 events, 6 read per page");
+
+    // A time limit already spent stops a page at its first check (every
+    // 64 events read): 81 events take two pages.
+    for i in 20..80 {
+        let body = notification(
+            &format!("notif_scan_{i:02}"),
+            "conversation.admin.closed",
+            json!({"type": "conversation", "id": format!("{}", 700 + i)}),
+            1767225600,
+        );
+        app.post_signed(&body).await;
+    }
+    app.wait_idle().await;
+    let first = app.admin_json("/admin/events?status=invalid&scan_ms=0").await;
+    assert_eq!(first["events"], json!([]), "the invalid event is the oldest");
+    let cursor = first["next_cursor"].as_str().expect("cut short by time, with a cursor");
+    let second = app
+        .admin_json(&format!("/admin/events?status=invalid&scan_ms=0&after={cursor}"))
+        .await;
+    assert_eq!(second["events"].as_array().unwrap().len(), 1, "{second}");
+    assert!(second["next_cursor"].is_null(), "{second}");
     app.stop().await;
 }
 

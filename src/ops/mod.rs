@@ -165,6 +165,9 @@ pub struct FilterQuery {
     /// [`EventFilter::scan_limit`]); the console sets it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scan: Option<usize>,
+    /// ...and for at most this many milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scan_ms: Option<u64>,
 }
 
 impl FilterQuery {
@@ -190,6 +193,7 @@ impl FilterQuery {
             since_ms: bound(&self.since)?,
             until_ms: bound(&self.until)?,
             scan_limit: self.scan,
+            scan_time: self.scan_ms.map(std::time::Duration::from_millis),
         })
     }
 
@@ -212,6 +216,9 @@ impl FilterQuery {
         }
         if let Some(n) = self.scan {
             v.push(("scan", n.to_string()));
+        }
+        if let Some(ms) = self.scan_ms {
+            v.push(("scan_ms", ms.to_string()));
         }
         v
     }

@@ -15,6 +15,10 @@ pub struct EventFilter {
     /// not, so a page costs the same however rarely the filter matches; a
     /// page cut short by it is still followed by a cursor.
     pub scan_limit: Option<usize>,
+    /// ...and reads for no longer than this: a page whose events are not
+    /// in memory (a cold cache) comes back short, with its cursor, instead
+    /// of late.
+    pub scan_time: Option<std::time::Duration>,
 }
 
 /// One page of a listing, newest first.

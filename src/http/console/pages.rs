@@ -22,9 +22,11 @@ use crate::store::CacheKind;
 
 /// Events shown on one page.
 const PAGE: usize = 50;
-/// Events one page reads at most, matching or not (see
-/// `EventFilter::scan_limit`): what keeps a page fast on any store.
+/// Events one page reads at most, matching or not, and for how long (see
+/// `EventFilter::scan_limit`): what keeps a page fast on any store, with a
+/// cold cache too.
 pub const SCAN_PER_PAGE: usize = 10_000;
+const SCAN_MS_PER_PAGE: u64 = 40;
 /// Audit entries shown, newest first.
 const AUDIT_SHOWN: usize = 200;
 /// Consecutive error answers from which the overview warns of a pause
@@ -285,6 +287,7 @@ pub async fn events(State(app): State<AppState>, signed: Signed, Query(q): Query
         limit: Some(PAGE),
         after: nonempty(&q.after),
         scan: Some(SCAN_PER_PAGE),
+        scan_ms: Some(SCAN_MS_PER_PAGE),
     };
     let s = |v: &Option<String>| v.clone().unwrap_or_default();
     let mut page = views::Events {

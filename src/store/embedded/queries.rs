@@ -86,6 +86,7 @@ impl Embedded {
             return Ok(page);
         }
         let budget = filter.scan_limit.unwrap_or(usize::MAX).max(1);
+        let deadline = filter.scan_time.map(|t| std::time::Instant::now() + t);
         for (read, kv) in self.inner.trees.by_time.range(lower..upper).rev().enumerate() {
             let (k, _) = kv?;
             let Some((ms, key)) = event::split_time_key(&k) else {
@@ -97,7 +98,8 @@ impl Embedded {
                     page.events.push(m);
                 }
             }
-            if page.events.len() >= limit || read + 1 >= budget {
+            let out_of_time = read % 64 == 63 && deadline.is_some_and(|d| std::time::Instant::now() >= d);
+            if page.events.len() >= limit || read + 1 >= budget || out_of_time {
                 page.next = Some(hex::encode(&k));
                 break;
             }
