@@ -3,8 +3,8 @@
 //! `ops` actions the admin API and the CLI run. Signing in with the admin
 //! token starts a session (see [`session`]); every form that changes
 //! something carries the session's CSRF token. Every answer forbids
-//! framing, caching and any script or asset from elsewhere (see
-//! [`security_headers`]).
+//! framing, caching and any script or asset from elsewhere
+//! ([`CONTENT_SECURITY_POLICY`] and the headers beside it).
 
 mod pages;
 pub mod session;
