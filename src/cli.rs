@@ -41,6 +41,11 @@ pub struct Cli {
     #[arg(long, global = true, env = "INTERCOM_API_BASE_URL", value_name = "URL")]
     pub api_base_url: Option<String>,
 
+    /// PostgreSQL URL for `[store] backend = "postgres"` (else from
+    /// INTERCOM_WEBHOOKS_DATABASE_URL or its _FILE).
+    #[arg(long, global = true, value_name = "URL")]
+    pub database_url: Option<String>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -93,6 +98,9 @@ pub enum Command {
     /// The audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Apply the database schema's migrations (`[store] backend =
+    /// "postgres"`); `serve` applies them at start too.
+    Migrate,
     /// Write a consistent copy of the store (running or stopped) to a file.
     Backup {
         #[arg(long, value_name = "FILE")]

@@ -273,6 +273,12 @@ struct FileStore {
     segment_max_bytes: Option<u64>,
     segment_max_age: Option<String>,
     min_free_bytes: Option<u64>,
+    /// `embedded` (default) or `postgres`.
+    backend: Option<String>,
+    pool_size: Option<usize>,
+    partition: Option<String>,
+    claim_lease: Option<String>,
+    commit_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -479,7 +485,45 @@ impl Settings {
             backoff_max: dur(file.worker.backoff_max.as_ref(), "worker.backoff_max", "10m")?,
             yield_to_intake: dur(file.worker.yield_to_intake.as_ref(), "worker.yield_to_intake", "30s")?,
         };
+        let postgres = match file.store.backend.as_deref().unwrap_or("embedded") {
+            "embedded" => None,
+            "postgres" => {
+                let url = match cli.database_url.clone() {
+                    Some(u) => u,
+                    None => match secret_var(env, "INTERCOM_WEBHOOKS_DATABASE_URL")? {
+                        Some(s) => s.expose().to_string(),
+                        None => {
+                            return err(format!(
+                                "{cfg_name}: store.backend = \"postgres\" needs INTERCOM_WEBHOOKS_DATABASE_URL (or _FILE, or --database-url)"
+                            ))
+                        }
+                    },
+                };
+                let pg = crate::store::PostgresSettings {
+                    url,
+                    pool_size: file.store.pool_size.unwrap_or(16).clamp(2, 256),
+                    partition: dur(file.store.partition.as_ref(), "store.partition", "1d")?,
+                    claim_lease: dur(file.store.claim_lease.as_ref(), "store.claim_lease", "2m")?,
+                    commit_timeout: dur(file.store.commit_timeout.as_ref(), "store.commit_timeout", "4s")?,
+                };
+                if pg.partition < Duration::from_secs(1)
+                    || pg.claim_lease < Duration::from_secs(1)
+                    || pg.commit_timeout.is_zero()
+                {
+                    return err(format!(
+                        "{cfg_name}: store.partition and store.claim_lease must be at least 1s, store.commit_timeout above zero"
+                    ));
+                }
+                Some(pg)
+            }
+            other => {
+                return err(format!(
+                    "{cfg_name}: store.backend is \"embedded\" or \"postgres\", not \"{other}\""
+                ))
+            }
+        };
         let store = StoreSettings {
+            postgres,
             segment_max_bytes: file.store.segment_max_bytes.unwrap_or(64 * 1024 * 1024).max(4096),
             segment_max_age: dur(file.store.segment_max_age.as_ref(), "store.segment_max_age", "1h")?,
             min_free_bytes: file.store.min_free_bytes.unwrap_or(64 * 1024 * 1024),

@@ -158,6 +158,37 @@ fn open_root_file(path: &Path, data_key: &DataKey) -> Result<RootKeys, CryptoErr
     })
 }
 
+/// Root keys wrapped by the data key, as kept outside the data dir (the
+/// PostgreSQL backend keeps them in the database).
+pub fn wrap_root(data_key: &DataKey, keys: &RootKeys) -> Vec<u8> {
+    let mut both = [0u8; 64];
+    both[..32].copy_from_slice(&keys.root.0);
+    both[32..].copy_from_slice(&keys.pseudonym.0);
+    seal(&data_key.0, ROOT_AAD_V2, &both)
+}
+
+/// [`wrap_root`]'s inverse; `what` names where they came from in the error.
+pub fn unwrap_root(data_key: &DataKey, sealed: &[u8], what: &str) -> Result<RootKeys, CryptoError> {
+    let wrong = || CryptoError::WrongDataKey(what.to_string());
+    let both = open(&data_key.0, ROOT_AAD_V2, sealed).map_err(|_| wrong())?;
+    let both: [u8; 64] = both.try_into().map_err(|_| wrong())?;
+    let (mut root, mut pseudonym) = ([0u8; 32], [0u8; 32]);
+    root.copy_from_slice(&both[..32]);
+    pseudonym.copy_from_slice(&both[32..]);
+    Ok(RootKeys {
+        root: DataKey(root),
+        pseudonym: DataKey(pseudonym),
+    })
+}
+
+/// New random root keys.
+pub fn new_root() -> RootKeys {
+    RootKeys {
+        root: DataKey(random_key()),
+        pseudonym: DataKey(random_key()),
+    }
+}
+
 /// The data dir's keys (see [`RootKeys`]), made on first use.
 pub fn load_or_create_root(data_dir: &Path, data_key: &DataKey) -> Result<RootKeys, CryptoError> {
     let path = data_dir.join(ROOT_FILE);

@@ -334,6 +334,7 @@ mod tests {
             segment_max_age: std::time::Duration::from_secs(3600),
             min_free_bytes: 0,
             shred_bytes_per_second: 0,
+            postgres: None,
         };
         Store::open(dir, keys, &settings).unwrap().0
     }

@@ -176,3 +176,29 @@ pub fn rotate_data_key(settings: &Settings, write_key_file: bool) -> Result<Rota
     doc.key_file_written = write_key_file;
     Ok(doc)
 }
+
+/// What `migrate` did.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Migrated {
+    pub backend: String,
+    pub from_version: i32,
+    pub to_version: i32,
+}
+
+/// Applies the database's schema migrations (the embedded store has none:
+/// it upgrades itself when opened).
+pub async fn migrate(settings: &Settings) -> Result<Migrated, OpsError> {
+    let Some(pg) = &settings.store.postgres else {
+        return Err(OpsError::BadRequest(
+            "migrate is for store.backend = \"postgres\"; the embedded store upgrades itself when opened".into(),
+        ));
+    };
+    let (from, to) = crate::store::migrate_database(&pg.url)
+        .await
+        .map_err(|e| OpsError::Unavailable(e.to_string()))?;
+    Ok(Migrated {
+        backend: "postgres".into(),
+        from_version: from,
+        to_version: to,
+    })
+}

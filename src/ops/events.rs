@@ -229,6 +229,11 @@ fn replay(local: &Local, req: &ReplayRequest, runtime: tokio::runtime::Handle) -
             metrics.replays.inc_by(replayed);
             tracing::info!(matched = keys.len(), replayed, "Replay queued.");
         }
+        // Replicas share this store: the selected events are queued (status
+        // pending), and whichever replica claims each runs its handler.
+        None if store.is_shared() => {
+            tracing::info!(matched = keys.len(), replayed, "Replay queued for the replicas.");
+        }
         None => {
             let ctx = crate::worker::WorkerCtx {
                 store: store.clone(),

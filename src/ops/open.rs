@@ -2,34 +2,24 @@
 //! and upgrades an index must have before anything reads it.
 
 use crate::config::Settings;
-use crate::crypto::{DataKey, KeySource, Keys};
+use crate::crypto::{DataKey, KeySource};
 use crate::store::Store;
 
 /// Loads (or creates) the data key and opens the store: the start of every
 /// command that works on the data dir.
 pub fn open_store(settings: &Settings) -> anyhow::Result<Store> {
-    let has_keys = settings.data_dir.join(crate::crypto::ROOT_FILE).exists();
-    if has_keys && settings.data_key.is_none() && !settings.data_dir.join(crate::crypto::KEY_FILE).exists() {
-        anyhow::bail!(
-            "{} holds a store but no data key is given: set INTERCOM_WEBHOOKS_DATA_KEY (or _FILE) to its key",
-            settings.data_dir.display()
-        );
-    }
-    let (key, source) = DataKey::load_or_create(settings.data_key.as_ref(), &settings.data_dir)?;
-    if source == KeySource::GeneratedFile {
-        tracing::warn!(
-            path = %settings.data_dir.join(crate::crypto::KEY_FILE).display(),
-            "No INTERCOM_WEBHOOKS_DATA_KEY given: generated a data key file. Back it up: without it the stored data cannot be read."
-        );
-    }
-    if settings.data_dir.join(crate::crypto::ROOT_NEXT_FILE).exists() {
-        anyhow::bail!(
-            "a data key rotation of {} was interrupted: run `rotate-data-key` again with the same INTERCOM_WEBHOOKS_DATA_KEY and INTERCOM_WEBHOOKS_NEW_DATA_KEY",
-            settings.data_dir.display()
-        );
-    }
-    let root = crate::crypto::load_or_create_root(&settings.data_dir, &key)?;
-    let (store, recovery) = Store::open(&settings.data_dir, Keys::from_root(&root), &settings.store)?;
+    let key = if settings.store.postgres.is_some() {
+        // Every replica must use the same key: none is generated.
+        let Some(configured) = settings.data_key.as_ref() else {
+            anyhow::bail!(
+                "store.backend = \"postgres\" needs INTERCOM_WEBHOOKS_DATA_KEY (or _FILE): every replica must use the same key, so none is generated"
+            );
+        };
+        DataKey::parse(configured.expose())?
+    } else {
+        data_dir_key(settings)?
+    };
+    let (store, recovery) = Store::open_configured(&settings.data_dir, &key, &settings.store)?;
     if recovery.reapplied > 0 || recovery.torn_bytes > 0 {
         tracing::warn!(
             reapplied = recovery.reapplied,
@@ -53,4 +43,30 @@ pub fn open_store(settings: &Settings) -> anyhow::Result<Store> {
     }
     tracing::info!(segments = recovery.segments, pending = recovery.pending, "Store open.");
     Ok(store)
+}
+
+/// The data key of a store kept in the data dir: configured, or generated
+/// into the data dir on first use (with a warning to back it up).
+fn data_dir_key(settings: &Settings) -> anyhow::Result<DataKey> {
+    let has_keys = settings.data_dir.join(crate::crypto::ROOT_FILE).exists();
+    if has_keys && settings.data_key.is_none() && !settings.data_dir.join(crate::crypto::KEY_FILE).exists() {
+        anyhow::bail!(
+            "{} holds a store but no data key is given: set INTERCOM_WEBHOOKS_DATA_KEY (or _FILE) to its key",
+            settings.data_dir.display()
+        );
+    }
+    let (key, source) = DataKey::load_or_create(settings.data_key.as_ref(), &settings.data_dir)?;
+    if source == KeySource::GeneratedFile {
+        tracing::warn!(
+            path = %settings.data_dir.join(crate::crypto::KEY_FILE).display(),
+            "No INTERCOM_WEBHOOKS_DATA_KEY given: generated a data key file. Back it up: without it the stored data cannot be read."
+        );
+    }
+    if settings.data_dir.join(crate::crypto::ROOT_NEXT_FILE).exists() {
+        anyhow::bail!(
+            "a data key rotation of {} was interrupted: run `rotate-data-key` again with the same INTERCOM_WEBHOOKS_DATA_KEY and INTERCOM_WEBHOOKS_NEW_DATA_KEY",
+            settings.data_dir.display()
+        );
+    }
+    Ok(key)
 }

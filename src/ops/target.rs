@@ -1,6 +1,6 @@
 //! Where the CLI's actions run: on the store itself when no server holds
-//! it, through the admin API of the server that does. The one place that
-//! chooses between the two.
+//! it (always, for a database that replicas share), through the admin API
+//! of the server that does. The one place that chooses between the two.
 
 use std::sync::Arc;
 
@@ -20,6 +20,13 @@ impl Target {
     /// The store in the data dir if it can be opened here; the admin API
     /// (with the admin token) if a server holds it or there is none here.
     pub fn open(settings: &Settings) -> Result<Target, OpsError> {
+        // Replicas share the database: any process may work on it.
+        if settings.store.postgres.is_some() {
+            return match super::open_store(settings) {
+                Ok(store) => Ok(Target::Local(Local::new(store, Arc::new(settings.clone()), None))),
+                Err(e) => Err(OpsError::Unavailable(e.to_string())),
+            };
+        }
         if !settings.data_dir.join("index").exists() {
             // Nothing here to open: maybe a server elsewhere has it.
             return Self::remote(

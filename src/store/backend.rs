@@ -115,6 +115,12 @@ pub trait Backend: Send + Sync + 'static {
     fn flush_index(&self) -> Result<(), StoreError>;
     /// Contract 9: a point-in-time copy; returns (events, files) written.
     fn backup(&self, out: &mut dyn Write) -> Result<(u64, u64), StoreError>;
+    /// Whether other processes (replicas) share this store and its work:
+    /// then an operator command queues events for them instead of running
+    /// handlers itself.
+    fn is_shared(&self) -> bool {
+        false
+    }
 
     // --- intake (contract 1) ---
     /// Stores a new event durably unless its key is known; a duplicate only

@@ -55,7 +55,7 @@ impl Status {
         matches!(self, Status::Pending | Status::Retrying)
     }
 
-    fn code(self) -> u8 {
+    pub(crate) fn code(self) -> u8 {
         match self {
             Status::Pending => 0,
             Status::Processed => 1,
@@ -66,7 +66,7 @@ impl Status {
         }
     }
 
-    fn from_code(c: u8) -> Option<Status> {
+    pub(crate) fn from_code(c: u8) -> Option<Status> {
         Status::ALL.into_iter().find(|s| s.code() == c)
     }
 }

@@ -55,6 +55,11 @@ impl Glob {
     pub fn matches(&self, text: &str) -> bool {
         matches(self.0.as_bytes(), text.as_bytes())
     }
+
+    /// The pattern as written.
+    pub fn pattern(&self) -> &str {
+        &self.0
+    }
 }
 
 fn matches(p: &[u8], t: &[u8]) -> bool {

@@ -16,6 +16,7 @@ pub mod embedded;
 pub mod event;
 mod filter;
 pub mod ledger;
+pub mod postgres;
 mod settings;
 #[cfg(test)]
 mod tests;
@@ -36,7 +37,8 @@ pub use embedded::{restore, Embedded};
 pub use event::{time_key, Attempt, EventMeta, Location, Status};
 pub use filter::{EventFilter, EventPage, Glob};
 pub use ledger::{merge as merge_ledger, LedgerEntry, LEDGER_FILE};
-pub use settings::StoreSettings;
+pub use postgres::Postgres;
+pub use settings::{PostgresSettings, StoreSettings};
 pub use work::{Completion, Fresh, Snapshot, Work};
 
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +96,12 @@ pub fn rewrap_keys(dir: &Path, old: &[u8; 32], new: &[u8; 32]) -> Result<u64, St
     Ok(embedded::keyring::rewrap_file(dir, old, new)?)
 }
 
+/// Applies the PostgreSQL schema's migrations at `url` (the `migrate`
+/// command); returns the versions before and after.
+pub async fn migrate_database(url: &str) -> Result<(i32, i32), StoreError> {
+    postgres::schema::migrate_url(url).await
+}
+
 /// The handle to the store every layer above uses.
 #[derive(Clone)]
 pub struct Store {
@@ -113,6 +121,27 @@ impl Store {
     pub fn open(dir: &Path, keys: Keys, settings: &StoreSettings) -> Result<(Store, Recovery), StoreError> {
         let (backend, recovery) = Embedded::open(dir, keys, settings)?;
         Ok((Store::from_backend(Arc::new(backend)), recovery))
+    }
+
+    /// Opens the configured backend: the embedded store in `dir` (its
+    /// root keys in `dir`, wrapped by the data key), or the PostgreSQL
+    /// database (its root keys in the database, wrapped by the data key).
+    pub fn open_configured(
+        dir: &Path,
+        data_key: &crate::crypto::DataKey,
+        settings: &StoreSettings,
+    ) -> Result<(Store, Recovery), StoreError> {
+        match &settings.postgres {
+            Some(pg) => {
+                let backend = Postgres::open(dir, data_key, settings, pg)?;
+                Ok((Store::from_backend(Arc::new(backend)), Recovery::default()))
+            }
+            None => {
+                let root = crate::crypto::load_or_create_root(dir, data_key)
+                    .map_err(|e| StoreError::Keyring(e.to_string()))?;
+                Store::open(dir, Keys::from_root(&root), settings)
+            }
+        }
     }
 
     pub fn from_backend(backend: Arc<dyn Backend>) -> Store {

@@ -61,7 +61,15 @@ fn the_layers_above_see_only_the_seam() {
     files.retain(|p| !p.starts_with(src.join("store")));
     assert!(files.len() > 20, "the walk found the layers above");
     let mut leaks = Vec::new();
-    for needle in ["sled", "embedded", "Embedded", "store::log", "keyring::"] {
+    for needle in [
+        "sled",
+        "embedded::",
+        "Embedded",
+        "store::log",
+        "keyring::",
+        "Postgres::",
+        "postgres::",
+    ] {
         for (path, n, line) in code_lines_with(&files, needle) {
             leaks.push(format!("{}:{n}: {}", path.display(), line.trim()));
         }

@@ -8,6 +8,7 @@ fn open(dir: &Path) -> (Embedded, Recovery) {
         segment_max_age: Duration::from_secs(3600),
         min_free_bytes: 0,
         shred_bytes_per_second: 0,
+        postgres: None,
     };
     Embedded::open(dir, Keys::derive(&key), &settings).unwrap()
 }

@@ -1,0 +1,330 @@
+//! Erasure in the database: the events go at once (rows deleted, dedup
+//! markers kept, subject index entries dropped) and their partitions are
+//! queued (`iw_shred`); a shred pass re-encrypts what remains of each
+//! queued partition under a new key and destroys the old one, so no copy
+//! of an erased payload (a dead tuple, a page not yet reused) can be
+//! decrypted. The erasure ledger and the `erased` subjects are tables
+//! here, seen by every replica at once.
+
+use super::keys::{open_body, seal_body};
+use super::{now, pg_err, Postgres};
+use crate::store::{ErasedEvents, EventMeta, LedgerEntry, StoreError};
+
+/// `pg_try_advisory_lock` key of the shred pass.
+const SHRED_LOCK: i64 = 0x6977_5f73_6872_6564;
+
+impl Postgres {
+    pub fn events_for_subject(&self, subject: &str) -> Result<Vec<EventMeta>, StoreError> {
+        self.block(async {
+            let client = self.client().await?;
+            let rows = client
+                .query(
+                    "SELECT e.key, e.meta FROM iw_subjects s JOIN iw_dedup d ON d.key = s.key \
+                     JOIN iw_events e ON e.part = d.part AND e.key = d.key WHERE s.subject = $1 \
+                     ORDER BY e.received_ms, e.key",
+                    &[&subject],
+                )
+                .await
+                .map_err(pg_err)?;
+            rows.iter()
+                .map(|r| {
+                    EventMeta::decode(r.get::<_, &[u8]>(1)).ok_or_else(|| {
+                        StoreError::Corrupt(format!("event {} has an unreadable record", r.get::<_, &str>(0)))
+                    })
+                })
+                .collect()
+        })
+    }
+
+    /// One transaction: the events' rows and subject entries go, their
+    /// markers stay, their partitions are queued for a shred pass. Always
+    /// durable on return (`durable` is for backends that batch).
+    pub fn erase_events(&self, keys: &[String], _durable: bool) -> Result<ErasedEvents, StoreError> {
+        if keys.is_empty() {
+            return Ok(ErasedEvents::default());
+        }
+        self.block(async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(pg_err)?;
+            let rows = tx
+                .query(
+                    "WITH gone AS (DELETE FROM iw_events e USING iw_dedup d \
+                       WHERE d.key = ANY($1) AND e.part = d.part AND e.key = d.key RETURNING e.part, e.key) \
+                     SELECT part, key FROM gone",
+                    &[&keys],
+                )
+                .await
+                .map_err(pg_err)?;
+            let gone: Vec<String> = rows.iter().map(|r| r.get(1)).collect();
+            let mut parts: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+            parts.sort_unstable();
+            parts.dedup();
+            tx.execute("UPDATE iw_dedup SET has_event = false WHERE key = ANY($1)", &[&gone])
+                .await
+                .map_err(pg_err)?;
+            tx.execute("DELETE FROM iw_subjects WHERE key = ANY($1)", &[&gone])
+                .await
+                .map_err(pg_err)?;
+            let queued = tx
+                .execute(
+                    "INSERT INTO iw_shred (part, queued_ms) SELECT unnest($1::int8[]), $2 ON CONFLICT (part) DO NOTHING",
+                    &[&parts, &now()],
+                )
+                .await
+                .map_err(pg_err)?;
+            tx.commit().await.map_err(pg_err)?;
+            self.inner.cached.note_shred_queued(now());
+            Ok(ErasedEvents {
+                events: gone.len() as u64,
+                segments_queued: queued,
+            })
+        })
+    }
+
+    pub fn set_subjects(&self, key: &str, subjects: Vec<String>) -> Result<bool, StoreError> {
+        let subjects_for_index = subjects.clone();
+        let updated = self.update_dyn(key, &move |m| m.subjects = subjects.clone())?;
+        if updated.is_none() {
+            return Ok(false);
+        }
+        self.block(async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(pg_err)?;
+            tx.execute("DELETE FROM iw_subjects WHERE key = $1", &[&key])
+                .await
+                .map_err(pg_err)?;
+            tx.execute(
+                "INSERT INTO iw_subjects (subject, key) SELECT unnest($1::text[]), $2 ON CONFLICT DO NOTHING",
+                &[&subjects_for_index, &key],
+            )
+            .await
+            .map_err(pg_err)?;
+            tx.commit().await.map_err(pg_err)?;
+            Ok(true)
+        })
+    }
+
+    /// Re-encrypts each queued partition's remaining payloads under a new
+    /// key, in one transaction per partition that also replaces the key,
+    /// then rewrites the key table (`VACUUM FULL`) so the old key's bytes
+    /// are not left in its pages. Returns the partitions done.
+    pub fn shred(&self) -> Result<u64, StoreError> {
+        let _one = self.inner.shred_lock.lock().unwrap_or_else(|p| p.into_inner());
+        // One pass at a time across replicas: the lock is the session's
+        // (this connection's), held until the pass ends.
+        let lock = self.block(self.client())?;
+        let got: bool = self
+            .block(lock.query_one("SELECT pg_try_advisory_lock($1)", &[&SHRED_LOCK]))
+            .map_err(pg_err)?
+            .get(0);
+        if !got {
+            return Ok(0);
+        }
+        let pass = (|| {
+            let parts: Vec<i64> = self.block(async {
+                let client = self.client().await?;
+                let rows = client
+                    .query("SELECT part FROM iw_shred ORDER BY part", &[])
+                    .await
+                    .map_err(pg_err)?;
+                Ok::<_, StoreError>(rows.into_iter().map(|r| r.get(0)).collect())
+            })?;
+            let mut done = 0;
+            for part in parts {
+                self.block(self.reencrypt(part))?;
+                done += 1;
+            }
+            Ok::<_, StoreError>(done)
+        })();
+        let _ = self.block(lock.execute("SELECT pg_advisory_unlock($1)", &[&SHRED_LOCK]));
+        let done = pass?;
+        if done > 0 {
+            self.block(async {
+                let client = self.client().await?;
+                client.batch_execute("VACUUM FULL iw_part_keys").await.map_err(pg_err)
+            })?;
+        }
+        self.block(super::upkeep::refresh(self))?;
+        Ok(done)
+    }
+
+    /// A new key version for `part`; every row sealed under an older one
+    /// re-sealed under it, 500 rows a transaction (intake goes on, sealing
+    /// under the new version); then the older versions deleted, in a
+    /// transaction that waits for intake batches still sealing under them
+    /// and gives up (to loop again) if any row of theirs appeared.
+    async fn reencrypt(&self, part: i64) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let current: Option<i64> = client
+            .query_one("SELECT max(version) FROM iw_part_keys WHERE part = $1", &[&part])
+            .await
+            .map_err(pg_err)?
+            .get(0);
+        let Some(current) = current else {
+            client
+                .execute("DELETE FROM iw_shred WHERE part = $1", &[&part])
+                .await
+                .map_err(pg_err)?;
+            return Ok(());
+        };
+        let version = current + 1;
+        let plain = crate::crypto::random_key();
+        client
+            .execute(
+                "INSERT INTO iw_part_keys (part, version, wrapped) VALUES ($1, $2, $3)",
+                &[&part, &version, &self.inner.part_keys.wrap(part, version, &plain)],
+            )
+            .await
+            .map_err(pg_err)?;
+        let new = super::keys::PartKey {
+            version,
+            key: std::sync::Arc::new(plain),
+        };
+        drop(client);
+        loop {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(pg_err)?;
+            let rows = tx
+                .query(
+                    "SELECT e.key, e.body, e.key_version, k.wrapped FROM iw_events e \
+                     JOIN iw_part_keys k ON k.part = e.part AND k.version = e.key_version \
+                     WHERE e.part = $1 AND e.key_version < $2 AND e.body IS NOT NULL \
+                     ORDER BY e.key LIMIT 500 FOR UPDATE OF e",
+                    &[&part, &version],
+                )
+                .await
+                .map_err(pg_err)?;
+            for r in &rows {
+                let key: String = r.get(0);
+                let old = self.inner.part_keys.learn(part, r.get(2), r.get::<_, &[u8]>(3))?;
+                let body = open_body(&old, &key, r.get::<_, &[u8]>(1))
+                    .ok_or_else(|| StoreError::Corrupt(format!("the payload of {key} does not open")))?;
+                tx.execute(
+                    "UPDATE iw_events SET body = $3, key_version = $4 WHERE part = $1 AND key = $2",
+                    &[&part, &key, &seal_body(&new, &key, &body), &version],
+                )
+                .await
+                .map_err(pg_err)?;
+            }
+            if !rows.is_empty() {
+                tx.commit().await.map_err(pg_err)?;
+                continue;
+            }
+            // Nothing left under an older key: delete them (waiting for
+            // intake batches that hold them FOR SHARE), unless such a
+            // batch has just added rows under one.
+            tx.execute(
+                "DELETE FROM iw_part_keys WHERE part = $1 AND version < $2",
+                &[&part, &version],
+            )
+            .await
+            .map_err(pg_err)?;
+            let late: i64 = tx
+                .query_one(
+                    "SELECT count(*) FROM iw_events WHERE part = $1 AND key_version < $2 AND body IS NOT NULL",
+                    &[&part, &version],
+                )
+                .await
+                .map_err(pg_err)?
+                .get(0);
+            if late > 0 {
+                tx.rollback().await.map_err(pg_err)?;
+                continue;
+            }
+            tx.execute("DELETE FROM iw_shred WHERE part = $1", &[&part])
+                .await
+                .map_err(pg_err)?;
+            tx.commit().await.map_err(pg_err)?;
+            self.inner.part_keys.forget_older(part, version);
+            return Ok(());
+        }
+    }
+
+    pub fn ledger_append(&self, entry: &LedgerEntry) -> Result<(), StoreError> {
+        let line = serde_json::to_string(entry).expect("serialising plain data cannot fail");
+        self.block(async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(pg_err)?;
+            tx.execute("INSERT INTO iw_ledger (entry) VALUES ($1)", &[&line])
+                .await
+                .map_err(pg_err)?;
+            tx.execute(
+                "INSERT INTO iw_erased (subject, at_ms) SELECT unnest($1::text[]), $2 \
+                 ON CONFLICT (subject) DO UPDATE SET at_ms = GREATEST(iw_erased.at_ms, EXCLUDED.at_ms)",
+                &[&entry.subjects, &entry.at_ms],
+            )
+            .await
+            .map_err(pg_err)?;
+            tx.commit().await.map_err(pg_err)
+        })
+    }
+
+    /// The ledger is in the same database as everything it erased: there
+    /// is never anything to apply again.
+    pub fn ledger_unapplied(&self) -> Result<(Vec<LedgerEntry>, u64), StoreError> {
+        Ok((Vec::new(), self.ledger_len()? as u64))
+    }
+
+    pub fn ledger_len(&self) -> Result<usize, StoreError> {
+        self.scalar("SELECT count(*) FROM iw_ledger")
+            .map(|n| n.unwrap_or(0) as usize)
+    }
+
+    pub fn erased_at(&self, subject: &str) -> Result<Option<i64>, StoreError> {
+        self.block(async {
+            let client = self.client().await?;
+            let row = client
+                .query_opt("SELECT at_ms FROM iw_erased WHERE subject = $1", &[&subject])
+                .await
+                .map_err(pg_err)?;
+            Ok(row.map(|r| r.get(0)))
+        })
+    }
+
+    pub fn state_value(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let name = format!("v:{name}");
+        self.block(async {
+            let client = self.client().await?;
+            let row = client
+                .query_opt("SELECT value FROM iw_meta WHERE name = $1", &[&name])
+                .await
+                .map_err(pg_err)?;
+            Ok(row.map(|r| r.get(0)))
+        })
+    }
+
+    pub fn set_state_value(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {
+        let name = format!("v:{name}");
+        self.block(async {
+            let client = self.client().await?;
+            client
+                .execute(
+                    "INSERT INTO iw_meta (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
+                    &[&name, &value],
+                )
+                .await
+                .map_err(pg_err)?;
+            Ok(())
+        })
+    }
+
+    pub fn state_flag(&self, name: &str) -> Result<bool, StoreError> {
+        Ok(self.state_value(&format!("flag:{name}"))?.is_some())
+    }
+
+    pub fn set_state_flag(&self, name: &str) -> Result<(), StoreError> {
+        self.set_state_value(&format!("flag:{name}"), &[1])
+    }
+
+    pub fn clear_state_flag(&self, name: &str) -> Result<(), StoreError> {
+        let name = format!("v:flag:{name}");
+        self.block(async {
+            let client = self.client().await?;
+            client
+                .execute("DELETE FROM iw_meta WHERE name = $1", &[&name])
+                .await
+                .map_err(pg_err)?;
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,572 @@
+//! The PostgreSQL backend against a real PostgreSQL: the local server on
+//! 127.0.0.1:5432 (each test in a database of its own), and clusters of
+//! the tests' own (`initdb` as user `postgres`, on free ports) where one
+//! is stopped and started. Without a server the tests are reported as
+//! ignored (see `build.rs`); under `CI=true` they run (`.ci/run` starts
+//! the local server if it is stopped).
+
+mod common;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+const SHARED_SERVER: &str = "host=127.0.0.1 port=5432 user=postgres dbname=test";
+
+/// A short claim lease, so the tests see lapsed claims taken over.
+const PG_CONFIG: &str = "[store]\nbackend = \"postgres\"\nclaim_lease = \"3s\"\ncommit_timeout = \"2s\"\n";
+
+async fn connect(conninfo: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| {
+            panic!("PostgreSQL at {conninfo} is not reachable (it was when the tests were built): {e}")
+        });
+    tokio::spawn(conn);
+    client
+}
+
+/// A database of this test's own on the shared server, dropped at the end.
+struct TestDb {
+    name: String,
+}
+
+impl TestDb {
+    async fn new() -> TestDb {
+        let name = format!("iw_test_{}", hex::encode(rand::random::<[u8; 6]>()));
+        connect(SHARED_SERVER)
+            .await
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+        TestDb { name }
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
+    }
+
+    async fn client(&self) -> tokio_postgres::Client {
+        connect(&format!("host=127.0.0.1 port=5432 user=postgres dbname={}", self.name)).await
+    }
+
+    async fn drop_now(self) {
+        let _ = connect(SHARED_SERVER)
+            .await
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
+            .await;
+    }
+}
+
+fn pg_env(url: &str) -> MapEnv {
+    let mut env = test_env();
+    env.0.insert("INTERCOM_WEBHOOKS_DATABASE_URL", url.to_string());
+    env
+}
+
+fn contact_note(id: &str, contact: &str) -> Vec<u8> {
+    notification(
+        id,
+        "contact.user.created",
+        json!({"type": "contact", "id": contact, "role": "user", "email": format!("{contact}@example.org"),
+               "updated_at": "2026-01-01T00:00:00.000Z"}),
+        1767225600,
+    )
+}
+
+fn outcomes(ev: &Value) -> Vec<String> {
+    ev["history"]
+        .as_array()
+        .map(|h| {
+            h.iter()
+                .map(|a| a["outcome"].as_str().unwrap_or("").to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits until the replicas' shared queue is empty (every stored event has
+/// an outcome).
+async fn wait_drained(db: &TestDb, within: Duration) {
+    let client = db.client().await;
+    let deadline = Instant::now() + within;
+    loop {
+        let n: i64 = client
+            .query_one("SELECT count(*) FROM iw_events WHERE status IN (0, 3)", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if n == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{n} events still queued");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg_attr(not(has_postgres), ignore = "needs PostgreSQL on 127.0.0.1:5432 (CI starts it)")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_store_once_process_once_and_see_an_erasure_at_once() {
+    let db = TestDb::new().await;
+    let (da, dbb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = spawn_app_with(da.path(), PG_CONFIG, pg_env(&db.url())).await;
+    let b = spawn_app_with(dbb.path(), PG_CONFIG, pg_env(&db.url())).await;
+
+    // The same id to both replicas at the same moment: stored once.
+    for i in 0..20 {
+        let body = contact_note(&format!("notif_twin_{i}"), &format!("c_twin_{i}"));
+        let (ra, rb) = tokio::join!(a.post_signed(&body), b.post_signed(&body));
+        assert_eq!((ra.status().as_u16(), rb.status().as_u16()), (200, 200));
+    }
+    // Many ids, spread over both.
+    for i in 0..100 {
+        let body = contact_note(&format!("notif_spread_{i}"), &format!("c_spread_{i}"));
+        let app = if i % 2 == 0 { &a } else { &b };
+        assert_eq!(app.post_signed(&body).await.status(), 200);
+    }
+    wait_drained(&db, Duration::from_secs(30)).await;
+    for i in 0..20 {
+        let ev = a.wait_final(&format!("notif_twin_{i}")).await;
+        assert_eq!(ev["deliveries"], 2, "{ev}");
+        assert_eq!(outcomes(&ev), ["processed"], "processed once: {ev}");
+    }
+    for i in 0..100 {
+        let ev = b.wait_final(&format!("notif_spread_{i}")).await;
+        assert_eq!(outcomes(&ev), ["processed"], "processed once: {ev}");
+    }
+    let client = db.client().await;
+    let stored: i64 = client
+        .query_one("SELECT count(*) FROM iw_events", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, 120);
+
+    // Erased through B: gone for A at once, the marker stays, the payload
+    // re-encrypted away.
+    let r = b
+        .admin_post(
+            "/admin/erase",
+            json!({"contact_id": "c_spread_3", "local_only": true, "yes": true}),
+        )
+        .await;
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    assert_eq!(a.admin_get("/admin/events/notif_spread_3").await.status(), 404);
+    assert_eq!(a.admin_get("/admin/contacts/c_spread_3").await.status(), 404);
+    let body = contact_note("notif_spread_3", "c_spread_3");
+    assert_eq!(a.post_signed(&body).await.status(), 200, "a redelivery is acknowledged");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        a.admin_get("/admin/events/notif_spread_3").await.status(),
+        404,
+        "and not stored again"
+    );
+    let row = client
+        .query_one("SELECT has_event FROM iw_dedup WHERE key = 'notif_spread_3'", &[])
+        .await
+        .unwrap();
+    assert!(!row.get::<_, bool>(0));
+    let versions: i64 = client
+        .query_one("SELECT max(version) FROM iw_part_keys", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(versions >= 2, "the partition was re-encrypted under a new key");
+    let shred: i64 = client
+        .query_one("SELECT count(*) FROM iw_shred", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(shred, 0);
+    // Nothing of the person in the database in clear.
+    let dump = std::process::Command::new("pg_dump")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "--data-only", &db.name])
+        .output()
+        .unwrap();
+    assert!(dump.status.success());
+    let dump = String::from_utf8_lossy(&dump.stdout);
+    assert!(dump.contains("notif_spread_4"), "the dump holds the ids");
+    for needle in ["c_spread_3@example.org", "c_spread_4@example.org", "example.org"] {
+        assert!(!dump.contains(needle), "{needle} in clear in the database");
+    }
+    a.stop().await;
+    b.stop().await;
+    db.drop_now().await;
+}
+
+#[cfg_attr(not(has_postgres), ignore = "needs PostgreSQL on 127.0.0.1:5432 (CI starts it)")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivery_after_its_partition_was_purged_is_a_duplicate() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{PG_CONFIG}partition = \"1s\"\n[retention]\nevents = \"1s\"\nmarkers = \"1h\"\n[purge]\ninterval = \"1h\"\n"
+    );
+    let app = spawn_app_with(dir.path(), &config, pg_env(&db.url())).await;
+    let body = contact_note("notif_purged_once", "c_purged");
+    assert_eq!(app.post_signed(&body).await.status(), 200);
+    assert_eq!(app.wait_final("notif_purged_once").await["status"], "processed");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let r: Value = app.admin_post("/admin/purge", json!({})).await.json().await.unwrap();
+    assert!(r["removed"]["events"].as_u64().unwrap_or(0) >= 1, "{r}");
+    assert_eq!(app.admin_get("/admin/events/notif_purged_once").await.status(), 404);
+    let client = db.client().await;
+    let tables: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_inherits WHERE inhparent = 'iw_events'::regclass",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(tables, 0, "the partition was dropped");
+    let keys: i64 = client
+        .query_one("SELECT count(*) FROM iw_part_keys", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(keys, 0, "with its key");
+    // Redelivered: acknowledged as a duplicate, not stored or processed.
+    assert_eq!(app.post_signed(&body).await.status(), 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(app.admin_get("/admin/events/notif_purged_once").await.status(), 404);
+    let events: i64 = client
+        .query_one("SELECT count(*) FROM iw_events", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(events, 0);
+    app.stop().await;
+    db.drop_now().await;
+}
+
+#[cfg_attr(not(has_postgres), ignore = "needs PostgreSQL on 127.0.0.1:5432 (CI starts it)")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_are_versioned_and_a_newer_database_is_refused() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pg.toml"), PG_CONFIG).unwrap();
+    let mut bin = Binary::new(dir.path());
+    bin.env.push(("INTERCOM_WEBHOOKS_DATABASE_URL".into(), db.url()));
+    let config = dir.path().join("pg.toml");
+    let config = config.to_str().unwrap();
+    let (code, out, err) = bin.run(&["--config", config, "--json", "migrate"]);
+    assert_eq!(code, 0, "{err}");
+    let done: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (done["from_version"].as_i64(), done["to_version"].as_i64()),
+        (Some(0), Some(1))
+    );
+    let (code, out, _) = bin.run(&["--config", config, "--json", "migrate"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["from_version"],
+        1,
+        "applied once"
+    );
+    db.client()
+        .await
+        .batch_execute("UPDATE iw_schema SET version = 99")
+        .await
+        .unwrap();
+    let (code, _, err) = bin.run(&["--config", config, "migrate"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("newer than this binary"), "{err}");
+    let (code, _, err) = bin.run(&["--config", config, "stats"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("newer than this binary"), "{err}");
+    // Without the URL, a clear error naming the variable.
+    let bare = Binary::new(dir.path());
+    let (code, _, err) = bare.run(&["--config", config, "stats"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("INTERCOM_WEBHOOKS_DATABASE_URL"), "{err}");
+    db.drop_now().await;
+}
+
+/// Posts notifications round-robin to `targets` until told to stop;
+/// returns the ids answered `200` and every (id, code, sent at).
+fn send_until(
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    targets: Arc<Mutex<Vec<std::net::SocketAddr>>>,
+    prefix: String,
+) -> std::thread::JoinHandle<Vec<(String, u16, Instant)>> {
+    std::thread::spawn(move || {
+        let client = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let mut sent = Vec::new();
+        let mut i = 0usize;
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            let addrs = targets.lock().unwrap().clone();
+            let addr = addrs[i % addrs.len()];
+            let id = format!("{prefix}_{i}");
+            let body = contact_note(&id, &format!("c_{prefix}_{}", i % 50));
+            let at = Instant::now();
+            let code = client
+                .post(format!("http://{addr}/webhooks/intercom"))
+                .header("content-type", "application/json")
+                .header("x-hub-signature", intercom_webhooks::verify::sign(SECRET, &body))
+                .body(body)
+                .send()
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0);
+            sent.push((id, code, at));
+            i += 1;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        sent
+    })
+}
+
+/// Every id answered `200` is stored, and has exactly one `processed`.
+async fn assert_each_acknowledged_once(db: &TestDb, acked: &[String]) {
+    let client = db.client().await;
+    let rows = client
+        .query("SELECT key, status FROM iw_events WHERE key = ANY($1)", &[&acked])
+        .await
+        .unwrap();
+    let found: HashSet<String> = rows.iter().map(|r| r.get::<_, String>(0)).collect();
+    let lost: Vec<&String> = acked.iter().filter(|k| !found.contains(*k)).collect();
+    assert!(lost.is_empty(), "acknowledged but not stored: {lost:?}");
+    assert!(rows.iter().all(|r| r.get::<_, i16>(1) == 1), "every one processed");
+}
+
+#[cfg_attr(not(has_postgres), ignore = "needs PostgreSQL on 127.0.0.1:5432 (CI starts it)")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_under_load_loses_nothing_acknowledged_and_processes_nothing_twice() {
+    let db = TestDb::new().await;
+    let (da, dbb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let config_of = |dir: &Path| {
+        let p = dir.join("pg.toml");
+        std::fs::write(&p, PG_CONFIG).unwrap();
+        p
+    };
+    let (ca, cb) = (config_of(da.path()), config_of(dbb.path()));
+    let replica = |dir: &Path, config: &PathBuf| {
+        let mut bin = Binary::new(dir);
+        bin.env.push(("INTERCOM_WEBHOOKS_DATABASE_URL".into(), db.url()));
+        bin.env
+            .push(("INTERCOM_WEBHOOKS_CONFIG".into(), config.to_str().unwrap().to_string()));
+        bin
+    };
+    let (bin_a, bin_b) = (replica(da.path(), &ca), replica(dbb.path(), &cb));
+    let mut all_acked = Vec::new();
+    for round in 0..3 {
+        let (mut sa, pa, _) = bin_a.serve(&[]);
+        let (mut sb, pb, _) = bin_b.serve(&[]);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let targets = Arc::new(Mutex::new(vec![pa, pb]));
+        let sender = send_until(stop.clone(), targets.clone(), format!("notif_kill{round}"));
+        tokio::time::sleep(Duration::from_millis(400 + rand::random::<u64>() % 1200)).await;
+        // SIGKILL one of them mid-load; the other takes everything after.
+        let (victim, survivor) = if round % 2 == 0 { (&mut sa, pb) } else { (&mut sb, pa) };
+        victim.kill().unwrap();
+        victim.wait().unwrap();
+        *targets.lock().unwrap() = vec![survivor];
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let sent = sender.join().unwrap();
+        let acked: Vec<String> = sent.iter().filter(|s| s.1 == 200).map(|s| s.0.clone()).collect();
+        assert!(acked.len() > 50, "round {round}: only {} acknowledged", acked.len());
+        // The killed replica's claims lapse; the survivor takes them.
+        wait_drained(&db, Duration::from_secs(30)).await;
+        assert_each_acknowledged_once(&db, &acked).await;
+        all_acked.extend(acked);
+        drop(sa);
+        drop(sb);
+    }
+    // Processed exactly once: one `processed` in each event's history.
+    let (mut s, p, admin) = bin_a.serve(&[]);
+    let _ = p;
+    let client = reqwest::Client::new();
+    for id in all_acked.iter().step_by(7) {
+        let ev: Value = client
+            .get(format!("http://{admin}/admin/events/{id}"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let processed = outcomes(&ev).iter().filter(|o| o.starts_with("processed")).count();
+        assert_eq!(processed, 1, "{ev}");
+    }
+    s.kill().unwrap();
+    let _ = s.wait();
+    db.drop_now().await;
+}
+
+/// A PostgreSQL cluster of the test's own, run as user `postgres` on a
+/// free port, its socket in its own directory.
+struct Cluster {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+fn pg_bin(name: &str) -> PathBuf {
+    let base = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL's binaries in /usr/lib/postgresql")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .max()
+        .unwrap();
+    base.join("bin").join(name)
+}
+
+fn as_postgres(args: &[&str]) -> std::process::Output {
+    let out = std::process::Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        let dir = tempfile::Builder::new().prefix("iw-pg-").tempdir().unwrap();
+        std::process::Command::new("chown")
+            .args(["postgres:postgres", dir.path().to_str().unwrap()])
+            .status()
+            .unwrap();
+        let port = free_port().port();
+        let data = dir.path().join("data");
+        as_postgres(&[
+            pg_bin("initdb").to_str().unwrap(),
+            "-D",
+            data.to_str().unwrap(),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+        ]);
+        let conf = format!(
+            "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nfsync = on\n",
+            dir.path().display()
+        );
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .unwrap();
+        std::io::Write::write_all(&mut f, conf.as_bytes()).unwrap();
+        let c = Cluster { dir, port };
+        c.start();
+        c
+    }
+
+    fn pg_ctl(&self, args: &[&str]) {
+        let data = self.dir.path().join("data");
+        let log = self.dir.path().join("log");
+        let mut all = vec![
+            pg_bin("pg_ctl").to_str().unwrap().to_string(),
+            "-D".into(),
+            data.to_str().unwrap().into(),
+        ];
+        all.extend(args.iter().map(|s| s.to_string()));
+        all.extend(["-l".to_string(), log.to_str().unwrap().to_string()]);
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        as_postgres(&refs);
+    }
+
+    fn start(&self) {
+        self.pg_ctl(&["start", "-w"]);
+    }
+
+    /// `-m immediate`: as a crash would.
+    fn stop(&self) {
+        self.pg_ctl(&["stop", "-w", "-m", "immediate"]);
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data");
+        let _ = std::process::Command::new("runuser")
+            .args([
+                "-u",
+                "postgres",
+                "--",
+                pg_bin("pg_ctl").to_str().unwrap(),
+                "-D",
+                data.to_str().unwrap(),
+                "stop",
+                "-m",
+                "immediate",
+            ])
+            .output();
+    }
+}
+
+#[cfg_attr(
+    not(has_postgres),
+    ignore = "needs PostgreSQL's initdb and pg_ctl, run as user postgres (CI has them)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_stopped_under_load_gets_503_never_200_and_intake_resumes_by_itself() {
+    let cluster = Cluster::new();
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn_app_with(dir.path(), PG_CONFIG, pg_env(&cluster.url())).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let targets = Arc::new(Mutex::new(vec![app.addr]));
+    let sender = send_until(stop.clone(), targets, "notif_down".into());
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    cluster.stop();
+    let down_at = Instant::now();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(app.readyz().await, 503, "/readyz tells while the database is down");
+    let starting_at = Instant::now();
+    cluster.start();
+    // Resumes by itself.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while app.readyz().await != 200 {
+        assert!(Instant::now() < deadline, "never ready again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ready_at = Instant::now();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let sent = sender.join().unwrap();
+    let while_down: Vec<_> = sent
+        .iter()
+        .filter(|s| s.2 > down_at + Duration::from_millis(100) && s.2 < starting_at)
+        .collect();
+    assert!(!while_down.is_empty());
+    assert!(
+        while_down.iter().all(|s| s.1 == 503),
+        "while down: {:?}",
+        while_down
+            .iter()
+            .map(|s| (s.0.clone(), s.1, s.2.duration_since(down_at).as_millis()))
+            .collect::<Vec<_>>()
+    );
+    let after: Vec<_> = sent.iter().filter(|s| s.2 > ready_at).collect();
+    assert!(!after.is_empty() && after.iter().all(|s| s.1 == 200), "intake resumed");
+    let acked: Vec<String> = sent.iter().filter(|s| s.1 == 200).map(|s| s.0.clone()).collect();
+    let client = connect(&format!(
+        "host=127.0.0.1 port={} user=postgres dbname=postgres",
+        cluster.port
+    ))
+    .await;
+    let rows = client
+        .query("SELECT key FROM iw_dedup WHERE key = ANY($1)", &[&acked])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), acked.len(), "every acknowledged notification is stored");
+    app.stop().await;
+}
