@@ -288,12 +288,14 @@ async fn migrations_are_versioned_and_a_newer_database_is_refused() {
 }
 
 /// Posts notifications round-robin to `targets` until told to stop;
-/// returns the ids answered `200` and every (id, code, sent at).
+/// returns every (id, code, sent at, answered at).
+type Sent = (String, u16, Instant, Instant);
+
 fn send_until(
     stop: Arc<std::sync::atomic::AtomicBool>,
     targets: Arc<Mutex<Vec<std::net::SocketAddr>>>,
     prefix: String,
-) -> std::thread::JoinHandle<Vec<(String, u16, Instant)>> {
+) -> std::thread::JoinHandle<Vec<Sent>> {
     std::thread::spawn(move || {
         let client = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(5))
@@ -315,7 +317,7 @@ fn send_until(
                 .send()
                 .map(|r| r.status().as_u16())
                 .unwrap_or(0);
-            sent.push((id, code, at));
+            sent.push((id, code, at, Instant::now()));
             i += 1;
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -436,12 +438,33 @@ fn as_postgres(args: &[&str]) -> std::process::Output {
 
 impl Cluster {
     fn new() -> Cluster {
+        Self::primary("")
+    }
+
+    fn empty_dir() -> (tempfile::TempDir, u16) {
         let dir = tempfile::Builder::new().prefix("iw-pg-").tempdir().unwrap();
         std::process::Command::new("chown")
             .args(["postgres:postgres", dir.path().to_str().unwrap()])
             .status()
             .unwrap();
-        let port = free_port().port();
+        (dir, free_port().port())
+    }
+
+    fn configure(dir: &Path, port: u16, extra: &str) {
+        let conf = format!(
+            "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nfsync = on\n{extra}\n",
+            dir.display()
+        );
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.join("data").join("postgresql.conf"))
+            .unwrap();
+        std::io::Write::write_all(&mut f, conf.as_bytes()).unwrap();
+    }
+
+    /// A new cluster with `extra` lines of configuration, started.
+    fn primary(extra: &str) -> Cluster {
+        let (dir, port) = Self::empty_dir();
         let data = dir.path().join("data");
         as_postgres(&[
             pg_bin("initdb").to_str().unwrap(),
@@ -452,18 +475,40 @@ impl Cluster {
             "-U",
             "postgres",
         ]);
-        let conf = format!(
-            "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nfsync = on\n",
-            dir.path().display()
-        );
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(data.join("postgresql.conf"))
-            .unwrap();
-        std::io::Write::write_all(&mut f, conf.as_bytes()).unwrap();
+        Self::configure(dir.path(), port, extra);
         let c = Cluster { dir, port };
         c.start();
         c
+    }
+
+    /// A streaming standby of `primary` (a base backup), started.
+    fn standby_of(primary: &Cluster) -> Cluster {
+        let (dir, port) = Self::empty_dir();
+        let data = dir.path().join("data");
+        as_postgres(&[
+            pg_bin("pg_basebackup").to_str().unwrap(),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &primary.port.to_string(),
+            "-U",
+            "postgres",
+            "-D",
+            data.to_str().unwrap(),
+            "-R",
+            "-X",
+            "stream",
+        ]);
+        // The primary's settings came with the backup; this one's port and
+        // socket go after them.
+        Self::configure(dir.path(), port, "");
+        let c = Cluster { dir, port };
+        c.start();
+        c
+    }
+
+    fn promote(&self) {
+        self.pg_ctl(&["promote", "-w"]);
     }
 
     fn pg_ctl(&self, args: &[&str]) {
@@ -568,5 +613,139 @@ async fn the_database_stopped_under_load_gets_503_never_200_and_intake_resumes_b
         .await
         .unwrap();
     assert_eq!(rows.len(), acked.len(), "every acknowledged notification is stored");
+    app.stop().await;
+}
+
+/// A primary that commits only once its synchronous standby has the WAL.
+fn primary_with_sync_standby() -> (Cluster, Cluster) {
+    let primary = Cluster::primary("synchronous_standby_names = '*'\nsynchronous_commit = on\n");
+    let standby = Cluster::standby_of(&primary);
+    (primary, standby)
+}
+
+#[cfg_attr(
+    not(has_postgres),
+    ignore = "needs PostgreSQL's initdb, pg_ctl and pg_basebackup, run as user postgres (CI has them)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_to_the_synchronous_standby_keeps_every_acknowledged_notification() {
+    let (primary, standby) = primary_with_sync_standby();
+    // Both hosts in the URL; only a read-write one is used.
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/postgres?target_session_attrs=read-write&connect_timeout=2",
+        primary.port, standby.port
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn_app_with(dir.path(), PG_CONFIG, pg_env(&url)).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sender = send_until(
+        stop.clone(),
+        Arc::new(Mutex::new(vec![app.addr])),
+        "notif_failover".into(),
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    primary.stop();
+    let failed_at = Instant::now();
+    standby.promote();
+    // The promoted node inherited `synchronous_standby_names` and has no
+    // standby of its own: as an HA manager (Patroni, say) does, it stops
+    // waiting for one.
+    let promoted = connect(&format!(
+        "host=127.0.0.1 port={} user=postgres dbname=postgres",
+        standby.port
+    ))
+    .await;
+    promoted
+        .batch_execute("ALTER SYSTEM SET synchronous_standby_names = ''")
+        .await
+        .unwrap();
+    promoted.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while app.readyz().await != 200 {
+        assert!(Instant::now() < deadline, "never ready on the promoted standby");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let sent = sender.join().unwrap();
+    let acked: Vec<String> = sent.iter().filter(|s| s.1 == 200).map(|s| s.0.clone()).collect();
+    let last_before = sent
+        .iter()
+        .filter(|s| s.1 == 200 && s.3 < failed_at)
+        .map(|s| s.3)
+        .max()
+        .unwrap();
+    let first_after = sent
+        .iter()
+        .filter(|s| s.1 == 200 && s.2 > failed_at)
+        .map(|s| s.3)
+        .min()
+        .expect("intake resumed");
+    println!(
+        "failover: no 2xx answered for {:.2} s ({} acknowledged, {} refused)",
+        first_after.duration_since(last_before).as_secs_f64(),
+        acked.len(),
+        sent.iter().filter(|s| s.1 != 200).count()
+    );
+    assert!(
+        sent.iter().all(|s| s.1 == 200 || s.1 == 503 || s.1 == 0),
+        "only 200 or 503"
+    );
+    let rows = promoted
+        .query("SELECT key FROM iw_dedup WHERE key = ANY($1)", &[&acked])
+        .await
+        .unwrap();
+    let found: HashSet<String> = rows.iter().map(|r| r.get(0)).collect();
+    let lost: Vec<&String> = acked.iter().filter(|k| !found.contains(*k)).collect();
+    assert!(lost.is_empty(), "acknowledged, not on the promoted standby: {lost:?}");
+    app.stop().await;
+}
+
+#[cfg_attr(
+    not(has_postgres),
+    ignore = "needs PostgreSQL's initdb, pg_ctl and pg_basebackup, run as user postgres (CI has them)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_synchronous_standby_down_every_answer_is_503_redeliveries_too() {
+    let (primary, standby) = primary_with_sync_standby();
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn_app_with(dir.path(), PG_CONFIG, pg_env(&primary.url())).await;
+    let first = contact_note("notif_sync_before", "c_sync");
+    assert_eq!(app.post_signed(&first).await.status(), 200);
+    standby.stop();
+    let body = contact_note("notif_sync_down", "c_sync");
+    let started = Instant::now();
+    let r = app.post_signed(&body).await;
+    let took = started.elapsed();
+    assert_eq!(r.status(), 503, "not on two machines: not acknowledged");
+    assert!(
+        took < Duration::from_secs(5),
+        "503 within the commit timeout (2 s): took {took:?}"
+    );
+    // The row may be committed on the primary alone: a redelivery is not
+    // acknowledged on the strength of it.
+    assert_eq!(app.post_signed(&body).await.status(), 503);
+    assert_eq!(
+        app.post_signed(&first).await.status(),
+        503,
+        "a duplicate waits for a commit too"
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(app.readyz().await, 503, "/readyz tells");
+    standby.start();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let code = app.post_signed(&body).await.status();
+        if code == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never acknowledged after the standby came back"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let ev = app.wait_final("notif_sync_down").await;
+    assert_eq!(ev["status"], "processed", "{ev}");
     app.stop().await;
 }
