@@ -478,7 +478,15 @@ impl Settings {
             concurrency: file
                 .worker
                 .concurrency
-                .unwrap_or_else(default_worker_concurrency)
+                .unwrap_or_else(|| {
+                    // Against a database a handler mostly waits on round
+                    // trips: more threads keep it busy.
+                    if file.store.backend.as_deref() == Some("postgres") {
+                        16
+                    } else {
+                        default_worker_concurrency()
+                    }
+                })
                 .clamp(1, 64),
             max_attempts: file.worker.max_attempts.unwrap_or(8).max(1),
             backoff_base: dur(file.worker.backoff_base.as_ref(), "worker.backoff_base", "1s")?,

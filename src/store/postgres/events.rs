@@ -144,6 +144,40 @@ impl Postgres {
     /// on the event (this one's lapsed) or the event is gone.
     pub fn complete(&self, seen: &Snapshot, completion: &Completion) -> Result<Option<EventMeta>, StoreError> {
         let key = seen.meta.key.as_str();
+        // Usually nothing changed since the worker read it: one statement.
+        let version = <[u8; 8]>::try_from(seen.raw.as_slice()).ok().map(i64::from_be_bytes);
+        if let (Some(version), Some(loc)) = (version, seen.meta.loc) {
+            let mut m = seen.meta.clone();
+            completion.apply(&mut m);
+            let (owner, until) = self.claim_after(&m);
+            let done = self.block(async {
+                let client = self.client().await?;
+                client
+                    .execute(
+                        "UPDATE iw_events SET meta = $3, status = $4, version = version + 1, due_ms = $5, \
+                         claim_owner = $6, claim_until = $7 \
+                         WHERE part = $1 AND key = $2 AND version = $8 \
+                           AND (claim_owner IS NULL OR claim_owner = $9 OR claim_until < $10)",
+                        &[
+                            &(loc.seg as i64),
+                            &key,
+                            &m.encode(),
+                            &i16::from(m.status.code()),
+                            &due(&m),
+                            &owner,
+                            &until,
+                            &version,
+                            &self.inner.node,
+                            &now(),
+                        ],
+                    )
+                    .await
+                    .map_err(pg_err)
+            })?;
+            if done == 1 {
+                return Ok(Some(m));
+            }
+        }
         self.block(async {
             let mut client = self.client().await?;
             let tx = client.transaction().await.map_err(pg_err)?;
@@ -168,12 +202,7 @@ impl Postgres {
             let mut m = decode(key, row.get::<_, &[u8]>(0))?;
             let part: i64 = row.get(1);
             completion.apply(&mut m);
-            // A retrying event stays this replica's until its retry is due
-            // (plus a lease), then anyone's.
-            let (claim_owner, claim_until) = match (m.status, m.retry_at_ms) {
-                (Status::Retrying, Some(at)) => (Some(self.inner.node.clone()), Some(at + self.inner.claim_lease_ms)),
-                _ => (None, None),
-            };
+            let (claim_owner, claim_until) = self.claim_after(&m);
             tx.execute(
                 "UPDATE iw_events SET meta = $3, status = $4, version = version + 1, due_ms = $5, \
                  claim_owner = $6, claim_until = $7 WHERE part = $1 AND key = $2",
@@ -192,6 +221,15 @@ impl Postgres {
             tx.commit().await.map_err(pg_err)?;
             Ok(Some(m))
         })
+    }
+
+    /// The claim an event keeps after an outcome: a retrying event stays
+    /// this replica's until its retry is due (plus a lease), then anyone's.
+    fn claim_after(&self, m: &EventMeta) -> (Option<String>, Option<i64>) {
+        match (m.status, m.retry_at_ms) {
+            (Status::Retrying, Some(at)) => (Some(self.inner.node.clone()), Some(at + self.inner.claim_lease_ms)),
+            _ => (None, None),
+        }
     }
 
     /// Newest first. With `scan_limit` (and `scan_time`) the page reads at

@@ -32,19 +32,27 @@ pub struct AppendReq {
     pub reply: oneshot::Sender<Result<Appended, StoreError>>,
 }
 
+/// Batches committing at once: while one waits for its commit (a disk
+/// flush, a standby), the next is already being written.
+const IN_FLIGHT: usize = 4;
+
 pub async fn run(store: Postgres, mut rx: mpsc::Receiver<AppendReq>) {
     let stop = store.inner.stop.clone();
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
     loop {
         let first = tokio::select! {
-            r = rx.recv() => match r { Some(r) => r, None => return },
+            r = rx.recv() => match r { Some(r) => r, None => break },
             _ = stop.cancelled() => {
                 // Whatever is queued is answered as a failure: not stored.
                 rx.close();
                 while let Some(r) = rx.recv().await {
                     let _ = r.reply.send(Err(StoreError::Closed));
                 }
-                return;
+                break;
             }
+        };
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break;
         };
         let mut batch = vec![first];
         while batch.len() < BATCH {
@@ -53,30 +61,40 @@ pub async fn run(store: Postgres, mut rx: mpsc::Receiver<AppendReq>) {
                 Err(_) => break,
             }
         }
-        let started = Instant::now();
-        let result = commit(&store, &batch).await;
-        match result {
-            Ok((answers, fresh)) => {
-                store.inner.failing.store(false, Ordering::SeqCst);
-                store.inner.commits.fetch_add(1, Ordering::Relaxed);
-                store
-                    .inner
-                    .commit_us
-                    .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-                for work in fresh {
-                    let _ = store.inner.work_tx.send(work);
-                }
-                for (req, answer) in batch.into_iter().zip(answers) {
-                    let _ = req.reply.send(Ok(answer));
-                }
+        let store = store.clone();
+        tokio::spawn(async move {
+            finish(&store, batch).await;
+            drop(slot);
+        });
+    }
+    // Wait for the batches still committing.
+    let _ = slots.acquire_many(IN_FLIGHT as u32).await;
+}
+
+async fn finish(store: &Postgres, batch: Vec<AppendReq>) {
+    let started = Instant::now();
+    let result = commit(store, &batch).await;
+    match result {
+        Ok((answers, fresh)) => {
+            store.inner.failing.store(false, Ordering::SeqCst);
+            store.inner.commits.fetch_add(1, Ordering::Relaxed);
+            store
+                .inner
+                .commit_us
+                .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            for work in fresh {
+                let _ = store.inner.work_tx.send(work);
             }
-            Err(e) => {
-                store.inner.failing.store(true, Ordering::SeqCst);
-                store.inner.last_error_ms.store(now(), Ordering::SeqCst);
-                tracing::error!(error = %e, requests = batch.len(), "Storing a batch of notifications failed; answered 503.");
-                for req in batch {
-                    let _ = req.reply.send(Err(StoreError::Unavailable(e.to_string())));
-                }
+            for (req, answer) in batch.into_iter().zip(answers) {
+                let _ = req.reply.send(Ok(answer));
+            }
+        }
+        Err(e) => {
+            store.inner.failing.store(true, Ordering::SeqCst);
+            store.inner.last_error_ms.store(now(), Ordering::SeqCst);
+            tracing::error!(error = %e, requests = batch.len(), "Storing a batch of notifications failed; answered 503.");
+            for req in batch {
+                let _ = req.reply.send(Err(StoreError::Unavailable(e.to_string())));
             }
         }
     }
@@ -126,8 +144,10 @@ async fn commit(store: &Postgres, batch: &[AppendReq]) -> Result<(Vec<Appended>,
         for (i, r) in batch.iter().enumerate() {
             first.entry(r.meta.key.as_str()).or_insert(i);
         }
+        // In key order: concurrent batches lock dedup rows in one order,
+        // so they cannot deadlock.
         let mut uniq: Vec<usize> = first.values().copied().collect();
-        uniq.sort_unstable();
+        uniq.sort_unstable_by(|&x, &y| batch[x].meta.key.cmp(&batch[y].meta.key));
         let ukeys: Vec<&str> = uniq.iter().map(|&i| batch[i].meta.key.as_str()).collect();
         let uparts: Vec<i64> = uniq.iter().map(|&i| store.part_of(batch[i].meta.received_ms)).collect();
         let ureceived: Vec<i64> = uniq.iter().map(|&i| batch[i].meta.received_ms).collect();
@@ -246,6 +266,8 @@ async fn commit(store: &Postgres, batch: &[AppendReq]) -> Result<(Vec<Appended>,
                 e.1 = e.1.max(r.meta.received_ms);
             }
         }
+        let mut dups: Vec<(&str, (u32, i64))> = dups.into_iter().collect();
+        dups.sort_unstable();
         for (key, (n, seen_ms)) in dups {
             let Some(&part) = event_part.get(key) else { continue };
             let row = tx

@@ -48,8 +48,17 @@ use super::{PostgresSettings, StoreError, StoreSettings, Work};
 use crate::crypto::{DataKey, Keys};
 
 /// A database error as a store error: the store cannot take writes now.
-pub(crate) fn pg_err(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(format!("database: {e}"))
+/// The message carries the database's own (its `ERROR:` line), which
+/// names tables and ids, never a payload: those are sealed.
+pub(crate) fn pg_err(e: impl std::error::Error) -> StoreError {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    StoreError::Unavailable(format!("database: {msg}"))
 }
 
 /// The PostgreSQL backend: a cheap, clonable handle.

@@ -43,6 +43,8 @@ pub const MIGRATIONS: &[&str] = &[
         claim_until bigint,
         PRIMARY KEY (part, key)
     ) PARTITION BY RANGE (part);
+    -- Payloads are sealed (incompressible): never try to compress them.
+    ALTER TABLE iw_events ALTER COLUMN body SET STORAGE EXTERNAL;
     CREATE INDEX iw_events_time ON iw_events (received_ms, key);
     CREATE INDEX iw_events_queue ON iw_events (due_ms) WHERE status IN (0, 3);
     CREATE INDEX iw_events_failed ON iw_events (received_ms) WHERE status = 4;
