@@ -101,6 +101,9 @@ pub enum Command {
     /// Apply the database schema's migrations (`[store] backend =
     /// "postgres"`); `serve` applies them at start too.
     Migrate,
+    /// Move the embedded store in the data dir (stopped) into the empty
+    /// PostgreSQL database of `[store] backend = "postgres"`.
+    MigrateStore,
     /// Write a consistent copy of the store (running or stopped) to a file.
     Backup {
         #[arg(long, value_name = "FILE")]

@@ -59,6 +59,11 @@ pub async fn run(cli: Cli, settings: Settings) -> CmdResult {
             Ok(())
         }
         Command::Simulate(args) => simulate(&settings, args, json_out).await,
+        Command::MigrateStore => {
+            let done = ops::data_dir::migrate_store(&settings).await?;
+            print_doc(&done, json_out, pretty);
+            Ok(())
+        }
         Command::Migrate => {
             let done = ops::data_dir::migrate(&settings).await?;
             print_doc(&done, json_out, pretty);

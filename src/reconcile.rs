@@ -63,10 +63,13 @@ pub struct Report {
     pub stored_keys: Vec<String>,
 }
 
+/// The store state values that hold reconciliation's watermarks.
+pub const WATERMARKS: [&str; 2] = ["reconcile.contacts", "reconcile.conversations"];
+
 fn watermark_name(kind: Changed) -> &'static str {
     match kind {
-        Changed::Contacts => "reconcile.contacts",
-        Changed::Conversations => "reconcile.conversations",
+        Changed::Contacts => WATERMARKS[0],
+        Changed::Conversations => WATERMARKS[1],
     }
 }
 

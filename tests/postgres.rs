@@ -749,3 +749,75 @@ async fn with_the_synchronous_standby_down_every_answer_is_503_redeliveries_too(
     assert_eq!(ev["status"], "processed", "{ev}");
     app.stop().await;
 }
+
+#[cfg_attr(not(has_postgres), ignore = "needs PostgreSQL on 127.0.0.1:5432 (CI starts it)")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedded_store_moves_into_postgres_and_nobody_erased_comes_back() {
+    // An embedded store with events, a cache, an erasure and audit entries.
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn_app(dir.path()).await;
+    for i in 1..=5 {
+        let body = contact_note(&format!("notif_move_{i}"), &format!("c_move_{i}"));
+        assert_eq!(app.post_signed(&body).await.status(), 200);
+    }
+    for i in 1..=5 {
+        assert_eq!(app.wait_final(&format!("notif_move_{i}")).await["status"], "processed");
+    }
+    let r = app
+        .admin_post("/admin/erase", json!({"contact_id": "c_move_2", "local_only": true}))
+        .await;
+    assert!(r.status().is_success());
+    assert_eq!(app.admin_get("/admin/events/notif_move_1?raw=true").await.status(), 200);
+    let before: Value = app.admin_json("/admin/events/notif_move_1").await;
+    app.stop().await;
+
+    // Moved.
+    let db = TestDb::new().await;
+    let config = dir.path().join("pg.toml");
+    std::fs::write(&config, PG_CONFIG).unwrap();
+    let mut bin = Binary::new(dir.path());
+    bin.env.push(("INTERCOM_WEBHOOKS_DATABASE_URL".into(), db.url()));
+    let (code, out, err) = bin.run(&["--config", config.to_str().unwrap(), "--json", "migrate-store"]);
+    assert_eq!(code, 0, "{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["events"], 4, "{report}");
+    assert_eq!(report["erasures"], 1, "{report}");
+    assert!(report["cached_records"].as_u64().unwrap() >= 4, "{report}");
+    // A second move into the same database is refused.
+    let (code, _, err) = bin.run(&["--config", config.to_str().unwrap(), "migrate-store"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("already holds"), "{err}");
+
+    // Served from the database by a replica with a data dir of its own.
+    let other = tempfile::tempdir().unwrap();
+    let pg = spawn_app_with(other.path(), PG_CONFIG, pg_env(&db.url())).await;
+    let after: Value = pg.admin_json("/admin/events/notif_move_1").await;
+    for field in ["status", "received_at", "history", "deliveries", "payload"] {
+        assert_eq!(after[field], before[field], "{field}");
+    }
+    assert_eq!(pg.admin_get("/admin/contacts/c_move_1").await.status(), 200);
+    assert_eq!(pg.admin_get("/admin/events/notif_move_2").await.status(), 404);
+    assert_eq!(pg.admin_get("/admin/contacts/c_move_2").await.status(), 404);
+    // The erased person's notification, delivered again: not served.
+    let again = contact_note("notif_move_2b", "c_move_2");
+    assert_eq!(pg.post_signed(&again).await.status(), 200);
+    pg.wait_idle().await;
+    let ev = pg.wait_final("notif_move_2b").await;
+    assert_eq!(ev["status"], "skipped", "erased on arrival: {ev}");
+    assert_eq!(pg.admin_get("/admin/contacts/c_move_2").await.status(), 404);
+    // A moved notification delivered again is a duplicate.
+    let dup = contact_note("notif_move_1", "c_move_1");
+    assert_eq!(pg.post_signed(&dup).await.status(), 200);
+    let ev = pg.admin_json("/admin/events/notif_move_1").await;
+    assert_eq!(outcomes(&ev), outcomes(&before), "not processed again");
+    // The audit chain moved whole, and says so.
+    let check = pg.admin_json("/admin/audit/verify").await;
+    assert_eq!(check["ok"], true, "{check}");
+    let audit = pg.admin_json("/admin/audit").await.to_string();
+    assert!(
+        audit.contains("store_moved") && audit.contains("payload_viewed"),
+        "{audit}"
+    );
+    pg.stop().await;
+    db.drop_now().await;
+}

@@ -202,3 +202,61 @@ pub async fn migrate(settings: &Settings) -> Result<Migrated, OpsError> {
         to_version: to,
     })
 }
+
+/// Moves the embedded store of the data dir (the server stopped) into the
+/// configured PostgreSQL database, which must be empty: the database takes
+/// the data dir's root keys (wrapped by the data key), then everything is
+/// copied (see `store::copy`). The data dir is left as it was: keep it
+/// until the replicas run on the database, then shred it.
+pub async fn migrate_store(settings: &Settings) -> Result<crate::store::copy::CopyReport, OpsError> {
+    let unavailable = |e: &dyn std::fmt::Display| OpsError::Unavailable(e.to_string());
+    let Some(pg) = &settings.store.postgres else {
+        return Err(OpsError::BadRequest(
+            "migrate-store moves the data dir's store into PostgreSQL: set [store] backend = \"postgres\" and INTERCOM_WEBHOOKS_DATABASE_URL".into(),
+        ));
+    };
+    let dir = &settings.data_dir;
+    if !dir.join(crypto::ROOT_FILE).exists() {
+        return Err(OpsError::NotFound(format!("there is no store in {}", dir.display())));
+    }
+    let key = match &settings.data_key {
+        Some(k) => DataKey::parse(k.expose()).map_err(|e| unavailable(&e))?,
+        None => {
+            let (key, _) = DataKey::load_or_create(None, dir).map_err(|e| unavailable(&e))?;
+            tracing::warn!(
+                "The data dir's generated data.key was used: give the replicas that key as INTERCOM_WEBHOOKS_DATA_KEY."
+            );
+            key
+        }
+    };
+    let root = crypto::load_or_create_root(dir, &key).map_err(|e| unavailable(&e))?;
+    let mut embedded_settings = settings.store.clone();
+    embedded_settings.postgres = None;
+    let (from, _) = Store::open(dir, crypto::Keys::from_root(&root), &embedded_settings).map_err(|e| match e {
+        StoreError::Locked(_) => OpsError::Unavailable(format!("{e}: stop serve before moving the store")),
+        e => OpsError::Store(e),
+    })?;
+    crate::store::prepare_database_for(&pg.url, &key, &root)
+        .await
+        .map_err(|e| unavailable(&e))?;
+    let (to, _) = Store::open_configured(dir, &key, &settings.store)?;
+    let rt = tokio::runtime::Handle::current();
+    let (src, dst) = (from.clone(), to.clone());
+    let report = tokio::task::spawn_blocking(move || {
+        crate::store::copy::copy_into(&src, &dst, &crate::reconcile::WATERMARKS, &rt, &|n| {
+            if n % 10_000 == 0 {
+                tracing::info!(events = n, "Moving the store.");
+            }
+        })
+    })
+    .await
+    .map_err(|e| unavailable(&e))??;
+    crate::audit::append(
+        &to,
+        "store_moved",
+        serde_json::json!({"events": report.events, "cached_records": report.cached_records, "erasures": report.erasures}),
+    )?;
+    from.close()?;
+    to.close()?;
+    Ok(report)
+}

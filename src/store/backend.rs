@@ -178,6 +178,8 @@ pub trait Backend: Send + Sync + 'static {
     fn cache_expired(&self, class: Expiry, before_ms: i64, limit: usize) -> Result<Vec<(i64, String)>, StoreError>;
     fn count_cache_expired(&self, class: Expiry, before_ms: i64) -> Result<u64, StoreError>;
     fn contacts_for_email_hash(&self, hash: &str) -> Result<Vec<String>, StoreError>;
+    /// Every (email hash, contact id) of the email index (moving a store).
+    fn email_index_all(&self) -> Result<Vec<(String, String)>, StoreError>;
 
     // --- erasure (contract 7) ---
     /// Events indexed under a subject key (see `identifiers`).
@@ -225,6 +227,8 @@ pub trait Backend: Send + Sync + 'static {
     fn audit_entries(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
     /// The entry the chain's front was cut after, kept so it verifies.
     fn audit_anchor(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError>;
+    /// Sets the anchor (moving a store whose chain's front has expired).
+    fn audit_set_anchor(&self, seq: u64, bytes: &[u8]) -> Result<(), StoreError>;
     /// Removes up to `limit` entries from the front while `expired`.
     fn audit_remove_expired_dyn(&self, expired: &dyn Fn(&[u8]) -> bool, limit: usize) -> Result<u64, StoreError>;
     /// Replaces an entry's bytes (re-authentication after a key rotation).

@@ -12,6 +12,7 @@
 mod backend;
 mod cache;
 mod codec;
+pub mod copy;
 pub mod embedded;
 pub mod event;
 mod filter;
@@ -94,6 +95,18 @@ pub const MAX_RECORD: u32 = embedded::log::MAX_RECORD;
 /// in one atomic step. Returns how many keys moved.
 pub fn rewrap_keys(dir: &Path, old: &[u8; 32], new: &[u8; 32]) -> Result<u64, StoreError> {
     Ok(embedded::keyring::rewrap_file(dir, old, new)?)
+}
+
+/// Readies an empty database to receive a store whose root keys are
+/// `root` (see [`copy::copy_into`]): migrates it, and stores those keys
+/// (wrapped by the data key). Refuses a database that holds events, or
+/// other root keys.
+pub async fn prepare_database_for(
+    url: &str,
+    data_key: &crate::crypto::DataKey,
+    root: &crate::crypto::RootKeys,
+) -> Result<(), StoreError> {
+    postgres::keys::adopt_root(url, data_key, root).await
 }
 
 /// Applies the PostgreSQL schema's migrations at `url` (the `migrate`

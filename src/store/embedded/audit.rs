@@ -48,6 +48,13 @@ impl Embedded {
             .map(|v| (u64::from_be_bytes(v[..8].try_into().unwrap_or([0; 8])), v[8..].to_vec())))
     }
 
+    pub fn audit_set_anchor(&self, seq: u64, bytes: &[u8]) -> Result<(), StoreError> {
+        let mut anchor = seq.to_be_bytes().to_vec();
+        anchor.extend_from_slice(bytes);
+        self.inner.trees.state.insert(AUDIT_ANCHOR, anchor)?;
+        Ok(())
+    }
+
     /// Removes the oldest audit entries for which `expired` holds, keeping
     /// the last removed one as the anchor. Returns how many went.
     pub fn audit_remove_expired(&self, expired: impl Fn(&[u8]) -> bool, limit: usize) -> Result<u64, StoreError> {

@@ -43,6 +43,7 @@ impl Backend for Embedded {
         fn cache_expired(&self, class: Expiry, before_ms: i64, limit: usize) -> Result<Vec<(i64, String)>, StoreError>;
         fn count_cache_expired(&self, class: Expiry, before_ms: i64) -> Result<u64, StoreError>;
         fn contacts_for_email_hash(&self, hash: &str) -> Result<Vec<String>, StoreError>;
+        fn email_index_all(&self) -> Result<Vec<(String, String)>, StoreError>;
         fn events_for_subject(&self, subject: &str) -> Result<Vec<EventMeta>, StoreError>;
         fn erase_events(&self, keys: &[String], durable: bool) -> Result<ErasedEvents, StoreError>;
         fn set_subjects(&self, key: &str, subjects: Vec<String>) -> Result<bool, StoreError>;
@@ -65,6 +66,7 @@ impl Backend for Embedded {
         fn count_expired_markers(&self, before_ms: i64) -> Result<u64, StoreError>;
         fn audit_entries(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
         fn audit_anchor(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError>;
+        fn audit_set_anchor(&self, seq: u64, bytes: &[u8]) -> Result<(), StoreError>;
         fn audit_overwrite(&self, seq: u64, bytes: &[u8]) -> Result<(), StoreError>;
         fn audit_remove_newest_for_tests(&self) -> Result<(), StoreError>;
     }

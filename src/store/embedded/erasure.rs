@@ -38,6 +38,19 @@ impl Embedded {
         Ok(out)
     }
 
+    /// Every (email hash, contact id) of the email index.
+    pub fn email_index_all(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.inner.trees.email_index.iter() {
+            let (k, _) = kv?;
+            let k = String::from_utf8_lossy(&k);
+            if let Some((hash, id)) = k.split_once(':') {
+                out.push((hash.to_string(), id.to_string()));
+            }
+        }
+        Ok(out)
+    }
+
     /// Every cached record of a kind: (id, encoded record).
     pub fn cache_all(&self, kind: super::CacheKind) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let tree = match kind {

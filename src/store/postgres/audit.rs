@@ -118,6 +118,23 @@ impl Postgres {
         })
     }
 
+    pub fn audit_set_anchor(&self, seq: u64, bytes: &[u8]) -> Result<(), StoreError> {
+        let mut anchor = seq.to_be_bytes().to_vec();
+        anchor.extend_from_slice(bytes);
+        self.block(async {
+            let client = self.client().await?;
+            client
+                .execute(
+                    "INSERT INTO iw_meta (name, value) VALUES ('audit_anchor', $1) \
+                     ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
+                    &[&anchor],
+                )
+                .await
+                .map_err(pg_err)?;
+            Ok(())
+        })
+    }
+
     pub fn audit_overwrite(&self, seq: u64, bytes: &[u8]) -> Result<(), StoreError> {
         self.block(async {
             let client = self.client().await?;

@@ -210,6 +210,14 @@ impl Backend for Postgres {
         Postgres::contacts_for_email_hash(self, hash)
     }
 
+    fn email_index_all(&self) -> Result<Vec<(String, String)>, StoreError> {
+        Postgres::email_index_all(self)
+    }
+
+    fn audit_set_anchor(&self, seq: u64, bytes: &[u8]) -> Result<(), StoreError> {
+        Postgres::audit_set_anchor(self, seq, bytes)
+    }
+
     fn events_for_subject(&self, subject: &str) -> Result<Vec<EventMeta>, StoreError> {
         Postgres::events_for_subject(self, subject)
     }

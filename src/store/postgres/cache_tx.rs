@@ -306,6 +306,20 @@ impl Postgres {
         })
     }
 
+    pub fn email_index_all(&self) -> Result<Vec<(String, String)>, StoreError> {
+        self.block(async {
+            let client = self.client().await?;
+            let rows = client
+                .query(
+                    "SELECT hash, contact_id FROM iw_email_index ORDER BY hash, contact_id",
+                    &[],
+                )
+                .await
+                .map_err(pg_err)?;
+            Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+        })
+    }
+
     pub fn contacts_for_email_hash(&self, hash: &str) -> Result<Vec<String>, StoreError> {
         self.block(async {
             let client = self.client().await?;

@@ -40,6 +40,57 @@ pub async fn root_keys(client: &impl GenericClient, data_key: &DataKey) -> Resul
         .map_err(|e| StoreError::Keyring(e.to_string()))
 }
 
+/// Migrates the database at `url` and makes `root` its root keys: the
+/// target of `migrate-store`, which must hold no event, and no other root
+/// keys.
+pub async fn adopt_root(url: &str, data_key: &DataKey, root: &RootKeys) -> Result<(), StoreError> {
+    let (mut client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .map_err(pg_err)?;
+    let driver = tokio::spawn(conn);
+    let result = async {
+        super::schema::migrate(&mut client).await?;
+        let events: i64 = client
+            .query_one("SELECT count(*) FROM iw_dedup", &[])
+            .await
+            .map_err(pg_err)?
+            .get(0);
+        if events > 0 {
+            return Err(StoreError::Unavailable(format!(
+                "the database already holds {events} notifications: move a store only into an empty one"
+            )));
+        }
+        let existing = client
+            .query_opt("SELECT value FROM iw_meta WHERE name = 'root'", &[])
+            .await
+            .map_err(pg_err)?;
+        if let Some(row) = existing {
+            let theirs = crypto::unwrap_root(data_key, row.get::<_, &[u8]>(0), "the database's root keys")
+                .map_err(|e| StoreError::Keyring(e.to_string()))?;
+            let same = theirs.root.derive("check") == root.root.derive("check")
+                && theirs.pseudonym.derive("check") == root.pseudonym.derive("check");
+            if !same {
+                return Err(StoreError::Unavailable(
+                    "the database has root keys of its own (a replica opened it): move a store only into a database no replica has used".into(),
+                ));
+            }
+            return Ok(());
+        }
+        client
+            .execute(
+                "INSERT INTO iw_meta (name, value) VALUES ('root', $1)",
+                &[&crypto::wrap_root(data_key, root)],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(())
+    }
+    .await;
+    drop(client);
+    let _ = driver.await;
+    result
+}
+
 /// A partition key as this process holds it.
 #[derive(Clone)]
 pub struct PartKey {

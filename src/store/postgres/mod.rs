@@ -28,7 +28,7 @@ mod cache_tx;
 mod erasure;
 mod events;
 mod intake;
-mod keys;
+pub(crate) mod keys;
 mod purge;
 mod queue;
 pub mod schema;
