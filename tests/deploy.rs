@@ -80,6 +80,40 @@ fn kubernetes_manifests_parse_and_match_the_binary() {
     assert!(serde_yaml::to_string(np).unwrap().contains("9090"));
 }
 
+/// The PostgreSQL example: two or more replicas with a disruption budget,
+/// the backend chosen in its config, the database URL among the secrets.
+#[test]
+fn the_postgres_kubernetes_example_runs_replicas_with_a_disruption_budget() {
+    let text = read("deploy/kubernetes/intercom-webhooks-postgres.yaml");
+    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).expect("valid YAML"))
+        .collect();
+    let find = |kind: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == kind)
+            .unwrap_or_else(|| panic!("{kind} missing"))
+    };
+    let deployment = find("Deployment");
+    assert!(deployment["spec"]["replicas"].as_u64().unwrap() >= 2);
+    let pdb = find("PodDisruptionBudget");
+    assert_eq!(pdb["spec"]["minAvailable"], 1);
+    assert_eq!(pdb["spec"]["selector"], deployment["spec"]["selector"]);
+    let config = find("ConfigMap")["data"]["config.toml"].as_str().unwrap().to_string();
+    let parsed: toml::Value = toml::from_str(&config).unwrap();
+    assert_eq!(parsed["store"]["backend"].as_str(), Some("postgres"));
+    let secret = &find("Secret")["stringData"];
+    assert!(secret["INTERCOM_WEBHOOKS_DATABASE_URL"]
+        .as_str()
+        .unwrap()
+        .contains("target_session_attrs=read-write"));
+    let c = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    let known = known_env_names();
+    for name in env_names_in(&text) {
+        assert!(known.contains(&name), "{name} is not read by the binary");
+    }
+}
+
 #[test]
 fn systemd_container_and_proxy_match_the_binary() {
     let known = known_env_names();
