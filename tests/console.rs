@@ -550,6 +550,20 @@ async fn screenshot(browser: &fantoccini::Client, name: &str) {
     std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
 }
 
+async fn click(browser: &fantoccini::Client, id: &str) {
+    let el = browser.find(fantoccini::Locator::Id(id)).await.unwrap();
+    el.click().await.unwrap();
+}
+
+async fn type_into(browser: &fantoccini::Client, id: &str, text: &str) {
+    let el = browser.find(fantoccini::Locator::Id(id)).await.unwrap();
+    el.send_keys(text).await.unwrap();
+}
+
+async fn wait_for(browser: &fantoccini::Client, id: &str) {
+    browser.wait().for_element(fantoccini::Locator::Id(id)).await.unwrap();
+}
+
 /// In headless Chromium: sign in, the overview, filtering the events to
 /// the failed ones, an event's page, and replaying it after confirming;
 /// then the cache and audit pages. The session cookie is not readable by
@@ -589,36 +603,12 @@ async fn in_a_real_browser_on_call_signs_in_filters_and_replays_a_failed_event()
     browser.goto(&format!("{base}/console")).await.unwrap();
     assert_eq!(browser.current_url().await.unwrap().path(), "/console/login");
     screenshot(&browser, "1-sign-in").await;
-    browser
-        .find(Locator::Id("token"))
-        .await
-        .unwrap()
-        .send_keys("wrong")
-        .await
-        .unwrap();
-    browser
-        .find(Locator::Id("sign-in"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_into(&browser, "token", "wrong").await;
+    click(&browser, "sign-in").await;
     assert!(text("#error").await.contains("not the admin token"));
-    browser
-        .find(Locator::Id("token"))
-        .await
-        .unwrap()
-        .send_keys(ADMIN_TOKEN)
-        .await
-        .unwrap();
-    browser
-        .find(Locator::Id("sign-in"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    browser.wait().for_element(Locator::Id("backlog")).await.unwrap();
+    type_into(&browser, "token", ADMIN_TOKEN).await;
+    click(&browser, "sign-in").await;
+    wait_for(&browser, "backlog").await;
     assert_eq!(browser.current_url().await.unwrap().path(), "/console");
     assert_eq!(text("#failed").await, "1");
     screenshot(&browser, "2-overview").await;
@@ -639,7 +629,7 @@ async fn in_a_real_browser_on_call_signs_in_filters_and_replays_a_failed_event()
         .click()
         .await
         .unwrap();
-    browser.wait().for_element(Locator::Id("filters")).await.unwrap();
+    wait_for(&browser, "filters").await;
     let all = text("#events").await;
     assert!(all.contains(bad) && all.contains(good), "{all}");
     browser
@@ -649,19 +639,9 @@ async fn in_a_real_browser_on_call_signs_in_filters_and_replays_a_failed_event()
         .select_by_value("failed")
         .await
         .unwrap();
-    browser
-        .find(Locator::Id("topic"))
-        .await
-        .unwrap()
-        .send_keys("contact.*")
-        .await
-        .unwrap();
-    browser.find(Locator::Id("apply")).await.unwrap().click().await.unwrap();
-    browser
-        .wait()
-        .for_element(Locator::Id("replay-matching"))
-        .await
-        .unwrap();
+    type_into(&browser, "topic", "contact.*").await;
+    click(&browser, "apply").await;
+    wait_for(&browser, "replay-matching").await;
     let failed = text("#events").await;
     assert!(failed.contains(bad) && !failed.contains(good), "{failed}");
     screenshot(&browser, "3-failed-events").await;
@@ -674,7 +654,7 @@ async fn in_a_real_browser_on_call_signs_in_filters_and_replays_a_failed_event()
         .click()
         .await
         .unwrap();
-    browser.wait().for_element(Locator::Id("metadata")).await.unwrap();
+    wait_for(&browser, "metadata").await;
     let meta = text("#metadata").await;
     assert!(
         meta.contains("failed") && meta.contains("contact item has no id"),
@@ -686,24 +666,12 @@ async fn in_a_real_browser_on_call_signs_in_filters_and_replays_a_failed_event()
     screenshot(&browser, "4-event").await;
 
     // Replay, after confirming.
-    browser
-        .find(Locator::Id("replay-one"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    browser.wait().for_element(Locator::Id("confirm")).await.unwrap();
+    click(&browser, "replay-one").await;
+    wait_for(&browser, "confirm").await;
     assert_eq!(text("#matched").await, "1");
     screenshot(&browser, "5-replay-confirm").await;
-    browser
-        .find(Locator::Id("confirm"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    browser.wait().for_element(Locator::Id("result")).await.unwrap();
+    click(&browser, "confirm").await;
+    wait_for(&browser, "result").await;
     assert!(text("#result").await.contains("1 of 1"));
     screenshot(&browser, "6-replayed").await;
     let ev = app.wait_final(bad).await;
@@ -732,21 +700,9 @@ async fn in_a_real_browser_on_call_signs_in_filters_and_replays_a_failed_event()
     let head = format!("{}:{}", head["seq"], head["hash"].as_str().unwrap());
     browser.goto(&format!("{base}/console/audit")).await.unwrap();
     assert!(text("#entries").await.contains("payload_viewed"));
-    browser
-        .find(Locator::Id("expect-head"))
-        .await
-        .unwrap()
-        .send_keys(&head)
-        .await
-        .unwrap();
-    browser
-        .find(Locator::Id("verify-now"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    browser.wait().for_element(Locator::Id("verify")).await.unwrap();
+    type_into(&browser, "expect-head", &head).await;
+    click(&browser, "verify-now").await;
+    wait_for(&browser, "verify").await;
     let verify = text("#verify").await;
     assert!(
         verify.contains("verifies") && verify.contains("present, unchanged"),
@@ -755,14 +711,8 @@ async fn in_a_real_browser_on_call_signs_in_filters_and_replays_a_failed_event()
     screenshot(&browser, "8-audit").await;
 
     // Signing out ends the session.
-    browser
-        .find(Locator::Id("sign-out"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    browser.wait().for_element(Locator::Id("token")).await.unwrap();
+    click(&browser, "sign-out").await;
+    wait_for(&browser, "token").await;
     browser.goto(&format!("{base}/console")).await.unwrap();
     assert_eq!(browser.current_url().await.unwrap().path(), "/console/login");
     browser.close().await.unwrap();
