@@ -2,7 +2,7 @@
 //! database, so a lost node loses no acknowledged notification and any
 //! replica takes the work (see `docs/postgres.md`).
 //!
-//! - **Intake** ([`intake`]): concurrent appends are batched into one
+//! - **Intake** (`intake`): concurrent appends are batched into one
 //!   transaction (a multi-row insert), committed with the session's
 //!   `synchronous_commit` (on by default; with a synchronous standby the
 //!   commit waits for it). A `200` follows the commit; a commit that does
@@ -13,7 +13,7 @@
 //!   that only the primary has.
 //! - **Dedup** across replicas: `iw_dedup` holds every key stored, kept as
 //!   a marker after the payload is purged or erased.
-//! - **Work** ([`queue`]): events are claimed by a replica for a lease
+//! - **Work** (`queue`): events are claimed by a replica for a lease
 //!   (`FOR UPDATE SKIP LOCKED`); a claim that lapses (a dead replica) is
 //!   taken by another. An outcome is recorded only by the claim's holder.
 //! - **Payloads** are encrypted in this process (the data key never enters
@@ -82,7 +82,7 @@ struct Inner {
     work_tx: Sender<Work>,
     work_rx: Receiver<Work>,
     /// Figures the non-blocking methods answer with, refreshed by
-    /// [`upkeep`] every second.
+    /// `upkeep` every second.
     cached: upkeep::Cached,
     /// The last database operation of intake failed (readiness).
     failing: AtomicBool,
