@@ -169,12 +169,12 @@ fn process_work(ctx: &WorkerCtx, work: Work) -> Result<Processed, StoreError> {
                 event_created_at: meta.created_at,
                 now_ms: now,
             };
+            if !matches!(action, crate::dispatch::Action::ContactDelete { .. }) {
+                return run_handler(ctx, &seen, &action, &hctx, started);
+            }
             match ctx.store.cache_txn(|tx| handlers::apply(&action, tx, &hctx)) {
                 Ok(applied) => {
-                    let outcome = match applied {
-                        Applied::Updated => "processed".to_string(),
-                        other => format!("processed:{}", other.as_str()),
-                    };
+                    let outcome = processed_outcome(applied);
                     // A contact deleted in Intercom is erased here too; the
                     // deletion notification names them as well (id, external
                     // id), so it goes once its outcome is recorded. Its dedup
@@ -225,6 +225,68 @@ fn prepare(ctx: &WorkerCtx, meta: &EventMeta, body: Option<Bytes>) -> Result<Opt
     route(&meta.topic, &item).map_err(|e| e.to_string())
 }
 
+fn processed_outcome(applied: Applied) -> String {
+    match applied {
+        Applied::Updated => "processed".to_string(),
+        other => format!("processed:{}", other.as_str()),
+    }
+}
+
+/// Runs a handler and records its outcome through
+/// `Backend::apply_and_complete`: with a database, a successful run's cache
+/// writes and its outcome (and the end of the replica's claim) commit in
+/// one transaction.
+fn run_handler(
+    ctx: &WorkerCtx,
+    seen: &Snapshot,
+    action: &crate::dispatch::Action,
+    hctx: &Ctx<'_>,
+    started: Instant,
+) -> Result<Processed, StoreError> {
+    let applied = std::cell::Cell::new(None);
+    let failure = std::cell::RefCell::new(None);
+    let (result, _) = ctx.store.apply_and_complete(
+        seen,
+        &mut |tx| {
+            applied.set(Some(handlers::apply(action, tx, hctx)?));
+            Ok(())
+        },
+        &|result| match result {
+            Ok(()) => Completion {
+                status: Status::Processed,
+                attempt: Attempt {
+                    at_ms: now_ms(),
+                    outcome: processed_outcome(applied.get().unwrap_or(Applied::Updated)),
+                    error: None,
+                    duration_us: Some(started.elapsed().as_micros() as u64),
+                },
+                retry_at_ms: None,
+            },
+            Err(e) => {
+                let error = match e {
+                    StoreError::Rejected(msg) => msg.clone(),
+                    e => e.to_string(),
+                };
+                let completion = failure_completion(ctx, seen, &error, started);
+                *failure.borrow_mut() = Some(error);
+                completion
+            }
+        },
+    )?;
+    match result {
+        Ok(()) => {
+            record(ctx, &seen.meta, Status::Processed);
+            Ok(Processed::Done(Status::Processed))
+        }
+        Err(_) => {
+            let error = failure.borrow_mut().take().unwrap_or_default();
+            // The completion recorded is the one computed above (its retry
+            // time included): read it back from what it said.
+            Ok(after_failure(ctx, seen, &error))
+        }
+    }
+}
+
 fn finish(
     ctx: &WorkerCtx,
     seen: &Snapshot,
@@ -258,9 +320,10 @@ fn record(ctx: &WorkerCtx, meta: &EventMeta, status: Status) {
     ctx.metrics.processing_latency.observe(latency);
 }
 
-fn retry_or_fail(ctx: &WorkerCtx, seen: &Snapshot, error: String, started: Instant) -> Result<Processed, StoreError> {
-    let meta = &seen.meta;
-    let attempts = meta.attempts + 1;
+/// The outcome of a failed attempt: retrying after a backoff, or failed
+/// once the attempts are used up.
+fn failure_completion(ctx: &WorkerCtx, seen: &Snapshot, error: &str, started: Instant) -> Completion {
+    let attempts = seen.meta.attempts + 1;
     let now = now_ms();
     let (status, retry_at) = if attempts >= ctx.settings.max_attempts {
         (Status::Failed, None)
@@ -268,28 +331,44 @@ fn retry_or_fail(ctx: &WorkerCtx, seen: &Snapshot, error: String, started: Insta
         let delay = backoff(&ctx.settings, attempts);
         (Status::Retrying, Some(now + delay.as_millis() as i64))
     };
-    let completion = Completion {
+    Completion {
         status,
         attempt: Attempt {
             at_ms: now,
             outcome: status.as_str().to_string(),
-            error: Some(error.clone()),
+            error: Some(error.to_string()),
             duration_us: Some(started.elapsed().as_micros() as u64),
         },
         retry_at_ms: retry_at,
-    };
-    ctx.store.complete(seen, &completion)?;
-    match retry_at {
-        Some(at) => {
-            tracing::warn!(webhook_id = %meta.key, topic = %meta.topic, attempt = attempts, error = %error, "Handler failed; will retry.");
-            schedule(ctx, &meta.key, Duration::from_millis((at - now).max(0) as u64));
-        }
-        None => {
-            record(ctx, meta, Status::Failed);
-            tracing::error!(webhook_id = %meta.key, topic = %meta.topic, attempts, error = %error, "Handler failed for good; event marked failed.");
-        }
     }
-    Ok(Processed::Done(status))
+}
+
+/// After a failed attempt's outcome is recorded: the retry scheduled (it
+/// is due at the time the event now holds), or the failure counted.
+fn after_failure(ctx: &WorkerCtx, seen: &Snapshot, error: &str) -> Processed {
+    let meta = &seen.meta;
+    let attempts = meta.attempts + 1;
+    if attempts >= ctx.settings.max_attempts {
+        record(ctx, meta, Status::Failed);
+        tracing::error!(webhook_id = %meta.key, topic = %meta.topic, attempts, error = %error, "Handler failed for good; event marked failed.");
+        return Processed::Done(Status::Failed);
+    }
+    let due = ctx
+        .store
+        .get(&meta.key)
+        .ok()
+        .flatten()
+        .and_then(|m| m.retry_at_ms)
+        .unwrap_or_else(now_ms);
+    tracing::warn!(webhook_id = %meta.key, topic = %meta.topic, attempt = attempts, error = %error, "Handler failed; will retry.");
+    schedule(ctx, &meta.key, Duration::from_millis((due - now_ms()).max(0) as u64));
+    Processed::Done(Status::Retrying)
+}
+
+fn retry_or_fail(ctx: &WorkerCtx, seen: &Snapshot, error: String, started: Instant) -> Result<Processed, StoreError> {
+    let completion = failure_completion(ctx, seen, &error, started);
+    ctx.store.complete(seen, &completion)?;
+    Ok(after_failure(ctx, seen, &error))
 }
 
 /// Exponential backoff with jitter: a random delay in [d/2, d] where

@@ -92,6 +92,10 @@ pub struct ErasedEvents {
     pub segments_queued: u64,
 }
 
+/// What [`Backend::apply_and_complete`] returns: the handler's result, and
+/// the event as recorded (`None`: not recorded).
+pub type HandlerRun = (Result<(), StoreError>, Option<EventMeta>);
+
 /// A store behind [`super::Store`]. Object-safe: the handle holds an
 /// `Arc<dyn Backend>`; generic conveniences live on the handle. Methods
 /// that block are called from blocking contexts (workers, CLI,
@@ -167,6 +171,23 @@ pub trait Backend: Send + Sync + 'static {
     // --- the cache (contract 4) ---
     /// Runs attempts of `f` until one ends without [`super::TxError::Conflict`].
     fn cache_attempts(&self, f: &mut dyn FnMut(&dyn CacheTx) -> TxResult<()>) -> Result<(), StoreError>;
+    /// A handler's run: its cache attempt (`effects`) and the outcome it
+    /// leads to (`outcome` of the attempt's result), recorded for `seen`.
+    /// Returns the attempt's result and the event as recorded (`None`: not
+    /// recorded, the event gone or another replica's now). By default the
+    /// two are [`Self::cache_attempts`] then [`Self::complete`]; a backend
+    /// that can commits a successful run's effects and outcome together.
+    fn apply_and_complete(
+        &self,
+        seen: &Snapshot,
+        effects: &mut dyn FnMut(&dyn CacheTx) -> TxResult<()>,
+        outcome: &dyn Fn(&Result<(), StoreError>) -> Completion,
+    ) -> Result<HandlerRun, StoreError> {
+        let result = self.cache_attempts(effects);
+        let completion = outcome(&result);
+        let recorded = self.complete(seen, &completion)?;
+        Ok((result, recorded))
+    }
     fn cache_get(&self, kind: CacheKind, id: &str) -> Result<Option<Vec<u8>>, StoreError>;
     /// Replaces a record's bytes if it still exists, filed where it was (a
     /// re-encryption, not a new write). Returns whether it existed.

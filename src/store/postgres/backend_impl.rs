@@ -10,7 +10,7 @@ use crossbeam_channel::Receiver;
 
 use super::{now, Postgres};
 use crate::crypto::Keys;
-use crate::store::backend::{Backend, BoxFuture, ErasedEvents, ExpiredEvents};
+use crate::store::backend::{Backend, BoxFuture, ErasedEvents, ExpiredEvents, HandlerRun};
 use crate::store::{
     Appended, CacheKind, CacheTx, Completion, Counts, EventFilter, EventMeta, EventPage, Expiry, LedgerEntry, Snapshot,
     StoreError, TxResult, Work,
@@ -180,6 +180,15 @@ impl Backend for Postgres {
 
     fn cache_attempts(&self, f: &mut dyn FnMut(&dyn CacheTx) -> TxResult<()>) -> Result<(), StoreError> {
         Postgres::cache_attempts(self, f)
+    }
+
+    fn apply_and_complete(
+        &self,
+        seen: &Snapshot,
+        effects: &mut dyn FnMut(&dyn CacheTx) -> TxResult<()>,
+        outcome: &dyn Fn(&Result<(), StoreError>) -> Completion,
+    ) -> Result<HandlerRun, StoreError> {
+        Postgres::apply_and_complete(self, seen, effects, outcome)
     }
 
     fn cache_get(&self, kind: CacheKind, id: &str) -> Result<Option<Vec<u8>>, StoreError> {

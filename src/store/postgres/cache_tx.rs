@@ -8,7 +8,8 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use super::{pg_err, Postgres};
-use crate::store::{CacheKind, CacheTx, Expiry, StoreError, TxError, TxResult};
+use crate::store::backend::HandlerRun;
+use crate::store::{CacheKind, CacheTx, Completion, EventMeta, Expiry, Snapshot, StoreError, TxError, TxResult};
 
 fn kind_code(kind: CacheKind) -> i16 {
     match kind {
@@ -190,14 +191,120 @@ impl CacheTx for PgCacheTx<'_> {
 }
 
 impl Postgres {
+    /// A handler's run in one transaction: the event's row locked (and the
+    /// claim checked: another replica's live claim means not ours to run),
+    /// the cache attempt, the outcome and the end of the claim, committed
+    /// together. A replica that dies mid-way leaves nothing of it. A failed
+    /// attempt's writes are rolled back and its outcome recorded on its own.
+    pub fn apply_and_complete(
+        &self,
+        seen: &Snapshot,
+        effects: &mut dyn FnMut(&dyn CacheTx) -> TxResult<()>,
+        outcome: &dyn Fn(&Result<(), StoreError>) -> Completion,
+    ) -> Result<HandlerRun, StoreError> {
+        let key = seen.meta.key.as_str();
+        let client = self.block(self.client())?;
+        let mut run = || -> Result<Option<HandlerRun>, StoreError> {
+            self.block(client.batch_execute("BEGIN")).map_err(pg_err)?;
+            let row = self
+                .block(client.query_opt(
+                    "SELECT e.meta, e.part, e.claim_owner, e.claim_until FROM iw_dedup d \
+                     JOIN iw_events e ON e.part = d.part AND e.key = d.key WHERE d.key = $1 FOR UPDATE OF e",
+                    &[&key],
+                ))
+                .map_err(pg_err)?;
+            let Some(row) = row else {
+                self.block(client.batch_execute("ROLLBACK")).map_err(pg_err)?;
+                return Ok(Some((Ok(()), None)));
+            };
+            let owner: Option<String> = row.get(2);
+            let until: Option<i64> = row.get(3);
+            if owner.as_deref().is_some_and(|o| o != self.inner.node) && until.is_some_and(|u| u >= super::now()) {
+                self.block(client.batch_execute("ROLLBACK")).map_err(pg_err)?;
+                tracing::warn!(event = %key, "Another replica holds this event's claim: not run here.");
+                return Ok(Some((Ok(()), None)));
+            }
+            let tx = PgCacheTx {
+                store: self,
+                client: &client,
+                seen: RefCell::new(HashMap::new()),
+            };
+            match effects(&tx) {
+                Ok(()) => {
+                    let mut m = EventMeta::decode(row.get::<_, &[u8]>(0))
+                        .ok_or_else(|| StoreError::Corrupt(format!("event {key} has an unreadable record")))?;
+                    let part: i64 = row.get(1);
+                    outcome(&Ok(())).apply(&mut m);
+                    self.block(client.execute(
+                        "UPDATE iw_events SET meta = $3, status = $4, version = version + 1, due_ms = $5, \
+                         claim_owner = NULL, claim_until = NULL WHERE part = $1 AND key = $2",
+                        &[
+                            &part,
+                            &key,
+                            &m.encode(),
+                            &i16::from(m.status.code()),
+                            &m.retry_at_ms.unwrap_or_else(super::now),
+                        ],
+                    ))
+                    .map_err(pg_err)?;
+                    self.block(client.batch_execute("COMMIT")).map_err(pg_err)?;
+                    Ok(Some((Ok(()), Some(m))))
+                }
+                Err(TxError::Conflict) => {
+                    self.block(client.batch_execute("ROLLBACK")).map_err(pg_err)?;
+                    std::thread::yield_now();
+                    Ok(None)
+                }
+                Err(e) => {
+                    self.block(client.batch_execute("ROLLBACK")).map_err(pg_err)?;
+                    let result = Err(match e {
+                        TxError::Abort(msg) => StoreError::Rejected(msg),
+                        TxError::Storage(e) => e,
+                        TxError::Conflict => unreachable!("handled above"),
+                    });
+                    let recorded = self.complete(seen, &outcome(&result))?;
+                    Ok(Some((result, recorded)))
+                }
+            }
+        };
+        for _ in 0..100 {
+            match run() {
+                Ok(Some(done)) => return Ok(done),
+                Ok(None) => continue,
+                Err(e) => {
+                    // The connection may be inside a transaction: not back
+                    // to the pool.
+                    drop(deadpool_postgres::Object::take(client));
+                    return Err(e);
+                }
+            }
+        }
+        Err(StoreError::Unavailable(
+            "a cache record kept changing under its handler".into(),
+        ))
+    }
+
     /// Runs attempts of `f`, each in a transaction, until one commits.
     pub fn cache_attempts(&self, f: &mut dyn FnMut(&dyn CacheTx) -> TxResult<()>) -> Result<(), StoreError> {
         let client = self.block(self.client())?;
+        let result = self.attempts_on(&client, f);
+        if matches!(result, Err(StoreError::Unavailable(_))) {
+            // The connection may be inside a transaction: not back to the pool.
+            drop(deadpool_postgres::Object::take(client));
+        }
+        result
+    }
+
+    fn attempts_on(
+        &self,
+        client: &deadpool_postgres::Object,
+        f: &mut dyn FnMut(&dyn CacheTx) -> TxResult<()>,
+    ) -> Result<(), StoreError> {
         for _ in 0..100 {
             self.block(client.batch_execute("BEGIN")).map_err(pg_err)?;
             let tx = PgCacheTx {
                 store: self,
-                client: &client,
+                client,
                 seen: RefCell::new(HashMap::new()),
             };
             let outcome = f(&tx);
