@@ -255,16 +255,10 @@ impl Postgres {
                     std::thread::yield_now();
                     Ok(None)
                 }
-                Err(e) => {
-                    self.block(client.batch_execute("ROLLBACK")).map_err(pg_err)?;
-                    let result = Err(match e {
-                        TxError::Abort(msg) => StoreError::Rejected(msg),
-                        TxError::Storage(e) => e,
-                        TxError::Conflict => unreachable!("handled above"),
-                    });
-                    let recorded = self.complete(seen, &outcome(&result))?;
-                    Ok(Some((result, recorded)))
-                }
+                Err(TxError::Abort(msg)) => self
+                    .failed_run(&client, seen, outcome, StoreError::Rejected(msg))
+                    .map(Some),
+                Err(TxError::Storage(e)) => self.failed_run(&client, seen, outcome, e).map(Some),
             }
         };
         for _ in 0..100 {
@@ -282,6 +276,21 @@ impl Postgres {
         Err(StoreError::Unavailable(
             "a cache record kept changing under its handler".into(),
         ))
+    }
+
+    /// A handler attempt that failed: its writes rolled back, its outcome
+    /// (retrying or failed) recorded on its own.
+    fn failed_run(
+        &self,
+        client: &deadpool_postgres::Object,
+        seen: &Snapshot,
+        outcome: &dyn Fn(&Result<(), StoreError>) -> Completion,
+        error: StoreError,
+    ) -> Result<HandlerRun, StoreError> {
+        self.block(client.batch_execute("ROLLBACK")).map_err(pg_err)?;
+        let result = Err(error);
+        let recorded = self.complete(seen, &outcome(&result))?;
+        Ok((result, recorded))
     }
 
     /// Runs attempts of `f`, each in a transaction, until one commits.
