@@ -57,7 +57,7 @@ esac
 "$BIN" --config "$WORK/pg.toml" --data-dir "$WORK/data" serve --listen $PUBLIC --admin-listen $ADMIN 2>"$WORK/server.log" &
 SERVER=$!
 for _ in $(seq 100); do curl -sf http://$PUBLIC/readyz >/dev/null && break; sleep 0.1; done
-$LOADGEN --url http://$PUBLIC/webhooks/intercom --connections 64 --seconds 10 --bodies 300000 2>/dev/null | head -3
+$LOADGEN --url http://$PUBLIC/webhooks/intercom --connections 64 --seconds 10 --bodies 300000 2>/dev/null | sed -n 1,3p
 depth() { curl -s -H "Authorization: Bearer $INTERCOM_WEBHOOKS_ADMIN_TOKEN" http://$ADMIN/admin/overview | python3 -c 'import json,sys;print(json.load(sys.stdin)["pending_depth"])'; }
 t0=$(date +%s.%N); left=$(depth)
 while [ "$(depth)" != "0" ]; do sleep 0.5; done

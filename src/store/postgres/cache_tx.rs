@@ -55,7 +55,8 @@ impl CacheTx for PgCacheTx<'_> {
         let k = kind_code(kind);
         let row = self
             .store
-            .block(self.client.query_opt(
+            .block(super::prepared::query_opt(
+                self.client,
                 "SELECT value, version FROM iw_cache WHERE kind = $1 AND id = $2 FOR UPDATE",
                 &[&k, &id],
             ))
@@ -130,7 +131,8 @@ impl CacheTx for PgCacheTx<'_> {
     fn tombstone(&self, kind: CacheKind, id: &str) -> TxResult<Option<i64>> {
         let row = self
             .store
-            .block(self.client.query_opt(
+            .block(super::prepared::query_opt(
+                self.client,
                 "SELECT deleted_at FROM iw_tombstones WHERE kind = $1 AND id = $2",
                 &[&kind_code(kind), &id],
             ))
@@ -142,7 +144,8 @@ impl CacheTx for PgCacheTx<'_> {
         let k = kind_code(kind);
         let prev = self
             .store
-            .block(self.client.query_opt(
+            .block(super::prepared::query_opt(
+                self.client,
                 "SELECT written_ms FROM iw_tombstones WHERE kind = $1 AND id = $2 FOR UPDATE",
                 &[&k, &id],
             ))
@@ -162,7 +165,8 @@ impl CacheTx for PgCacheTx<'_> {
     fn remove_tombstone(&self, kind: CacheKind, id: &str) -> TxResult<()> {
         let row = self
             .store
-            .block(self.client.query_opt(
+            .block(super::prepared::query_opt(
+                self.client,
                 "DELETE FROM iw_tombstones WHERE kind = $1 AND id = $2 RETURNING written_ms",
                 &[&kind_code(kind), &id],
             ))
@@ -206,13 +210,22 @@ impl Postgres {
         let client = self.block(self.client())?;
         let mut run = || -> Result<Option<HandlerRun>, StoreError> {
             self.block(client.batch_execute("BEGIN")).map_err(pg_err)?;
-            let row = self
-                .block(client.query_opt(
+            // The event's partition is where intake put it (its location).
+            let row = match seen.meta.loc {
+                Some(loc) => self.block(super::prepared::query_opt(
+                    &client,
+                    "SELECT meta, part, claim_owner, claim_until FROM iw_events \
+                     WHERE part = $1 AND key = $2 FOR UPDATE",
+                    &[&(loc.seg as i64), &key],
+                )),
+                None => self.block(super::prepared::query_opt(
+                    &client,
                     "SELECT e.meta, e.part, e.claim_owner, e.claim_until FROM iw_dedup d \
                      JOIN iw_events e ON e.part = d.part AND e.key = d.key WHERE d.key = $1 FOR UPDATE OF e",
                     &[&key],
-                ))
-                .map_err(pg_err)?;
+                )),
+            }
+            .map_err(pg_err)?;
             let Some(row) = row else {
                 self.block(client.batch_execute("ROLLBACK")).map_err(pg_err)?;
                 return Ok(Some((Ok(()), None)));
@@ -235,7 +248,8 @@ impl Postgres {
                         .ok_or_else(|| StoreError::Corrupt(format!("event {key} has an unreadable record")))?;
                     let part: i64 = row.get(1);
                     outcome(&Ok(())).apply(&mut m);
-                    self.block(client.execute(
+                    self.block(super::prepared::execute(
+                        &client,
                         "UPDATE iw_events SET meta = $3, status = $4, version = version + 1, due_ms = $5, \
                          claim_owner = NULL, claim_until = NULL WHERE part = $1 AND key = $2",
                         &[
@@ -340,13 +354,13 @@ impl Postgres {
     pub fn cache_get(&self, kind: CacheKind, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.block(async {
             let client = self.client().await?;
-            let row = client
-                .query_opt(
-                    "SELECT value FROM iw_cache WHERE kind = $1 AND id = $2",
-                    &[&kind_code(kind), &id],
-                )
-                .await
-                .map_err(pg_err)?;
+            let row = super::prepared::query_opt(
+                &client,
+                "SELECT value FROM iw_cache WHERE kind = $1 AND id = $2",
+                &[&kind_code(kind), &id],
+            )
+            .await
+            .map_err(pg_err)?;
             Ok(row.map(|r| r.get(0)))
         })
     }
@@ -354,13 +368,13 @@ impl Postgres {
     pub fn cache_rewrite(&self, kind: CacheKind, id: &str, value: &[u8]) -> Result<bool, StoreError> {
         self.block(async {
             let client = self.client().await?;
-            let n = client
-                .execute(
-                    "UPDATE iw_cache SET value = $3, version = version + 1 WHERE kind = $1 AND id = $2",
-                    &[&kind_code(kind), &id, &value],
-                )
-                .await
-                .map_err(pg_err)?;
+            let n = super::prepared::execute(
+                &client,
+                "UPDATE iw_cache SET value = $3, version = version + 1 WHERE kind = $1 AND id = $2",
+                &[&kind_code(kind), &id, &value],
+            )
+            .await
+            .map_err(pg_err)?;
             Ok(n > 0)
         })
     }
@@ -369,9 +383,13 @@ impl Postgres {
         self.block(async {
             let mut client = self.client().await?;
             let tx = client.transaction().await.map_err(pg_err)?;
-            let n = tx.execute("DELETE FROM iw_cache", &[]).await.map_err(pg_err)?;
-            tx.execute("DELETE FROM iw_email_index", &[]).await.map_err(pg_err)?;
-            tx.execute("DELETE FROM iw_expiry WHERE class IN (0, 1)", &[])
+            let n = super::prepared::execute(&tx, "DELETE FROM iw_cache", &[])
+                .await
+                .map_err(pg_err)?;
+            super::prepared::execute(&tx, "DELETE FROM iw_email_index", &[])
+                .await
+                .map_err(pg_err)?;
+            super::prepared::execute(&tx, "DELETE FROM iw_expiry WHERE class IN (0, 1)", &[])
                 .await
                 .map_err(pg_err)?;
             tx.commit().await.map_err(pg_err)?;
@@ -382,13 +400,13 @@ impl Postgres {
     pub fn cache_all(&self, kind: CacheKind) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         self.block(async {
             let client = self.client().await?;
-            let rows = client
-                .query(
-                    "SELECT id, value FROM iw_cache WHERE kind = $1 ORDER BY id",
-                    &[&kind_code(kind)],
-                )
-                .await
-                .map_err(pg_err)?;
+            let rows = super::prepared::query(
+                &client,
+                "SELECT id, value FROM iw_cache WHERE kind = $1 ORDER BY id",
+                &[&kind_code(kind)],
+            )
+            .await
+            .map_err(pg_err)?;
             Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
         })
     }
@@ -396,13 +414,13 @@ impl Postgres {
     pub fn cache_expired(&self, class: Expiry, before_ms: i64, limit: usize) -> Result<Vec<(i64, String)>, StoreError> {
         self.block(async {
             let client = self.client().await?;
-            let rows = client
-                .query(
-                    "SELECT ms, id FROM iw_expiry WHERE class = $1 AND ms < $2 ORDER BY ms, id LIMIT $3",
-                    &[&class_code(class), &before_ms, &(limit as i64)],
-                )
-                .await
-                .map_err(pg_err)?;
+            let rows = super::prepared::query(
+                &client,
+                "SELECT ms, id FROM iw_expiry WHERE class = $1 AND ms < $2 ORDER BY ms, id LIMIT $3",
+                &[&class_code(class), &before_ms, &super::sql_limit(limit)],
+            )
+            .await
+            .map_err(pg_err)?;
             Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
         })
     }
@@ -425,13 +443,13 @@ impl Postgres {
     pub fn email_index_all(&self) -> Result<Vec<(String, String)>, StoreError> {
         self.block(async {
             let client = self.client().await?;
-            let rows = client
-                .query(
-                    "SELECT hash, contact_id FROM iw_email_index ORDER BY hash, contact_id",
-                    &[],
-                )
-                .await
-                .map_err(pg_err)?;
+            let rows = super::prepared::query(
+                &client,
+                "SELECT hash, contact_id FROM iw_email_index ORDER BY hash, contact_id",
+                &[],
+            )
+            .await
+            .map_err(pg_err)?;
             Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
         })
     }
@@ -439,13 +457,13 @@ impl Postgres {
     pub fn contacts_for_email_hash(&self, hash: &str) -> Result<Vec<String>, StoreError> {
         self.block(async {
             let client = self.client().await?;
-            let rows = client
-                .query(
-                    "SELECT contact_id FROM iw_email_index WHERE hash = $1 ORDER BY contact_id",
-                    &[&hash],
-                )
-                .await
-                .map_err(pg_err)?;
+            let rows = super::prepared::query(
+                &client,
+                "SELECT contact_id FROM iw_email_index WHERE hash = $1 ORDER BY contact_id",
+                &[&hash],
+            )
+            .await
+            .map_err(pg_err)?;
             Ok(rows.into_iter().map(|r| r.get(0)).collect())
         })
     }

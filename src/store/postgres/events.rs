@@ -2,6 +2,8 @@
 //! its status, topic and times beside it in columns for queries, and a
 //! version for compare-and-swap), payloads, outcomes, listings.
 
+use std::sync::atomic::Ordering;
+
 use super::keys::open_body;
 use super::{now, pg_err, Postgres};
 use crate::store::{Completion, Counts, EventFilter, EventMeta, EventPage, Snapshot, Status, StoreError};
@@ -52,7 +54,9 @@ impl Postgres {
     pub fn snapshot(&self, key: &str) -> Result<Option<Snapshot>, StoreError> {
         self.block(async {
             let client = self.client().await?;
-            let row = client.query_opt(SELECT_BY_KEY, &[&key]).await.map_err(pg_err)?;
+            let row = super::prepared::query_opt(&client, SELECT_BY_KEY, &[&key])
+                .await
+                .map_err(pg_err)?;
             row.map(|r| {
                 let meta = decode(key, r.get::<_, &[u8]>(0))?;
                 let pending_entry = meta.status.is_queued();
@@ -89,7 +93,8 @@ impl Postgres {
             let was_queued = m.status.is_queued();
             f(&mut m);
             let release = m.status.is_queued() && !was_queued;
-            tx.execute(
+            super::prepared::execute(
+                &tx,
                 "UPDATE iw_events SET meta = $3, status = $4, version = version + 1, due_ms = $5, \
                  claim_owner = CASE WHEN $6 THEN NULL ELSE claim_owner END, \
                  claim_until = CASE WHEN $6 THEN NULL ELSE claim_until END \
@@ -116,15 +121,15 @@ impl Postgres {
         let part = loc.seg as i64;
         self.block(async {
             let client = self.client().await?;
-            let Some(row) = client
-                .query_opt(
-                    "SELECT e.body, e.key_version, k.wrapped FROM iw_events e \
+            let Some(row) = super::prepared::query_opt(
+                &client,
+                "SELECT e.body, e.key_version, k.wrapped FROM iw_events e \
                      JOIN iw_part_keys k ON k.part = e.part AND k.version = e.key_version \
                      WHERE e.part = $1 AND e.key = $2",
-                    &[&part, &meta.key],
-                )
-                .await
-                .map_err(pg_err)?
+                &[&part, &meta.key],
+            )
+            .await
+            .map_err(pg_err)?
             else {
                 return Ok(None);
             };
@@ -152,27 +157,27 @@ impl Postgres {
             let (owner, until) = self.claim_after(&m);
             let done = self.block(async {
                 let client = self.client().await?;
-                client
-                    .execute(
-                        "UPDATE iw_events SET meta = $3, status = $4, version = version + 1, due_ms = $5, \
+                super::prepared::execute(
+                    &client,
+                    "UPDATE iw_events SET meta = $3, status = $4, version = version + 1, due_ms = $5, \
                          claim_owner = $6, claim_until = $7 \
                          WHERE part = $1 AND key = $2 AND version = $8 \
                            AND (claim_owner IS NULL OR claim_owner = $9 OR claim_until < $10)",
-                        &[
-                            &(loc.seg as i64),
-                            &key,
-                            &m.encode(),
-                            &i16::from(m.status.code()),
-                            &due(&m),
-                            &owner,
-                            &until,
-                            &version,
-                            &self.inner.node,
-                            &now(),
-                        ],
-                    )
-                    .await
-                    .map_err(pg_err)
+                    &[
+                        &(loc.seg as i64),
+                        &key,
+                        &m.encode(),
+                        &i16::from(m.status.code()),
+                        &due(&m),
+                        &owner,
+                        &until,
+                        &version,
+                        &self.inner.node,
+                        &now(),
+                    ],
+                )
+                .await
+                .map_err(pg_err)
             })?;
             if done == 1 {
                 return Ok(Some(m));
@@ -181,14 +186,14 @@ impl Postgres {
         self.block(async {
             let mut client = self.client().await?;
             let tx = client.transaction().await.map_err(pg_err)?;
-            let Some(row) = tx
-                .query_opt(
-                    "SELECT e.meta, e.part, e.claim_owner, e.claim_until FROM iw_dedup d \
+            let Some(row) = super::prepared::query_opt(
+                &tx,
+                "SELECT e.meta, e.part, e.claim_owner, e.claim_until FROM iw_dedup d \
                      JOIN iw_events e ON e.part = d.part AND e.key = d.key WHERE d.key = $1 FOR UPDATE OF e",
-                    &[&key],
-                )
-                .await
-                .map_err(pg_err)?
+                &[&key],
+            )
+            .await
+            .map_err(pg_err)?
             else {
                 return Ok(None);
             };
@@ -203,7 +208,8 @@ impl Postgres {
             let part: i64 = row.get(1);
             completion.apply(&mut m);
             let (claim_owner, claim_until) = self.claim_after(&m);
-            tx.execute(
+            super::prepared::execute(
+                &tx,
                 "UPDATE iw_events SET meta = $3, status = $4, version = version + 1, due_ms = $5, \
                  claim_owner = $6, claim_until = $7 WHERE part = $1 AND key = $2",
                 &[
@@ -249,12 +255,11 @@ impl Postgres {
             let Some(scan) = filter.scan_limit else {
                 let status = filter.status.map(|s| i16::from(s.code()));
                 let topic = filter.topic.as_ref().map(|g| like(g.pattern()));
-                let rows = client
-                    .query(
+                let rows = super::prepared::query(&client,
                         "SELECT key, meta FROM iw_events WHERE (received_ms, key) < ($1, $2) AND received_ms >= $3 \
                          AND ($4::int2 IS NULL OR status = $4) AND ($5::text IS NULL OR topic LIKE $5) \
                          ORDER BY received_ms DESC, key DESC LIMIT $6",
-                        &[&upper_ms, &upper_key, &since, &status, &topic, &(limit as i64)],
+                        &[&upper_ms, &upper_key, &since, &status, &topic, &super::sql_limit(limit)],
                     )
                     .await
                     .map_err(pg_err)?;
@@ -269,8 +274,7 @@ impl Postgres {
                 return Ok(page);
             };
             let deadline = filter.scan_time.map(|t| std::time::Instant::now() + t);
-            let rows = client
-                .query(
+            let rows = super::prepared::query(&client,
                     "SELECT received_ms, key, part, status, topic FROM iw_events \
                      WHERE (received_ms, key) < ($1, $2) AND received_ms >= $3 \
                      ORDER BY received_ms DESC, key DESC LIMIT $4",
@@ -295,8 +299,7 @@ impl Postgres {
                 }
             }
             if !keys.is_empty() {
-                let metas = client
-                    .query(
+                let metas = super::prepared::query(&client,
                         "SELECT key, meta FROM iw_events WHERE (part, key) IN (SELECT * FROM unnest($1::int8[], $2::text[])) \
                          ORDER BY received_ms DESC, key DESC",
                         &[&parts, &keys],
@@ -325,17 +328,17 @@ impl Postgres {
         loop {
             let rows = self.block(async {
                 let client = self.client().await?;
-                client
-                    .query(
-                        "SELECT received_ms, key, meta FROM iw_events \
+                super::prepared::query(
+                    &client,
+                    "SELECT received_ms, key, meta FROM iw_events \
                          WHERE (received_ms, key) > ($1, $2) \
                            AND received_ms <= $3 \
                            AND ($4::int2 IS NULL OR status = $4) AND ($5::text IS NULL OR topic LIKE $5) \
                          ORDER BY received_ms, key LIMIT $6",
-                        &[&from_ms, &from_key, &until, &status, &topic, &1000i64],
-                    )
-                    .await
-                    .map_err(pg_err)
+                    &[&from_ms, &from_key, &until, &status, &topic, &1000i64],
+                )
+                .await
+                .map_err(pg_err)
             })?;
             let Some(last) = rows.last() else { return Ok(()) };
             from_ms = last.get(0);
@@ -354,8 +357,7 @@ impl Postgres {
     pub fn counts(&self) -> Result<Counts, StoreError> {
         self.block(async {
             let client = self.client().await?;
-            let rows = client
-                .query(
+            let rows = super::prepared::query(&client,
                     "SELECT status, topic, count(*), COALESCE(sum(deliveries - 1), 0)::int8 FROM iw_events GROUP BY status, topic",
                     &[],
                 )
@@ -383,20 +385,22 @@ impl Postgres {
         self.scalar("SELECT max(received_ms) FROM iw_events")
     }
 
+    /// As of upkeep's last reading of the figures (see `upkeep`).
     pub fn oldest_pending_ms(&self) -> Result<Option<i64>, StoreError> {
-        self.scalar("SELECT min(received_ms) FROM iw_events WHERE status IN (0, 3)")
+        let ms = self.inner.cached.oldest_pending_ms.load(Ordering::SeqCst);
+        Ok((ms != 0).then_some(ms))
     }
 
     pub fn queued_keys(&self) -> Result<Vec<String>, StoreError> {
         self.block(async {
             let client = self.client().await?;
-            let rows = client
-                .query(
-                    "SELECT key FROM iw_events WHERE status IN (0, 3) ORDER BY received_ms, key",
-                    &[],
-                )
-                .await
-                .map_err(pg_err)?;
+            let rows = super::prepared::query(
+                &client,
+                "SELECT key FROM iw_events WHERE status IN (0, 3) ORDER BY received_ms, key",
+                &[],
+            )
+            .await
+            .map_err(pg_err)?;
             Ok(rows.into_iter().map(|r| r.get(0)).collect())
         })
     }

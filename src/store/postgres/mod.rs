@@ -61,6 +61,36 @@ pub(crate) fn pg_err(e: impl std::error::Error) -> StoreError {
     StoreError::Unavailable(format!("database: {msg}"))
 }
 
+/// Statements on the hot paths (intake, claims, handler runs, outcomes)
+/// go through these: each is prepared once per connection and kept in
+/// deadpool's statement cache, so the database parses it once and, after
+/// a few runs, plans it once. Only fixed SQL text goes here; the cache is
+/// keyed by the text and never shrinks.
+pub(crate) mod prepared {
+    use deadpool_postgres::GenericClient;
+    use tokio_postgres::types::ToSql;
+    use tokio_postgres::{Error, Row};
+
+    pub async fn query<C: GenericClient>(c: &C, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, Error> {
+        let st = c.prepare_cached(sql).await?;
+        c.query(&st, params).await
+    }
+
+    pub async fn query_opt<C: GenericClient>(
+        c: &C,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, Error> {
+        let st = c.prepare_cached(sql).await?;
+        c.query_opt(&st, params).await
+    }
+
+    pub async fn execute<C: GenericClient>(c: &C, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, Error> {
+        let st = c.prepare_cached(sql).await?;
+        c.execute(&st, params).await
+    }
+}
+
 /// The PostgreSQL backend: a cheap, clonable handle.
 #[derive(Clone)]
 pub struct Postgres {
@@ -109,10 +139,19 @@ impl Postgres {
     ) -> Result<Postgres, StoreError> {
         let rt = Handle::try_current()
             .map_err(|_| StoreError::Unavailable("the PostgreSQL backend needs a tokio runtime".into()))?;
-        let config: tokio_postgres::Config = pg
+        let mut config: tokio_postgres::Config = pg
             .url
             .parse()
             .map_err(|e| StoreError::Unavailable(format!("INTERCOM_WEBHOOKS_DATABASE_URL: {e}")))?;
+        // Our statements are key lookups and small range scans, whose
+        // plan does not depend on the values: plan each once per
+        // connection. A setting of these sessions only, never the
+        // server's; options already in the URL come first.
+        let options = match config.get_options() {
+            Some(o) => format!("{o} -c plan_cache_mode=force_generic_plan"),
+            None => "-c plan_cache_mode=force_generic_plan".to_string(),
+        };
+        config.options(&options);
         let manager = Manager::from_config(
             config,
             tokio_postgres::NoTls,
@@ -236,4 +275,9 @@ fn block_on<F: std::future::Future>(rt: &Handle, f: F) -> F::Output {
 /// Milliseconds as PostgreSQL's bigint.
 pub(crate) fn now() -> i64 {
     crate::timefmt::now_ms()
+}
+
+/// A count limit as SQL's `LIMIT` (bigint): `usize::MAX` (no limit) too.
+pub(crate) fn sql_limit(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
 }

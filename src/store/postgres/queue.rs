@@ -54,27 +54,27 @@ pub async fn claim(store: &Postgres, key: Option<&str>) -> Result<Vec<String>, S
     let now = now();
     let until = now + inner.claim_lease_ms;
     let rows = match key {
-        None => client
-            .query(
-                "UPDATE iw_events e SET claim_owner = $1, claim_until = $2 \
+        None => super::prepared::query(
+            &client,
+            "UPDATE iw_events e SET claim_owner = $1, claim_until = $2 \
                  FROM (SELECT part, key FROM iw_events \
                        WHERE status IN (0, 3) AND due_ms <= $3 AND (claim_until IS NULL OR claim_until < $3) \
                        ORDER BY due_ms LIMIT $4 FOR UPDATE SKIP LOCKED) c \
                  WHERE e.part = c.part AND e.key = c.key RETURNING e.key",
-                &[&inner.node, &until, &now, &CLAIM],
-            )
-            .await
-            .map_err(pg_err)?,
-        Some(key) => client
-            .query(
-                "UPDATE iw_events e SET claim_owner = $1, claim_until = $2 \
+            &[&inner.node, &until, &now, &CLAIM],
+        )
+        .await
+        .map_err(pg_err)?,
+        Some(key) => super::prepared::query(
+            &client,
+            "UPDATE iw_events e SET claim_owner = $1, claim_until = $2 \
                  FROM iw_dedup d WHERE d.key = $4 AND e.part = d.part AND e.key = d.key \
                  AND e.status IN (0, 3) AND (e.claim_until IS NULL OR e.claim_until < $3 OR e.claim_owner = $1) \
                  RETURNING e.key",
-                &[&inner.node, &until, &now, &key],
-            )
-            .await
-            .map_err(pg_err)?,
+            &[&inner.node, &until, &now, &key],
+        )
+        .await
+        .map_err(pg_err)?,
     };
     Ok(rows.into_iter().map(|r| r.get(0)).collect())
 }

@@ -1,9 +1,12 @@
 //! Once a second: a heartbeat commit (so readiness says whether a commit
-//! gets through now, a synchronous standby included) and the figures the
-//! non-blocking methods answer with (queue depth, shred queue, size).
+//! gets through now, a synchronous standby included). And the figures the
+//! non-blocking methods answer with (queue depth and oldest, shred queue,
+//! size): once a second too, unless reading them takes long (counting a
+//! deep queue does), then less often, so that they cost the database at
+//! most a twentieth of one core.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::{now, pg_err, Postgres};
 use crate::store::StoreError;
@@ -11,6 +14,8 @@ use crate::store::StoreError;
 #[derive(Default)]
 pub struct Cached {
     pub pending: AtomicU64,
+    /// When the oldest queued event was received (0: none queued).
+    pub oldest_pending_ms: AtomicI64,
     pub shred_parts: AtomicU64,
     pub shred_first_ms: AtomicI64,
     pub shred_last_ms: AtomicI64,
@@ -31,8 +36,13 @@ impl Cached {
     }
 }
 
+/// The figures' cost bound: their reading takes at most this share of
+/// the time between readings.
+const FIGURES_SHARE: u32 = 20;
+
 pub async fn run(store: Postgres) {
     let stop = store.inner.stop.clone();
+    let mut next_figures = Instant::now();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -44,8 +54,12 @@ pub async fn run(store: Postgres) {
         if ok {
             store.inner.failing.store(false, Ordering::SeqCst);
         }
-        if let Err(e) = refresh(&store).await {
-            tracing::debug!(error = %e, "Reading the store's figures failed.");
+        if Instant::now() >= next_figures {
+            let started = Instant::now();
+            if let Err(e) = refresh(&store).await {
+                tracing::debug!(error = %e, "Reading the store's figures failed.");
+            }
+            next_figures = Instant::now() + started.elapsed() * FIGURES_SHARE;
         }
     }
 }
@@ -81,7 +95,8 @@ pub async fn refresh(store: &Postgres) -> Result<(), StoreError> {
                     (SELECT count(*) FROM iw_shred), \
                     (SELECT min(queued_ms) FROM iw_shred), \
                     (SELECT max(queued_ms) FROM iw_shred), \
-                    pg_database_size(current_database())",
+                    pg_database_size(current_database()), \
+                    (SELECT min(received_ms) FROM iw_events WHERE status IN (0, 3))",
             &[],
         )
         .await
@@ -94,5 +109,7 @@ pub async fn refresh(store: &Postgres) -> Result<(), StoreError> {
     c.shred_last_ms
         .store(r.get::<_, Option<i64>>(3).unwrap_or(0), Ordering::SeqCst);
     c.size.store(r.get::<_, i64>(4) as u64, Ordering::SeqCst);
+    c.oldest_pending_ms
+        .store(r.get::<_, Option<i64>>(5).unwrap_or(0), Ordering::SeqCst);
     Ok(())
 }
