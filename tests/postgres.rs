@@ -821,6 +821,109 @@ async fn an_embedded_store_moves_into_postgres_and_nobody_erased_comes_back() {
     db.drop_now().await;
 }
 
+/// `backup` of a database (through the CLI and the admin API) is a backup
+/// in the embedded store's format: nothing personal in it in plaintext,
+/// and nobody erased before it. Restored into an empty data dir and moved
+/// into another database, it serves what there was, and keeps the erased
+/// person erased.
+#[cfg_attr(not(has_postgres), ignore = "needs PostgreSQL on 127.0.0.1:5432 (CI starts it)")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_backup_restores_and_moves_back_with_nobody_erased_in_it() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pg = spawn_app_with(dir.path(), PG_CONFIG, pg_env(&db.url())).await;
+    for i in 1..=5 {
+        let body = contact_note(&format!("notif_bk_{i}"), &format!("c_bk_{i}"));
+        assert_eq!(pg.post_signed(&body).await.status(), 200);
+    }
+    for i in 1..=5 {
+        assert_eq!(pg.wait_final(&format!("notif_bk_{i}")).await["status"], "processed");
+    }
+    let r = pg
+        .admin_post("/admin/erase", json!({"contact_id": "c_bk_2", "local_only": true}))
+        .await;
+    assert!(r.status().is_success());
+    assert_eq!(pg.admin_get("/admin/events/notif_bk_1?raw=true").await.status(), 200);
+    let before: Value = pg.admin_json("/admin/events/notif_bk_1").await;
+
+    // Through the CLI, on another machine's data dir, while serve runs.
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("pg.toml");
+    std::fs::write(&config, PG_CONFIG).unwrap();
+    let mut cli = Binary::new(&work.path().join("cli"));
+    std::fs::create_dir_all(&cli.dir).unwrap();
+    cli.env.push(("INTERCOM_WEBHOOKS_DATABASE_URL".into(), db.url()));
+    let file = work.path().join("db.backup");
+    let (code, out, err) = cli.run(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--json",
+        "backup",
+        "--out",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("index_entries"), "{out}");
+    // And through the admin API.
+    let r = pg.admin_get("/admin/backup").await;
+    let status = r.status();
+    let streamed = r.bytes().await.unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&streamed));
+    for bytes in [std::fs::read(&file).unwrap(), streamed.to_vec()] {
+        assert!(bytes.len() > 1000);
+        for needle in ["@example.org", "c_bk_1@", "c_bk_2@"] {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
+                "{needle} in plaintext in a backup"
+            );
+        }
+    }
+    // The staging copies are gone.
+    for d in [cli.dir.join("data"), dir.path().to_path_buf()] {
+        let left: Vec<_> = std::fs::read_dir(&d)
+            .map(|r| r.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(
+            !left.iter().any(|n| n.to_string_lossy().starts_with(".backup-stage")),
+            "{left:?}"
+        );
+    }
+    pg.stop().await;
+
+    // Restored into an empty data dir, then moved into another database.
+    let restored = Binary::new(&work.path().join("restored"));
+    std::fs::create_dir_all(&restored.dir).unwrap();
+    let (code, _, err) = restored.run(&["restore", "--from", file.to_str().unwrap(), "--without-ledger"]);
+    assert_eq!(code, 0, "{err}");
+    let db2 = TestDb::new().await;
+    let mut mover = Binary::new(&restored.dir);
+    mover.env.push(("INTERCOM_WEBHOOKS_DATABASE_URL".into(), db2.url()));
+    let (code, out, err) = mover.run(&["--config", config.to_str().unwrap(), "--json", "migrate-store"]);
+    assert_eq!(code, 0, "{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["events"], 4, "{report}");
+    assert_eq!(report["erasures"], 1, "{report}");
+
+    let other = tempfile::tempdir().unwrap();
+    let back = spawn_app_with(other.path(), PG_CONFIG, pg_env(&db2.url())).await;
+    let after: Value = back.admin_json("/admin/events/notif_bk_1").await;
+    for field in ["status", "received_at", "history", "deliveries", "payload"] {
+        assert_eq!(after[field], before[field], "{field}");
+    }
+    assert_eq!(back.admin_get("/admin/contacts/c_bk_1").await.status(), 200);
+    assert_eq!(back.admin_get("/admin/events/notif_bk_2").await.status(), 404);
+    assert_eq!(back.admin_get("/admin/contacts/c_bk_2").await.status(), 404);
+    let again = contact_note("notif_bk_2b", "c_bk_2");
+    assert_eq!(back.post_signed(&again).await.status(), 200);
+    back.wait_gone("notif_bk_2b").await;
+    assert_eq!(back.admin_get("/admin/contacts/c_bk_2").await.status(), 404);
+    let check = back.admin_json("/admin/audit/verify").await;
+    assert_eq!(check["ok"], true, "{check}");
+    back.stop().await;
+    db.drop_now().await;
+    db2.drop_now().await;
+}
+
 /// The exhaustive erasure test of the embedded store (every identifier of
 /// every capture), against a cluster of the test's own, then every byte of
 /// the cluster's files (tables, indexes, WAL) and of a `pg_dump` searched:

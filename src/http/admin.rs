@@ -303,8 +303,8 @@ async fn export(
 /// Streams a backup: written to a temporary file in the data dir first (so
 /// the index export is not held open by a slow client), then sent.
 async fn backup(State(app): State<AppState>) -> Response {
-    let store = app.store.clone();
-    let made = tokio::task::spawn_blocking(move || ops::data_dir::backup_to_unnamed_file(&store)).await;
+    let (store, settings) = (app.store.clone(), app.settings.clone());
+    let made = tokio::task::spawn_blocking(move || ops::data_dir::backup_to_unnamed_file(&store, &settings)).await;
     match made {
         Ok(Ok(file)) => {
             tracing::info!("Backup sent through the admin API.");

@@ -39,10 +39,10 @@ pub async fn backup(target: &Target, file: File) -> Result<(BackupResult, File),
             Ok((result, file))
         }
         Target::Local(local) => {
-            let store = local.store.clone();
-            let made = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+            let (store, settings) = (local.store.clone(), local.settings.clone());
+            let made = tokio::task::spawn_blocking(move || -> Result<_, OpsError> {
                 let mut w = BufWriter::new(file);
-                let (entries, files) = store.backup(&mut w)?;
+                let (entries, files) = write_backup(&store, &settings, &mut w)?;
                 let file = w.into_inner().map_err(|e| StoreError::Io(e.into_error()))?;
                 let result = BackupResult {
                     index_entries: Some(entries),
@@ -62,11 +62,58 @@ pub async fn backup(target: &Target, file: File) -> Result<(BackupResult, File),
 /// A backup in an unnamed file (`O_TMPFILE`) on the data dir's disk,
 /// rewound: nothing is left behind if the process dies meanwhile, and it
 /// is not in a memory-backed /tmp. For the admin API to stream. Blocking.
-pub fn backup_to_unnamed_file(store: &Store) -> Result<File, StoreError> {
-    let mut file = crate::fsutil::unnamed_private_file(store.dir())?;
-    store.backup(&mut BufWriter::new(&mut file))?;
-    file.rewind()?;
+pub fn backup_to_unnamed_file(store: &Store, settings: &Settings) -> Result<File, OpsError> {
+    // A replica of the database may not have made its data dir yet.
+    crate::fsutil::private_dir_all(store.dir()).map_err(StoreError::from)?;
+    let mut file = crate::fsutil::unnamed_private_file(store.dir()).map_err(StoreError::from)?;
+    write_backup(store, settings, &mut BufWriter::new(&mut file))?;
+    file.rewind().map_err(StoreError::from)?;
     Ok(file)
+}
+
+/// Writes a backup of `store`: the embedded store's own; for a PostgreSQL
+/// store, a copy staged in the data dir in the embedded store's format
+/// (see [`crate::store::copy::backup_through_embedded`]), which `restore`
+/// reads and `migrate-store` moves into a database again. Blocking, on a
+/// thread of the runtime's blocking pool.
+fn write_backup(store: &Store, settings: &Settings, out: &mut dyn std::io::Write) -> Result<(u64, u64), OpsError> {
+    let Some(pg) = &settings.store.postgres else {
+        return Ok(store.backup(out)?);
+    };
+    let key = data_key(settings)?;
+    let rt = tokio::runtime::Handle::current();
+    let root = rt
+        .block_on(crate::store::database_root_keys(&pg.url, &key))
+        .map_err(|e| OpsError::Unavailable(e.to_string()))?;
+    let stage = settings
+        .data_dir
+        .join(format!(".backup-stage-{}", hex::encode(&crypto::random_key()[..8])));
+    let ((entries, files), copied) = crate::store::copy::backup_through_embedded(
+        store,
+        &root,
+        &key,
+        &stage,
+        &settings.store,
+        &crate::reconcile::WATERMARKS,
+        out,
+    )?;
+    tracing::info!(
+        events = copied.events,
+        erasures = copied.erasures,
+        "Backup of the database written."
+    );
+    Ok((entries, files))
+}
+
+/// The data key: configured, or the data dir's generated `data.key`.
+fn data_key(settings: &Settings) -> Result<DataKey, OpsError> {
+    let unavailable = |e: &dyn std::fmt::Display| OpsError::Unavailable(e.to_string());
+    match &settings.data_key {
+        Some(k) => DataKey::parse(k.expose()).map_err(|e| unavailable(&e)),
+        None => DataKey::load_or_create(None, &settings.data_dir)
+            .map(|(key, _)| key)
+            .map_err(|e| unavailable(&e)),
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -219,16 +266,12 @@ pub async fn migrate_store(settings: &Settings) -> Result<crate::store::copy::Co
     if !dir.join(crypto::ROOT_FILE).exists() {
         return Err(OpsError::NotFound(format!("there is no store in {}", dir.display())));
     }
-    let key = match &settings.data_key {
-        Some(k) => DataKey::parse(k.expose()).map_err(|e| unavailable(&e))?,
-        None => {
-            let (key, _) = DataKey::load_or_create(None, dir).map_err(|e| unavailable(&e))?;
-            tracing::warn!(
-                "The data dir's generated data.key was used: give the replicas that key as INTERCOM_WEBHOOKS_DATA_KEY."
-            );
-            key
-        }
-    };
+    let key = data_key(settings)?;
+    if settings.data_key.is_none() {
+        tracing::warn!(
+            "The data dir's generated data.key was used: give the replicas that key as INTERCOM_WEBHOOKS_DATA_KEY."
+        );
+    }
     let root = crypto::load_or_create_root(dir, &key).map_err(|e| unavailable(&e))?;
     let mut embedded_settings = settings.store.clone();
     embedded_settings.postgres = None;

@@ -220,6 +220,8 @@ pub trait Backend: Send + Sync + 'static {
     fn ledger_unapplied(&self) -> Result<(Vec<LedgerEntry>, u64), StoreError>;
     fn ledger_mark_applied(&self, count: u64) -> Result<(), StoreError>;
     fn ledger_len(&self) -> Result<usize, StoreError>;
+    /// Every ledger entry, oldest first (a copy of the store takes them).
+    fn ledger_entries(&self) -> Result<Vec<LedgerEntry>, StoreError>;
     /// When a subject key was last erased (the latest ledger line naming
     /// it, unix ms), if ever. Kept for as long as the ledger.
     fn erased_at(&self, subject: &str) -> Result<Option<i64>, StoreError>;

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use futures_util::future::join_all;
 use serde::Serialize;
 
-use super::{CacheKind, EventFilter, Expiry, Store, StoreError, LEDGER_FILE};
+use super::{CacheKind, EventFilter, Expiry, Store, StoreError, StoreSettings};
 
 /// What was moved.
 #[derive(Debug, Default, Clone, Serialize)]
@@ -89,9 +89,8 @@ pub fn copy_into(
     }
 
     // The erasure ledger: every erasure, so the target knows who is erased.
-    let path = from.dir().join(LEDGER_FILE);
-    for (n, line) in super::ledger::read_lines(&path)?.iter().enumerate() {
-        to.ledger_append(&super::ledger::parse(line, &path, n)?)?;
+    for entry in from.ledger_entries()? {
+        to.ledger_append(&entry)?;
         report.erasures += 1;
     }
 
@@ -109,4 +108,47 @@ pub fn copy_into(
         }
     }
     Ok(report)
+}
+
+/// A backup of `from` (a PostgreSQL store) in the embedded store's backup
+/// format, which `restore` reads: `from` is copied into an embedded store
+/// staged in `stage` (a new directory, private to this user, under the
+/// same root keys, so that a restored copy opens with the same data key
+/// and its sealed values, keyed hashes and audit MACs hold), that store is
+/// backed up into `out`, and `stage` is removed, also when this fails.
+/// The copy is consistent per event, not one instant of the whole
+/// database: events stored meanwhile may or may not be in it. `states`
+/// are the named state values to copy (see [`copy_into`]). Returns what
+/// the embedded backup reports, and what was copied. Blocking: on a
+/// thread of a tokio runtime's blocking pool, which runs the appends.
+pub fn backup_through_embedded(
+    from: &Store,
+    root: &crate::crypto::RootKeys,
+    data_key: &crate::crypto::DataKey,
+    stage: &std::path::Path,
+    settings: &StoreSettings,
+    states: &[&str],
+    out: &mut dyn std::io::Write,
+) -> Result<((u64, u64), CopyReport), StoreError> {
+    let rt = tokio::runtime::Handle::try_current()
+        .map_err(|_| StoreError::Unavailable("a backup of the database needs a tokio runtime".into()))?;
+    if stage.exists() {
+        return Err(StoreError::Unavailable(format!("{} exists already", stage.display())));
+    }
+    crate::fsutil::private_dir_all(stage)?;
+    let made = (|| {
+        crate::crypto::write_root(stage, crate::crypto::ROOT_FILE, data_key, root)
+            .map_err(|e| StoreError::Keyring(e.to_string()))?;
+        let mut embedded = settings.clone();
+        embedded.postgres = None;
+        let (to, _) = Store::open(stage, crate::crypto::Keys::from_root(root), &embedded)?;
+        let copied = copy_into(from, &to, states, &rt, &|_| {});
+        let written = copied.and_then(|report| Ok((to.backup(out)?, report)));
+        to.close()?;
+        written
+    })();
+    let removed = std::fs::remove_dir_all(stage);
+    let made = made?;
+    removed?;
+    Ok(made)
 }

@@ -109,6 +109,15 @@ pub async fn prepare_database_for(
     postgres::keys::adopt_root(url, data_key, root).await
 }
 
+/// The root keys of the database at `url`, unwrapped with `data_key`
+/// (a backup of it carries them, wrapped the same way).
+pub async fn database_root_keys(
+    url: &str,
+    data_key: &crate::crypto::DataKey,
+) -> Result<crate::crypto::RootKeys, StoreError> {
+    postgres::keys::read_root(url, data_key).await
+}
+
 /// Applies the PostgreSQL schema's migrations at `url` (the `migrate`
 /// command); returns the versions before and after.
 pub async fn migrate_database(url: &str) -> Result<(i32, i32), StoreError> {

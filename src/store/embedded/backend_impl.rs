@@ -54,6 +54,7 @@ impl Backend for Embedded {
         fn ledger_unapplied(&self) -> Result<(Vec<LedgerEntry>, u64), StoreError>;
         fn ledger_mark_applied(&self, count: u64) -> Result<(), StoreError>;
         fn ledger_len(&self) -> Result<usize, StoreError>;
+        fn ledger_entries(&self) -> Result<Vec<LedgerEntry>, StoreError>;
         fn erased_at(&self, subject: &str) -> Result<Option<i64>, StoreError>;
         fn state_flag(&self, name: &str) -> Result<bool, StoreError>;
         fn set_state_flag(&self, name: &str) -> Result<(), StoreError>;

@@ -84,4 +84,13 @@ impl Embedded {
     pub fn ledger_len(&self) -> Result<usize, StoreError> {
         Ok(read_lines(&self.inner.dir.join(LEDGER_FILE))?.len())
     }
+
+    pub fn ledger_entries(&self) -> Result<Vec<LedgerEntry>, StoreError> {
+        let path = self.inner.dir.join(LEDGER_FILE);
+        read_lines(&path)?
+            .iter()
+            .enumerate()
+            .map(|(n, line)| parse(line, &path, n))
+            .collect()
+    }
 }

@@ -84,7 +84,7 @@ impl Postgres {
             let rows = tx
                 .query(
                     "SELECT seq, entry FROM iw_audit WHERE seq < (SELECT max(seq) FROM iw_audit) ORDER BY seq LIMIT $1",
-                    &[&(limit as i64)],
+                    &[&super::sql_limit(limit)],
                 )
                 .await
                 .map_err(pg_err)?;

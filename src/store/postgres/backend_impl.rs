@@ -269,6 +269,10 @@ impl Backend for Postgres {
         Postgres::ledger_len(self)
     }
 
+    fn ledger_entries(&self) -> Result<Vec<LedgerEntry>, StoreError> {
+        Postgres::ledger_entries(self)
+    }
+
     fn erased_at(&self, subject: &str) -> Result<Option<i64>, StoreError> {
         Postgres::erased_at(self, subject)
     }

@@ -270,13 +270,30 @@ impl Postgres {
             .map(|n| n.unwrap_or(0) as usize)
     }
 
+    pub fn ledger_entries(&self) -> Result<Vec<LedgerEntry>, StoreError> {
+        self.block(async {
+            let client = self.client().await?;
+            let rows = client
+                .query("SELECT seq, entry FROM iw_ledger ORDER BY seq", &[])
+                .await
+                .map_err(pg_err)?;
+            rows.iter()
+                .map(|r| {
+                    serde_json::from_str(r.get::<_, &str>(1)).map_err(|_| {
+                        StoreError::Corrupt(format!("iw_ledger row {} is not a ledger entry", r.get::<_, i64>(0)))
+                    })
+                })
+                .collect()
+        })
+    }
+
     pub fn erased_at(&self, subject: &str) -> Result<Option<i64>, StoreError> {
         self.block(async {
             let client = self.client().await?;
-            let row = client
-                .query_opt("SELECT at_ms FROM iw_erased WHERE subject = $1", &[&subject])
-                .await
-                .map_err(pg_err)?;
+            let row =
+                super::prepared::query_opt(&client, "SELECT at_ms FROM iw_erased WHERE subject = $1", &[&subject])
+                    .await
+                    .map_err(pg_err)?;
             Ok(row.map(|r| r.get(0)))
         })
     }

@@ -40,6 +40,23 @@ pub async fn root_keys(client: &impl GenericClient, data_key: &DataKey) -> Resul
         .map_err(|e| StoreError::Keyring(e.to_string()))
 }
 
+/// The root keys of the database at `url` (one that a replica opened).
+pub async fn read_root(url: &str, data_key: &DataKey) -> Result<RootKeys, StoreError> {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .map_err(pg_err)?;
+    let driver = tokio::spawn(conn);
+    let row = client
+        .query_opt("SELECT value FROM iw_meta WHERE name = 'root'", &[])
+        .await
+        .map_err(pg_err);
+    drop(client);
+    let _ = driver.await;
+    let row = row?.ok_or_else(|| StoreError::Unavailable("the database holds no store yet".into()))?;
+    crypto::unwrap_root(data_key, row.get::<_, &[u8]>(0), "the database's root keys (iw_meta)")
+        .map_err(|e| StoreError::Keyring(e.to_string()))
+}
+
 /// Migrates the database at `url` and makes `root` its root keys: the
 /// target of `migrate-store`, which must hold no event, and no other root
 /// keys.

@@ -99,7 +99,7 @@ impl Postgres {
                 .execute(
                     "DELETE FROM iw_dedup WHERE key IN \
                      (SELECT key FROM iw_dedup WHERE NOT has_event AND received_ms < $1 LIMIT $2)",
-                    &[&before_ms, &(limit as i64)],
+                    &[&before_ms, &super::sql_limit(limit)],
                 )
                 .await
                 .map_err(pg_err)
