@@ -8,7 +8,7 @@
 # Needs a release build: cargo build --release --examples --bins
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BIN=target/release/intercom-webhooks
+BIN=${BIN:-target/release/intercom-webhooks}
 LOADGEN=target/release/examples/loadgen
 WORK=${BENCH_DIR:-/tmp/iw-pg-bench}
 PUBLIC=127.0.0.1:18390

@@ -38,8 +38,11 @@ struct PgCacheTx<'a> {
 }
 
 impl PgCacheTx<'_> {
+    /// `sql` is always one of this file's fixed statements (prepared).
     fn exec(&self, sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> TxResult<u64> {
-        self.store.block(self.client.execute(sql, params)).map_err(storage)
+        self.store
+            .block(super::prepared::execute(self.client, sql, params))
+            .map_err(storage)
     }
 
     fn seen(&self, kind: i16, id: &str) -> TxResult<Option<i64>> {

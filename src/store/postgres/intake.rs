@@ -127,14 +127,14 @@ async fn commit(store: &Postgres, batch: &[AppendReq]) -> Result<(Vec<Appended>,
         // of these partitions (erasure) waits for this batch, or this
         // batch for it, and then sees its new key.
         let mut keys: HashMap<i64, PartKey> = HashMap::new();
-        for row in tx
-            .query(
-                "SELECT k.part, k.version, k.wrapped FROM iw_part_keys k WHERE k.part = ANY($1) \
+        for row in super::prepared::query(
+            &tx,
+            "SELECT k.part, k.version, k.wrapped FROM iw_part_keys k WHERE k.part = ANY($1) \
                  AND k.version = (SELECT max(version) FROM iw_part_keys m WHERE m.part = k.part) FOR SHARE OF k",
-                &[&parts],
-            )
-            .await
-            .map_err(pg_err)?
+            &[&parts],
+        )
+        .await
+        .map_err(pg_err)?
         {
             let part: i64 = row.get(0);
             keys.insert(part, inner.part_keys.learn(part, row.get(1), row.get::<_, &[u8]>(2))?);
@@ -151,16 +151,16 @@ async fn commit(store: &Postgres, batch: &[AppendReq]) -> Result<(Vec<Appended>,
         let ukeys: Vec<&str> = uniq.iter().map(|&i| batch[i].meta.key.as_str()).collect();
         let uparts: Vec<i64> = uniq.iter().map(|&i| store.part_of(batch[i].meta.received_ms)).collect();
         let ureceived: Vec<i64> = uniq.iter().map(|&i| batch[i].meta.received_ms).collect();
-        let rows = tx
-            .query(
-                "INSERT INTO iw_dedup (key, part, received_ms, last_seen_ms) \
+        let rows = super::prepared::query(
+            &tx,
+            "INSERT INTO iw_dedup (key, part, received_ms, last_seen_ms) \
                  SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $3::int8[]) \
                  ON CONFLICT (key) DO UPDATE SET last_seen_ms = GREATEST(iw_dedup.last_seen_ms, EXCLUDED.last_seen_ms) \
                  RETURNING key, part, has_event, (xmax = 0) AS inserted",
-                &[&ukeys, &uparts, &ureceived],
-            )
-            .await
-            .map_err(pg_err)?;
+            &[&ukeys, &uparts, &ureceived],
+        )
+        .await
+        .map_err(pg_err)?;
         let mut inserted: HashMap<String, bool> = HashMap::new();
         // Where the stored event of each known key is (none: only its
         // dedup marker is left).
@@ -238,7 +238,7 @@ async fn commit(store: &Postgres, batch: &[AppendReq]) -> Result<(Vec<Appended>,
             .map(|&i| i16::from(batch[i].meta.status.code()))
             .collect();
         if !e_key.is_empty() {
-            tx.execute(
+            super::prepared::execute(&tx,
                 "INSERT INTO iw_events (part, key, received_ms, status, topic, meta, body, key_version, due_ms, claim_owner, claim_until) \
                  SELECT p, k, r, s, t, m, b, v, r, CASE WHEN s IN (0, 3) THEN $9 END, CASE WHEN s IN (0, 3) THEN $10::int8 END \
                  FROM unnest($1::int8[], $2::text[], $3::int8[], $4::int2[], $5::text[], $6::bytea[], $7::bytea[], $8::int8[]) \
@@ -249,7 +249,7 @@ async fn commit(store: &Postgres, batch: &[AppendReq]) -> Result<(Vec<Appended>,
             .map_err(pg_err)?;
         }
         if !s_key.is_empty() {
-            tx.execute(
+            super::prepared::execute(&tx,
                 "INSERT INTO iw_subjects (subject, key) SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING",
                 &[&s_subject, &s_key],
             )
@@ -270,20 +270,20 @@ async fn commit(store: &Postgres, batch: &[AppendReq]) -> Result<(Vec<Appended>,
         dups.sort_unstable();
         for (key, (n, seen_ms)) in dups {
             let Some(&part) = event_part.get(key) else { continue };
-            let row = tx
-                .query_opt(
-                    "SELECT meta FROM iw_events WHERE part = $1 AND key = $2 FOR UPDATE",
-                    &[&part, &key],
-                )
-                .await
-                .map_err(pg_err)?;
+            let row = super::prepared::query_opt(
+                &tx,
+                "SELECT meta FROM iw_events WHERE part = $1 AND key = $2 FOR UPDATE",
+                &[&part, &key],
+            )
+            .await
+            .map_err(pg_err)?;
             let Some(meta) = row.and_then(|row| EventMeta::decode(row.get::<_, &[u8]>(0))) else {
                 continue;
             };
             let mut meta = meta;
             meta.delivery_count = meta.delivery_count.saturating_add(n);
             meta.last_delivery_ms = meta.last_delivery_ms.max(seen_ms);
-            tx.execute(
+            super::prepared::execute(&tx,
                 "UPDATE iw_events SET meta = $3, deliveries = deliveries + $4, version = version + 1 WHERE part = $1 AND key = $2",
                 &[&part, &key, &meta.encode(), &(n as i32)],
             )
@@ -323,7 +323,7 @@ async fn commit(store: &Postgres, batch: &[AppendReq]) -> Result<(Vec<Appended>,
 async fn ensure_partition(store: &Postgres, part: i64) -> Result<(), StoreError> {
     let mut client = store.client().await?;
     let tx = client.transaction().await.map_err(pg_err)?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PARTITION_LOCK])
+    super::prepared::execute(&tx, "SELECT pg_advisory_xact_lock($1)", &[&PARTITION_LOCK])
         .await
         .map_err(pg_err)?;
     tx.batch_execute(&format!(
@@ -334,17 +334,21 @@ async fn ensure_partition(store: &Postgres, part: i64) -> Result<(), StoreError>
     .await
     .map_err(pg_err)?;
     let wrapped = store.inner.part_keys.wrap(part, 1, &crate::crypto::random_key());
-    tx.execute(
+    super::prepared::execute(
+        &tx,
         "INSERT INTO iw_part_keys (part, version, wrapped) SELECT $1, 1, $2 \
          WHERE NOT EXISTS (SELECT 1 FROM iw_part_keys WHERE part = $1)",
         &[&part, &wrapped],
     )
     .await
     .map_err(pg_err)?;
-    let rows = tx
-        .query("SELECT version, wrapped FROM iw_part_keys WHERE part = $1", &[&part])
-        .await
-        .map_err(pg_err)?;
+    let rows = super::prepared::query(
+        &tx,
+        "SELECT version, wrapped FROM iw_part_keys WHERE part = $1",
+        &[&part],
+    )
+    .await
+    .map_err(pg_err)?;
     tx.commit().await.map_err(pg_err)?;
     for r in rows {
         store.inner.part_keys.learn(part, r.get(0), r.get::<_, &[u8]>(1))?;
