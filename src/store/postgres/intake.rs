@@ -34,7 +34,7 @@ pub struct AppendReq {
 
 /// Batches committing at once: while one waits for its commit (a disk
 /// flush, a standby), the next is already being written.
-const IN_FLIGHT: usize = 4;
+const IN_FLIGHT: usize = 2;
 
 pub async fn run(store: Postgres, mut rx: mpsc::Receiver<AppendReq>) {
     let stop = store.inner.stop.clone();
