@@ -750,25 +750,40 @@ async fn with_the_synchronous_standby_down_every_answer_is_503_redeliveries_too(
     app.stop().await;
 }
 
+/// Five contacts' notifications (`notif_{tag}_1..5` about `c_{tag}_1..5`),
+/// processed; `c_{tag}_2` erased; the first's payload viewed (an audit
+/// entry). Returns the first event as the admin API shows it.
+async fn five_contacts_one_erased(app: &TestApp, tag: &str) -> Value {
+    for i in 1..=5 {
+        let body = contact_note(&format!("notif_{tag}_{i}"), &format!("c_{tag}_{i}"));
+        assert_eq!(app.post_signed(&body).await.status(), 200);
+    }
+    for i in 1..=5 {
+        assert_eq!(app.wait_final(&format!("notif_{tag}_{i}")).await["status"], "processed");
+    }
+    let r = app
+        .admin_post(
+            "/admin/erase",
+            json!({"contact_id": format!("c_{tag}_2"), "local_only": true}),
+        )
+        .await;
+    assert!(r.status().is_success());
+    assert_eq!(
+        app.admin_get(&format!("/admin/events/notif_{tag}_1?raw=true"))
+            .await
+            .status(),
+        200
+    );
+    app.admin_json(&format!("/admin/events/notif_{tag}_1")).await
+}
+
 #[cfg_attr(not(has_postgres), ignore = "needs PostgreSQL on 127.0.0.1:5432 (CI starts it)")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_embedded_store_moves_into_postgres_and_nobody_erased_comes_back() {
     // An embedded store with events, a cache, an erasure and audit entries.
     let dir = tempfile::tempdir().unwrap();
     let app = spawn_app(dir.path()).await;
-    for i in 1..=5 {
-        let body = contact_note(&format!("notif_move_{i}"), &format!("c_move_{i}"));
-        assert_eq!(app.post_signed(&body).await.status(), 200);
-    }
-    for i in 1..=5 {
-        assert_eq!(app.wait_final(&format!("notif_move_{i}")).await["status"], "processed");
-    }
-    let r = app
-        .admin_post("/admin/erase", json!({"contact_id": "c_move_2", "local_only": true}))
-        .await;
-    assert!(r.status().is_success());
-    assert_eq!(app.admin_get("/admin/events/notif_move_1?raw=true").await.status(), 200);
-    let before: Value = app.admin_json("/admin/events/notif_move_1").await;
+    let before = five_contacts_one_erased(&app, "move").await;
     app.stop().await;
 
     // Moved.
@@ -832,19 +847,7 @@ async fn a_database_backup_restores_and_moves_back_with_nobody_erased_in_it() {
     let db = TestDb::new().await;
     let dir = tempfile::tempdir().unwrap();
     let pg = spawn_app_with(dir.path(), PG_CONFIG, pg_env(&db.url())).await;
-    for i in 1..=5 {
-        let body = contact_note(&format!("notif_bk_{i}"), &format!("c_bk_{i}"));
-        assert_eq!(pg.post_signed(&body).await.status(), 200);
-    }
-    for i in 1..=5 {
-        assert_eq!(pg.wait_final(&format!("notif_bk_{i}")).await["status"], "processed");
-    }
-    let r = pg
-        .admin_post("/admin/erase", json!({"contact_id": "c_bk_2", "local_only": true}))
-        .await;
-    assert!(r.status().is_success());
-    assert_eq!(pg.admin_get("/admin/events/notif_bk_1?raw=true").await.status(), 200);
-    let before: Value = pg.admin_json("/admin/events/notif_bk_1").await;
+    let before = five_contacts_one_erased(&pg, "bk").await;
 
     // Through the CLI, on another machine's data dir, while serve runs.
     let work = tempfile::tempdir().unwrap();
