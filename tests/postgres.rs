@@ -777,6 +777,27 @@ async fn five_contacts_one_erased(app: &TestApp, tag: &str) -> Value {
     app.admin_json(&format!("/admin/events/notif_{tag}_1")).await
 }
 
+/// What [`five_contacts_one_erased`] left, served by `app` (another
+/// store now): the first event as `before`, the kept contact cached, the
+/// erased person's event and record gone, and a new notification about
+/// them erased on arrival (its outcome `skipped`, then the event itself).
+async fn served_as_before(app: &TestApp, tag: &str, before: &Value) {
+    let after: Value = app.admin_json(&format!("/admin/events/notif_{tag}_1")).await;
+    for field in ["status", "received_at", "history", "deliveries", "payload"] {
+        assert_eq!(after[field], before[field], "{field}");
+    }
+    assert_eq!(app.admin_get(&format!("/admin/contacts/c_{tag}_1")).await.status(), 200);
+    assert_eq!(
+        app.admin_get(&format!("/admin/events/notif_{tag}_2")).await.status(),
+        404
+    );
+    assert_eq!(app.admin_get(&format!("/admin/contacts/c_{tag}_2")).await.status(), 404);
+    let again = contact_note(&format!("notif_{tag}_2b"), &format!("c_{tag}_2"));
+    assert_eq!(app.post_signed(&again).await.status(), 200);
+    app.wait_gone(&format!("notif_{tag}_2b")).await;
+    assert_eq!(app.admin_get(&format!("/admin/contacts/c_{tag}_2")).await.status(), 404);
+}
+
 #[cfg_attr(not(has_postgres), ignore = "needs PostgreSQL on 127.0.0.1:5432 (CI starts it)")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_embedded_store_moves_into_postgres_and_nobody_erased_comes_back() {
@@ -806,19 +827,7 @@ async fn an_embedded_store_moves_into_postgres_and_nobody_erased_comes_back() {
     // Served from the database by a replica with a data dir of its own.
     let other = tempfile::tempdir().unwrap();
     let pg = spawn_app_with(other.path(), PG_CONFIG, pg_env(&db.url())).await;
-    let after: Value = pg.admin_json("/admin/events/notif_move_1").await;
-    for field in ["status", "received_at", "history", "deliveries", "payload"] {
-        assert_eq!(after[field], before[field], "{field}");
-    }
-    assert_eq!(pg.admin_get("/admin/contacts/c_move_1").await.status(), 200);
-    assert_eq!(pg.admin_get("/admin/events/notif_move_2").await.status(), 404);
-    assert_eq!(pg.admin_get("/admin/contacts/c_move_2").await.status(), 404);
-    // The erased person's notification, delivered again: not served.
-    let again = contact_note("notif_move_2b", "c_move_2");
-    assert_eq!(pg.post_signed(&again).await.status(), 200);
-    // Erased on arrival (its outcome `skipped`, then the event itself).
-    pg.wait_gone("notif_move_2b").await;
-    assert_eq!(pg.admin_get("/admin/contacts/c_move_2").await.status(), 404);
+    served_as_before(&pg, "move", &before).await;
     // A moved notification delivered again is a duplicate.
     let dup = contact_note("notif_move_1", "c_move_1");
     assert_eq!(pg.post_signed(&dup).await.status(), 200);
@@ -909,17 +918,7 @@ async fn a_database_backup_restores_and_moves_back_with_nobody_erased_in_it() {
 
     let other = tempfile::tempdir().unwrap();
     let back = spawn_app_with(other.path(), PG_CONFIG, pg_env(&db2.url())).await;
-    let after: Value = back.admin_json("/admin/events/notif_bk_1").await;
-    for field in ["status", "received_at", "history", "deliveries", "payload"] {
-        assert_eq!(after[field], before[field], "{field}");
-    }
-    assert_eq!(back.admin_get("/admin/contacts/c_bk_1").await.status(), 200);
-    assert_eq!(back.admin_get("/admin/events/notif_bk_2").await.status(), 404);
-    assert_eq!(back.admin_get("/admin/contacts/c_bk_2").await.status(), 404);
-    let again = contact_note("notif_bk_2b", "c_bk_2");
-    assert_eq!(back.post_signed(&again).await.status(), 200);
-    back.wait_gone("notif_bk_2b").await;
-    assert_eq!(back.admin_get("/admin/contacts/c_bk_2").await.status(), 404);
+    served_as_before(&back, "bk", &before).await;
     let check = back.admin_json("/admin/audit/verify").await;
     assert_eq!(check["ok"], true, "{check}");
     back.stop().await;
