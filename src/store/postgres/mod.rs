@@ -63,9 +63,10 @@ pub(crate) fn pg_err(e: impl std::error::Error) -> StoreError {
 
 /// Statements on the hot paths (intake, claims, handler runs, outcomes)
 /// go through these: each is prepared once per connection and kept in
-/// deadpool's statement cache, so the database parses it once and, after
-/// a few runs, plans it once. Only fixed SQL text goes here; the cache is
-/// keyed by the text and never shrinks.
+/// deadpool's statement cache, so the database parses it once and plans it
+/// once (our sessions ask for generic plans: see `Postgres::open`). Only
+/// fixed SQL text goes here; the cache is keyed by the text and never
+/// shrinks.
 pub(crate) mod prepared {
     use deadpool_postgres::GenericClient;
     use tokio_postgres::types::ToSql;
