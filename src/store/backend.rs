@@ -56,6 +56,7 @@
 //!    point-in-time copy of events, cache, audit and ledger that
 //!    `restore` turns back into a store opened with the same data key.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io::Write;
 use std::path::Path;
@@ -95,6 +96,17 @@ pub struct ErasedEvents {
 /// What [`Backend::apply_and_complete`] returns: the handler's result, and
 /// the event as recorded (`None`: not recorded).
 pub type HandlerRun = (Result<(), StoreError>, Option<EventMeta>);
+
+/// One handler run of a batch ([`Backend::apply_and_complete_batch`]):
+/// what [`Backend::apply_and_complete`] takes, and the cache records the
+/// run is expected to read (read up front, all runs' at once; a record
+/// not named is read when the run asks for it).
+pub struct BatchRun<'a> {
+    pub seen: &'a Snapshot,
+    pub reads: Vec<(CacheKind, String)>,
+    pub effects: &'a mut dyn FnMut(&dyn CacheTx) -> TxResult<()>,
+    pub outcome: &'a dyn Fn(&Result<(), StoreError>) -> Completion,
+}
 
 /// A store behind [`super::Store`]. Object-safe: the handle holds an
 /// `Arc<dyn Backend>`; generic conveniences live on the handle. Methods
@@ -188,6 +200,26 @@ pub trait Backend: Send + Sync + 'static {
         let recorded = self.complete(seen, &completion)?;
         Ok((result, recorded))
     }
+    /// How many handler runs [`Backend::apply_and_complete_batch`] takes
+    /// at once; 1: it does not batch, and workers run events one by one.
+    fn handler_batch(&self) -> usize {
+        1
+    }
+    /// Several events' handler runs, each as [`Backend::apply_and_complete`]
+    /// would make it, committed together in order: a later run sees an
+    /// earlier run's cache writes. All or nothing: `Ok(None)` when any run
+    /// failed or met a conflict (nothing of the batch is kept; the caller
+    /// runs each on its own). `Ok(Some(v))`: all committed, `v[i]` the
+    /// event of run `i` as recorded (`None`: not run here, as
+    /// `apply_and_complete` would not have). `outcome` is called with
+    /// `Ok(())` only.
+    fn apply_and_complete_batch(
+        &self,
+        runs: &mut [BatchRun<'_>],
+    ) -> Result<Option<Vec<Option<EventMeta>>>, StoreError> {
+        let _ = runs;
+        Ok(None)
+    }
     fn cache_get(&self, kind: CacheKind, id: &str) -> Result<Option<Vec<u8>>, StoreError>;
     /// Replaces a record's bytes if it still exists, filed where it was (a
     /// re-encryption, not a new write). Returns whether it existed.
@@ -225,6 +257,16 @@ pub trait Backend: Send + Sync + 'static {
     /// When a subject key was last erased (the latest ledger line naming
     /// it, unix ms), if ever. Kept for as long as the ledger.
     fn erased_at(&self, subject: &str) -> Result<Option<i64>, StoreError>;
+    /// [`Backend::erased_at`] of several subjects: those erased, and when.
+    fn erased_among(&self, subjects: &[String]) -> Result<HashMap<String, i64>, StoreError> {
+        let mut erased = HashMap::new();
+        for s in subjects {
+            if let Some(at) = self.erased_at(s)? {
+                erased.insert(s.clone(), at);
+            }
+        }
+        Ok(erased)
+    }
     /// Durable one-time flags of the layers above (upgrades done).
     fn state_flag(&self, name: &str) -> Result<bool, StoreError>;
     fn set_state_flag(&self, name: &str) -> Result<(), StoreError>;

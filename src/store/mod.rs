@@ -32,7 +32,7 @@ use serde::Serialize;
 
 use crate::crypto::Keys;
 
-pub use backend::{Backend, BoxFuture, ErasedEvents, ExpiredEvents, HandlerRun};
+pub use backend::{Backend, BatchRun, BoxFuture, ErasedEvents, ExpiredEvents, HandlerRun};
 pub use cache::{CacheKind, CacheTx, Expiry, TxError, TxResult};
 pub use embedded::{restore, Embedded};
 pub use event::{time_key, Attempt, EventMeta, Location, Status};
