@@ -1,6 +1,7 @@
 //! [`Backend`] for [`Postgres`]: the methods that need no more than a line
 //! or two; the rest forward to the modules that own them.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -10,7 +11,7 @@ use crossbeam_channel::Receiver;
 
 use super::{now, Postgres};
 use crate::crypto::Keys;
-use crate::store::backend::{Backend, BoxFuture, ErasedEvents, ExpiredEvents, HandlerRun};
+use crate::store::backend::{Backend, BatchRun, BoxFuture, ErasedEvents, ExpiredEvents, HandlerRun};
 use crate::store::{
     Appended, CacheKind, CacheTx, Completion, Counts, EventFilter, EventMeta, EventPage, Expiry, LedgerEntry, Snapshot,
     StoreError, TxResult, Work,
@@ -191,6 +192,17 @@ impl Backend for Postgres {
         Postgres::apply_and_complete(self, seen, effects, outcome)
     }
 
+    fn handler_batch(&self) -> usize {
+        super::cache_batch::BATCH
+    }
+
+    fn apply_and_complete_batch(
+        &self,
+        runs: &mut [BatchRun<'_>],
+    ) -> Result<Option<Vec<Option<EventMeta>>>, StoreError> {
+        Postgres::apply_and_complete_batch(self, runs)
+    }
+
     fn cache_get(&self, kind: CacheKind, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Postgres::cache_get(self, kind, id)
     }
@@ -275,6 +287,10 @@ impl Backend for Postgres {
 
     fn erased_at(&self, subject: &str) -> Result<Option<i64>, StoreError> {
         Postgres::erased_at(self, subject)
+    }
+
+    fn erased_among(&self, subjects: &[String]) -> Result<HashMap<String, i64>, StoreError> {
+        Postgres::erased_among(self, subjects)
     }
 
     fn state_flag(&self, name: &str) -> Result<bool, StoreError> {

@@ -6,6 +6,8 @@
 //! decrypted. The erasure ledger and the `erased` subjects are tables
 //! here, seen by every replica at once.
 
+use std::collections::HashMap;
+
 use super::keys::{open_body, seal_body};
 use super::{now, pg_err, Postgres};
 use crate::store::{ErasedEvents, EventMeta, LedgerEntry, StoreError};
@@ -295,6 +297,23 @@ impl Postgres {
                     .await
                     .map_err(pg_err)?;
             Ok(row.map(|r| r.get(0)))
+        })
+    }
+
+    pub fn erased_among(&self, subjects: &[String]) -> Result<HashMap<String, i64>, StoreError> {
+        if subjects.is_empty() {
+            return Ok(HashMap::new());
+        }
+        self.block(async {
+            let client = self.client().await?;
+            let rows = super::prepared::query(
+                &client,
+                "SELECT subject, at_ms FROM iw_erased WHERE subject = ANY($1)",
+                &[&subjects],
+            )
+            .await
+            .map_err(pg_err)?;
+            Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
         })
     }
 

@@ -24,6 +24,7 @@
 
 mod audit;
 mod backend_impl;
+mod cache_batch;
 mod cache_tx;
 mod erasure;
 mod events;
