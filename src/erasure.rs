@@ -24,7 +24,7 @@
 //! which a restored or rebuilt index is brought up to date
 //! ([`apply_ledger`]).
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use serde::Serialize;
 
@@ -232,12 +232,24 @@ pub fn on_webhook(store: &Store, codec: &CacheCodec, contact_id: &str, event_key
 pub fn covers(store: &Store, meta: &crate::store::EventMeta) -> Result<bool, StoreError> {
     for s in &meta.subjects {
         if let Some(at) = store.erased_at(s)? {
-            if is_contact_key(s) || meta.received_ms <= at {
+            if covered_by(meta, s, at) {
                 return Ok(true);
             }
         }
     }
     Ok(false)
+}
+
+/// [`covers`], with the erasures of the event's subjects read already
+/// (`Store::erased_among`, for a batch of events).
+pub fn covers_among(erased: &HashMap<String, i64>, meta: &crate::store::EventMeta) -> bool {
+    meta.subjects
+        .iter()
+        .any(|s| erased.get(s).is_some_and(|&at| covered_by(meta, s, at)))
+}
+
+fn covered_by(meta: &crate::store::EventMeta, subject: &str, erased_at: i64) -> bool {
+    is_contact_key(subject) || meta.received_ms <= erased_at
 }
 
 /// Brings the index up to date with the erasure ledger: after a restore

@@ -49,6 +49,9 @@ pub struct Metrics {
     pub processed: Family<OutcomeLabel, Counter>,
     /// Seconds handler threads paused for a saturated receiver.
     pub worker_yielded: Counter<f64, AtomicU64>,
+    /// Handler runs committed as part of a batch (PostgreSQL), and batches.
+    pub batched_runs: Counter,
+    pub run_batches: Counter,
     pub pending_depth: Gauge,
     pub shred_queue: Gauge,
     pub intake_in_flight: Gauge,
@@ -203,6 +206,8 @@ impl Metrics {
             processing_latency: Histogram::new(latency_buckets()),
             processed: Family::default(),
             worker_yielded: Counter::default(),
+            batched_runs: Counter::default(),
+            run_batches: Counter::default(),
             pending_depth: Gauge::default(),
             shred_queue: Gauge::default(),
             intake_in_flight: Gauge::default(),
@@ -266,6 +271,16 @@ impl Metrics {
                 "worker_yielded_seconds",
                 "Time handler threads paused so that a saturated receiver got the CPU",
                 m.worker_yielded.clone(),
+            );
+            r.register(
+                "handler_batched_runs",
+                "Handler runs committed in a batch with others (PostgreSQL backend)",
+                m.batched_runs.clone(),
+            );
+            r.register(
+                "handler_run_batches",
+                "Batches of handler runs committed as one transaction (PostgreSQL backend)",
+                m.run_batches.clone(),
             );
             r.register("pending_depth", "Events waiting for a worker", m.pending_depth.clone());
             r.register(

@@ -5,6 +5,7 @@
 //! the others. Events still queued at a crash are picked up on start
 //! (the store re-queues them when it opens).
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,7 +21,7 @@ use crate::dispatch::route;
 use crate::handlers::{self, Applied, Ctx};
 use crate::intake_load::IntakeLoad;
 use crate::metrics::{Metrics, OutcomeLabel};
-use crate::store::{Attempt, Completion, EventMeta, Snapshot, Status, Store, StoreError, Work};
+use crate::store::{Attempt, BatchRun, Completion, EventMeta, Fresh, Snapshot, Status, Store, StoreError, Work};
 use crate::timefmt::now_ms;
 
 #[derive(Clone)]
@@ -57,8 +58,9 @@ pub fn spawn(ctx: WorkerCtx, shutdown: CancellationToken) -> std::io::Result<Vec
 
 fn run(ctx: WorkerCtx, shutdown: CancellationToken) {
     let queue = ctx.store.work_queue();
+    let most = ctx.store.handler_batch().max(1);
     while !shutdown.is_cancelled() {
-        let work = match queue.recv_timeout(Duration::from_millis(100)) {
+        let first = match queue.recv_timeout(Duration::from_millis(100)) {
             Ok(w) => w,
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
@@ -66,29 +68,234 @@ fn run(ctx: WorkerCtx, shutdown: CancellationToken) {
         let paused = yield_to_intake(
             &ctx.intake_load,
             ctx.settings.yield_to_intake,
-            work.queued_ms,
+            first.queued_ms,
             &shutdown,
         );
         if !paused.is_zero() {
             ctx.metrics.worker_yielded.inc_by(paused.as_secs_f64());
         }
-        let key = work.key.clone();
-        let fresh = work.fresh.as_ref().map(|f| (f.batch, f.seen.meta.received_ms));
-        let result = process_work(&ctx, work);
-        if let Err(e) = &result {
-            // The event stays queued; it is tried again at the next start or
-            // replay. Store errors say nothing personal.
-            tracing::error!(webhook_id = %key, error = %e, "Could not record an event's outcome.");
+        // What queued up meanwhile goes with it, where the store batches.
+        let mut works = vec![first];
+        while works.len() < most {
+            match queue.try_recv() {
+                Ok(w) => works.push(w),
+                Err(_) => break,
+            }
         }
-        if let Some((batch, received_ms)) = fresh {
-            if result.is_err() {
-                if let Err(e) = ctx.store.keep_queued(&key, received_ms) {
-                    tracing::error!(webhook_id = %key, error = %e, "Could not keep a failed event queued; it is queued again at the next start.");
-                    continue;
+        for (key, fresh, result) in process_batch(&ctx, works) {
+            if let Err(e) = &result {
+                // The event stays queued; it is tried again at the next start or
+                // replay. Store errors say nothing personal.
+                tracing::error!(webhook_id = %key, error = %e, "Could not record an event's outcome.");
+            }
+            if let Some((batch, received_ms)) = fresh {
+                if result.is_err() {
+                    if let Err(e) = ctx.store.keep_queued(&key, received_ms) {
+                        tracing::error!(webhook_id = %key, error = %e, "Could not keep a failed event queued; it is queued again at the next start.");
+                        continue;
+                    }
+                }
+                ctx.store.fresh_finished(batch);
+            }
+        }
+    }
+}
+
+/// What became of one piece of work: its key, its intake batch and receipt
+/// time when it came fresh from intake, and its result.
+type Done = (String, Option<(u64, i64)>, Result<Processed, StoreError>);
+
+fn process_one(ctx: &WorkerCtx, work: Work) -> Done {
+    let key = work.key.clone();
+    let fresh = work.fresh.as_ref().map(|f| (f.batch, f.seen.meta.received_ms));
+    (key, fresh, process_work(ctx, work))
+}
+
+/// A fresh event ready for a batched run: due, nobody's erased, routed.
+struct Ready {
+    key: String,
+    queued_ms: i64,
+    fresh: Box<Fresh>,
+    /// `None`: no handler for its topic (recorded `skipped`).
+    action: Option<crate::dispatch::Action>,
+    applied: std::cell::Cell<Option<Applied>>,
+}
+
+impl Ready {
+    fn into_work(self) -> Work {
+        Work {
+            key: self.key,
+            queued_ms: self.queued_ms,
+            fresh: Some(self.fresh),
+        }
+    }
+
+    fn done(&self, result: Result<Processed, StoreError>) -> Done {
+        let fresh = Some((self.fresh.batch, self.fresh.seen.meta.received_ms));
+        (self.key.clone(), fresh, result)
+    }
+}
+
+/// Several events, in the order they came: those that came fresh from
+/// intake and need only their handler run (or a `skipped`) go to the store
+/// as one batch (`Backend::apply_and_complete_batch`); any other event
+/// first ends the batch before it and then runs on its own through
+/// [`process_work`] (a deletion, say, must not overtake what came before
+/// it, and what comes after it is checked against its erasure). All of
+/// them go one by one when the store gives a batch up.
+fn process_batch(ctx: &WorkerCtx, works: Vec<Work>) -> Vec<Done> {
+    let mut done = Vec::with_capacity(works.len());
+    let mut rest: std::collections::VecDeque<Work> = works.into();
+    while !rest.is_empty() {
+        if rest.len() == 1 {
+            done.extend(rest.drain(..).map(|w| process_one(ctx, w)));
+            break;
+        }
+        let subjects: Vec<String> = rest
+            .iter()
+            .filter_map(|w| w.fresh.as_ref())
+            .flat_map(|f| f.seen.meta.subjects.iter().cloned())
+            .collect();
+        let Ok(erased) = ctx.store.erased_among(&subjects) else {
+            done.extend(rest.drain(..).map(|w| process_one(ctx, w)));
+            break;
+        };
+        let now = now_ms();
+        let mut ready = Vec::new();
+        let mut alone = None;
+        while let Some(work) = rest.pop_front() {
+            match batchable(ctx, work, &erased, now) {
+                Ok(r) => ready.push(r),
+                Err(work) => {
+                    alone = Some(work);
+                    break;
                 }
             }
-            ctx.store.fresh_finished(batch);
         }
+        run_ready(ctx, ready, now, &mut done);
+        if let Some(work) = alone {
+            done.push(process_one(ctx, work));
+        }
+    }
+    done
+}
+
+/// A fresh event that is due, carries nobody erased (`erased`: the
+/// erasures of the batch's subjects) and is routed to a handler other than
+/// a deletion's, or to none; any other comes back as it was.
+fn batchable(ctx: &WorkerCtx, work: Work, erased: &HashMap<String, i64>, now: i64) -> Result<Ready, Work> {
+    let Some(f) = work.fresh.as_ref() else { return Err(work) };
+    let meta = &f.seen.meta;
+    let due = meta.status.is_queued() && meta.retry_at_ms.is_none_or(|at| at <= now);
+    if !due || crate::erasure::covers_among(erased, meta) {
+        return Err(work);
+    }
+    let action = match prepare(ctx, meta, Some(f.body.clone())) {
+        Ok(None) => None,
+        Ok(Some(crate::dispatch::Action::ContactDelete { .. })) | Err(_) => return Err(work),
+        Ok(Some(action)) => Some(action),
+    };
+    let Work { key, queued_ms, fresh } = work;
+    match fresh {
+        Some(fresh) => Ok(Ready {
+            key,
+            queued_ms,
+            fresh,
+            action,
+            applied: std::cell::Cell::new(None),
+        }),
+        None => Err(Work { key, queued_ms, fresh }),
+    }
+}
+
+/// A batched run's handler, and its outcome (see `BatchRun`).
+type Effects<'a> = Box<dyn FnMut(&dyn crate::store::CacheTx) -> crate::store::TxResult<()> + 'a>;
+type Outcome<'a> = Box<dyn Fn(&Result<(), StoreError>) -> Completion + 'a>;
+
+/// Runs `ready` as one batch, or one by one if the store gives it up (or
+/// there is only one).
+fn run_ready(ctx: &WorkerCtx, ready: Vec<Ready>, now: i64, done: &mut Vec<Done>) {
+    if ready.len() < 2 {
+        done.extend(ready.into_iter().map(|r| process_one(ctx, r.into_work())));
+        return;
+    }
+    let started = Instant::now();
+    fn hctx<'a>(codec: &'a CacheCodec, r: &'a Ready, now_ms: i64) -> Ctx<'a> {
+        Ctx {
+            codec,
+            app_id: r.fresh.seen.meta.app_id.as_deref(),
+            event_created_at: r.fresh.seen.meta.created_at,
+            now_ms,
+        }
+    }
+    let mut effects: Vec<Effects<'_>> = ready
+        .iter()
+        .map(|r| {
+            Box::new(move |tx: &dyn crate::store::CacheTx| {
+                if let Some(action) = &r.action {
+                    r.applied
+                        .set(Some(handlers::apply(action, tx, &hctx(&ctx.codec, r, now))?));
+                }
+                Ok(())
+            }) as Effects<'_>
+        })
+        .collect();
+    let outcomes: Vec<Outcome<'_>> = ready
+        .iter()
+        .map(|r| {
+            Box::new(move |result: &Result<(), StoreError>| match result {
+                Ok(()) => Completion {
+                    status: if r.action.is_some() {
+                        Status::Processed
+                    } else {
+                        Status::Skipped
+                    },
+                    attempt: Attempt {
+                        at_ms: now_ms(),
+                        outcome: match r.action {
+                            Some(_) => processed_outcome(r.applied.get().unwrap_or(Applied::Updated)),
+                            None => "skipped".into(),
+                        },
+                        error: None,
+                        duration_us: Some(started.elapsed().as_micros() as u64),
+                    },
+                    retry_at_ms: None,
+                },
+                Err(e) => failure_completion(ctx, &r.fresh.seen, &e.to_string(), started),
+            }) as Outcome<'_>
+        })
+        .collect();
+    let mut runs: Vec<BatchRun<'_>> = ready
+        .iter()
+        .zip(effects.iter_mut())
+        .zip(outcomes.iter())
+        .map(|((r, effects), outcome)| BatchRun {
+            seen: &r.fresh.seen,
+            reads: r.action.as_ref().map(handlers::reads).unwrap_or_default(),
+            effects: &mut **effects,
+            outcome: &**outcome,
+        })
+        .collect();
+    let committed = ctx.store.apply_and_complete_batch(&mut runs);
+    drop(runs);
+    drop(effects);
+    drop(outcomes);
+    match committed {
+        Ok(Some(_)) => {
+            ctx.metrics.run_batches.inc();
+            ctx.metrics.batched_runs.inc_by(ready.len() as u64);
+            for r in &ready {
+                let status = if r.action.is_some() {
+                    Status::Processed
+                } else {
+                    Status::Skipped
+                };
+                record(ctx, &r.fresh.seen.meta, status);
+                done.push(r.done(Ok(Processed::Done(status))));
+            }
+        }
+        // Given up (a run failed, a conflict, the database): each on its own.
+        Ok(None) | Err(_) => done.extend(ready.into_iter().map(|r| process_one(ctx, r.into_work()))),
     }
 }
 

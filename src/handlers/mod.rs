@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::cache::CacheCodec;
 use crate::dispatch::Action;
 use crate::envelope::id_string;
-use crate::store::{CacheTx, TxResult};
+use crate::store::{CacheKind, CacheTx, TxResult};
 use crate::timefmt::parse_timestamp;
 
 /// What a handler did.
@@ -77,6 +77,31 @@ pub fn apply(action: &Action, tx: &dyn CacheTx, ctx: &Ctx<'_>) -> TxResult<Appli
             contact_id,
             attach,
         } => conversations::contact(tx, ctx, conversation_id, contact_id, *attach),
+    }
+}
+
+/// The cache records a handler run of `action` reads (all of them, for
+/// these handlers): a store may read them up front, several runs' at once.
+pub fn reads(action: &Action) -> Vec<(CacheKind, String)> {
+    let contact = |c: &Value| str_field(c, "id").map(|id| (CacheKind::Contact, id));
+    let conversation = |id: &str| (CacheKind::Conversation, id.to_string());
+    match action {
+        Action::ContactUpsert { contact: c, .. }
+        | Action::ContactTag { contact: c, .. }
+        | Action::ContactCompany { contact: c, .. } => contact(c).into_iter().collect(),
+        Action::ContactArchive { id } | Action::ContactDelete { id } => vec![(CacheKind::Contact, id.clone())],
+        Action::ContactMerge {
+            contact: c,
+            merged_from,
+        } => contact(c)
+            .into_iter()
+            .chain(merged_from.iter().map(|id| (CacheKind::Contact, id.clone())))
+            .collect(),
+        Action::ConversationUpsert { conversation: c } => {
+            str_field(c, "id").map(|id| conversation(&id)).into_iter().collect()
+        }
+        Action::ConversationDelete { id } => vec![conversation(id)],
+        Action::ConversationContact { conversation_id, .. } => vec![conversation(conversation_id)],
     }
 }
 
