@@ -480,9 +480,11 @@ impl Settings {
                 .concurrency
                 .unwrap_or_else(|| {
                     // Against a database a handler mostly waits on round
-                    // trips: more threads keep it busy.
+                    // trips: more threads keep it busy. Each takes batches
+                    // of up to 64 events; past 8 threads more only took the
+                    // CPU from intake (docs/performance.md).
                     if file.store.backend.as_deref() == Some("postgres") {
-                        16
+                        8
                     } else {
                         default_worker_concurrency()
                     }
