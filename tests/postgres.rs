@@ -1011,3 +1011,263 @@ async fn erasing_by_every_identifier_leaves_no_byte_of_the_person_in_the_databas
         assert!(ours.is_empty(), "personal strings in {}: {ours:?}", place.display());
     }
 }
+
+/// The notifications of `handler_runs_batched_together_leave_what_one_by_one_runs_leave`:
+/// contacts created, tagged, attached, updated out of order, archived and
+/// merged away (then updated late); conversations created, attached,
+/// updated, deleted (then replied to late); then every capture.
+fn batch_script() -> Vec<(String, Vec<u8>)> {
+    let contact = |id: &str, email: &str, updated: i64| {
+        json!({"type": "contact", "id": id, "role": "user", "email": email, "updated_at": updated,
+               "tags": {"type": "list", "data": [], "has_more": false}})
+    };
+    let mut out: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut add = |id: String, topic: &str, item: Value, at: i64| {
+        let body = notification(&id, topic, item, at);
+        out.push((id, body));
+    };
+    let t0 = 1_767_225_600;
+    for c in 0..12 {
+        let id = format!("c_batch_{c}");
+        let n = |step: &str| format!("notif_b_{c}_{step}");
+        add(
+            n("created"),
+            "contact.user.created",
+            contact(&id, &format!("{id}@example.org"), t0 + c),
+            t0,
+        );
+        for (step, topic, tag) in [
+            ("tag1", "contact.user.tag.created", "t1"),
+            ("tag2", "contact.user.tag.created", "t2"),
+            ("untag1", "contact.user.tag.deleted", "t1"),
+        ] {
+            add(
+                n(step),
+                topic,
+                json!({"type": "contact_tag", "contact": contact(&id, &format!("{id}@example.org"), t0 + c),
+                                        "tag": {"type": "tag", "id": tag}}),
+                t0 + 10,
+            );
+        }
+        add(
+            n("company"),
+            "company.contact.attached",
+            json!({"type": "contact_company", "contact": contact(&id, &format!("{id}@example.org"), t0 + c),
+                                                             "company": {"type": "company", "id": "co1"}}),
+            t0 + 11,
+        );
+        add(
+            n("newer"),
+            "contact.user.updated",
+            contact(&id, &format!("new.{id}@example.org"), t0 + 100 + c),
+            t0 + 12,
+        );
+        add(
+            n("stale"),
+            "contact.user.updated",
+            contact(&id, &format!("old.{id}@example.org"), t0 + 50),
+            t0 + 13,
+        );
+        if c % 4 == 0 {
+            add(
+                n("archived"),
+                "contact.archived",
+                json!({"type": "contact", "id": id}),
+                t0 + 14,
+            );
+        }
+    }
+    add(
+        "notif_b_merge".into(),
+        "contact.merged",
+        json!({"type": "contact", "id": "c_batch_1", "role": "user", "email": "c_batch_1@example.org", "updated_at": t0 + 300,
+               "merged_from": {"type": "contact", "id": "c_batch_2"}}),
+        t0 + 20,
+    );
+    add(
+        "notif_b_late".into(),
+        "contact.user.updated",
+        contact("c_batch_2", "late@example.org", t0 + 400),
+        t0 + 21,
+    );
+    for k in 0..6 {
+        let id = format!("cv_batch_{k}");
+        let n = |step: &str| format!("notif_bc_{k}_{step}");
+        let conv = |updated: i64, state: &str| {
+            json!({"type": "conversation", "id": id, "created_at": t0, "updated_at": updated, "state": state, "open": state == "open",
+                   "contacts": {"type": "contact.list", "contacts": [{"type": "contact", "id": format!("c_batch_{k}")}]}})
+        };
+        add(
+            n("created"),
+            "conversation.user.created",
+            conv(t0 + 30, "open"),
+            t0 + 30,
+        );
+        add(
+            n("attached"),
+            "conversation.contact.attached",
+            json!({"type": "conversation_contact", "conversation": {"type": "conversation", "id": id},
+                   "contact": {"type": "contact", "id": format!("c_batch_{}", k + 6)}}),
+            t0 + 31,
+        );
+        add(
+            n("closed"),
+            "conversation.admin.closed",
+            conv(t0 + 40, "closed"),
+            t0 + 40,
+        );
+        if k % 3 == 0 {
+            add(
+                n("deleted"),
+                "conversation.deleted",
+                json!({"type": "conversation", "id": id}),
+                t0 + 50,
+            );
+            add(n("late"), "conversation.admin.replied", conv(t0 + 60, "open"), t0 + 60);
+        }
+    }
+    // (The few without a notification id are keyed by their bytes.)
+    for (_, bytes, v) in captures() {
+        if let Some(id) = v["id"].as_str() {
+            out.push((id.to_string(), bytes));
+        }
+    }
+    out
+}
+
+/// Every string under an `id` key (and `conversation_id`) in `v`.
+fn ids_in(v: &Value, out: &mut BTreeSet<String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                if let (true, Some(s)) = (k == "id" || k == "conversation_id", x.as_str()) {
+                    out.insert(s.to_string());
+                }
+                ids_in(x, out);
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| ids_in(x, out)),
+        _ => {}
+    }
+}
+
+fn counter(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0) as u64
+}
+
+#[cfg_attr(not(has_postgres), ignore = "needs PostgreSQL on 127.0.0.1:5432 (CI starts it)")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handler_runs_batched_together_leave_what_one_by_one_runs_leave() {
+    // One worker each, so both take the events in the order they came.
+    let worker = "[worker]\nconcurrency = 1\nmax_attempts = 1\n";
+    let script = batch_script();
+    let db = TestDb::new().await;
+    let (de, dp) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let embedded = spawn_app_with(de.path(), worker, test_env()).await;
+    let pg = spawn_app_with(dp.path(), &format!("{PG_CONFIG}{worker}"), pg_env(&db.url())).await;
+
+    // A contact whose cached record is unreadable: its next event fails
+    // in the middle of a batch.
+    let bad = contact_note("notif_bad_1", "c_bad");
+    assert_eq!(pg.post_signed(&bad).await.status(), 200);
+    assert_eq!(pg.wait_final("notif_bad_1").await["status"], "processed");
+    let client = db.client().await;
+    client
+        .execute("UPDATE iw_cache SET value = '\\x00' WHERE id = 'c_bad'", &[])
+        .await
+        .unwrap();
+
+    // The cache table locked: the worker waits on its first run while
+    // every notification is stored, then takes them in batches.
+    let mut locker = db.client().await;
+    let lock = locker.transaction().await.unwrap();
+    lock.batch_execute("LOCK TABLE iw_cache IN EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    for (i, (id, body)) in script.iter().enumerate() {
+        assert_eq!(pg.post_signed(body).await.status(), 200, "{id}");
+        if i == script.len() - 20 {
+            assert_eq!(
+                pg.post_signed(&contact_note("notif_bad_2", "c_bad")).await.status(),
+                200
+            );
+        }
+    }
+    lock.commit().await.unwrap();
+    for (id, body) in &script {
+        assert_eq!(embedded.post_signed(body).await.status(), 200, "{id}");
+    }
+    wait_drained(&db, Duration::from_secs(60)).await;
+    embedded.wait_idle().await;
+
+    let metrics = pg.metrics().await;
+    let runs = counter(&metrics, "intercom_webhooks_handler_batched_runs_total");
+    let batches = counter(&metrics, "intercom_webhooks_handler_run_batches_total");
+    assert!(batches >= 2 && runs >= 100, "{batches} batches, {runs} runs batched");
+    // The unreadable record failed its own event only.
+    let failed = pg.wait_final("notif_bad_2").await;
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert!(failed.to_string().contains("unreadable"), "{failed}");
+
+    // Every event ended the same way, every record is the same.
+    let mut ids = BTreeSet::new();
+    for (id, body) in &script {
+        let (a, b) = (
+            embedded.admin_get(&format!("/admin/events/{id}")).await,
+            pg.admin_get(&format!("/admin/events/{id}")).await,
+        );
+        assert_eq!(a.status(), b.status(), "{id}");
+        if a.status() == 200 {
+            let (a, b): (Value, Value) = (a.json().await.unwrap(), b.json().await.unwrap());
+            assert_eq!((&a["status"], outcomes(&a)), (&b["status"], outcomes(&b)), "{id}");
+        }
+        ids_in(&serde_json::from_slice(body).unwrap(), &mut ids);
+    }
+    let mut compared = 0;
+    for id in &ids {
+        for kind in ["contacts", "conversations"] {
+            let path = format!("/admin/{kind}/{id}");
+            let (a, b) = (embedded.admin_get(&path).await, pg.admin_get(&path).await);
+            assert_eq!(a.status(), b.status(), "{path}");
+            if a.status() == 200 {
+                // Email hashes are keyed by each store's own keys: only
+                // whether there is one can match.
+                let strip = |mut v: Value| {
+                    let m = v.as_object_mut().unwrap();
+                    m.remove("cached_at_ms");
+                    if let Some(h) = m.get_mut("email_hash") {
+                        *h = Value::Bool(h.is_string());
+                    }
+                    v
+                };
+                let (a, b): (Value, Value) = (a.json().await.unwrap(), b.json().await.unwrap());
+                assert_eq!(strip(a), strip(b), "{path}");
+                compared += 1;
+            }
+        }
+    }
+    assert!(compared >= 20, "only {compared} records compared");
+
+    // Each record and tombstone filed for expiry once, nothing else filed.
+    let unfiled: i64 = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM iw_cache c WHERE (SELECT count(*) FROM iw_expiry e \
+                     WHERE e.class = c.kind AND e.id = c.id) <> 1) \
+                  + (SELECT count(*) FROM iw_tombstones t WHERE (SELECT count(*) FROM iw_expiry e \
+                     WHERE e.class = t.kind + 2 AND e.id = t.id) <> 1) \
+                  + (SELECT count(*) FROM iw_expiry e WHERE NOT EXISTS (SELECT 1 FROM iw_cache c WHERE e.class = c.kind AND e.id = c.id) \
+                     AND NOT EXISTS (SELECT 1 FROM iw_tombstones t WHERE e.class = t.kind + 2 AND e.id = t.id))",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(unfiled, 0, "records, tombstones and the expiry index disagree");
+    embedded.stop().await;
+    pg.stop().await;
+    db.drop_now().await;
+}
