@@ -1271,3 +1271,57 @@ async fn handler_runs_batched_together_leave_what_one_by_one_runs_leave() {
     pg.stop().await;
     db.drop_now().await;
 }
+
+#[cfg_attr(not(has_postgres), ignore = "needs PostgreSQL on 127.0.0.1:5432 (CI starts it)")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_replicas_backlog_is_claimed_and_run_in_batches() {
+    let db = TestDb::new().await;
+    let (da, dbb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let config = da.path().join("pg.toml");
+    std::fs::write(&config, PG_CONFIG).unwrap();
+    let mut bin = Binary::new(da.path());
+    bin.env.push(("INTERCOM_WEBHOOKS_DATABASE_URL".into(), db.url()));
+    bin.env
+        .push(("INTERCOM_WEBHOOKS_CONFIG".into(), config.to_str().unwrap().to_string()));
+    // Replica A stores 150 events but cannot run them (the cache table is
+    // locked), and is killed: its claims lapse after the lease.
+    let (mut a, public, _) = bin.serve(&[]);
+    let mut locker = db.client().await;
+    let lock = locker.transaction().await.unwrap();
+    lock.batch_execute("LOCK TABLE iw_cache IN EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let client = reqwest::Client::new();
+    for i in 0..150 {
+        let body = contact_note(&format!("notif_backlog_{i}"), &format!("c_backlog_{i}"));
+        let r = client
+            .post(format!("http://{public}/webhooks/intercom"))
+            .header("x-hub-signature", intercom_webhooks::verify::sign(SECRET, &body))
+            .header("Content-Type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    a.kill().unwrap();
+    a.wait().unwrap();
+    lock.rollback().await.unwrap();
+
+    // Replica B takes them over, with their payloads, in batches.
+    let b = spawn_app_with(dbb.path(), PG_CONFIG, pg_env(&db.url())).await;
+    wait_drained(&db, Duration::from_secs(30)).await;
+    let metrics = b.metrics().await;
+    let runs = counter(&metrics, "intercom_webhooks_handler_batched_runs_total");
+    assert!(runs >= 100, "only {runs} of 150 runs batched:\n{metrics}");
+    for i in (0..150).step_by(10) {
+        let ev = b.wait_final(&format!("notif_backlog_{i}")).await;
+        assert_eq!(outcomes(&ev), ["processed"], "{ev}");
+        assert_eq!(
+            b.admin_get(&format!("/admin/contacts/c_backlog_{i}")).await.status(),
+            200
+        );
+    }
+    b.stop().await;
+    db.drop_now().await;
+}
