@@ -6,7 +6,8 @@
 #                                       # clusters on this box (root: runs
 #                                       # initdb as user postgres)
 # BIN=path runs another build; EXTRA_TOML='[worker]\nconcurrency = 4\n' adds
-# to the service's config file.
+# to the service's config file; CPU=1 reports the CPU time of the database
+# and of the service during the load.
 # Needs a release build: cargo build --release --examples --bins
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -59,7 +60,24 @@ esac
 "$BIN" --config "$WORK/pg.toml" --data-dir "$WORK/data" serve --listen $PUBLIC --admin-listen $ADMIN 2>"$WORK/server.log" &
 SERVER=$!
 for _ in $(seq 100); do curl -sf http://$PUBLIC/readyz >/dev/null && break; sleep 0.1; done
+# CPU=1: CPU seconds of the database's processes and of the service over
+# 6 s of the load (from 1 s after the load generator has connected).
+ticks() { local t=0 s; for p in $(pgrep "$@"); do s=$(awk '{print $14+$15}' "/proc/$p/stat" 2>/dev/null); t=$((t + ${s:-0})); done; echo $t; }
+if [ "${CPU:-0}" = 1 ]; then
+  (
+    for _ in $(seq 600); do
+      [ "$(ss -Htn state established "( dport = :${PUBLIC##*:} )" | wc -l)" -gt 32 ] && break; sleep 0.1
+    done
+    sleep 1
+    d0=$(ticks -u postgres); s0=$(ticks -f "^$BIN --config"); sleep 6
+    d1=$(ticks -u postgres); s1=$(ticks -f "^$BIN --config")
+    hz=$(getconf CLK_TCK)
+    echo "CPU over 6 s of the load: database $(python3 -c "print(round(($d1-$d0)/$hz,2))") s, service $(python3 -c "print(round(($s1-$s0)/$hz,2))") s"
+  ) &
+  SAMPLER=$!
+fi
 $LOADGEN --url http://$PUBLIC/webhooks/intercom --connections 64 --seconds 10 --bodies 300000 2>/dev/null | sed -n 1,3p
+[ -n "${SAMPLER:-}" ] && wait "$SAMPLER"
 # Counted in the database itself (the service's own figure is refreshed
 # at most once a second, less often while counting is slow).
 depth() { psql -Atc "SELECT count(*) FROM iw_events WHERE status IN (0, 3)" "$INTERCOM_WEBHOOKS_DATABASE_URL"; }
