@@ -5,7 +5,7 @@
 # Prints figures; the machine, load generator included, is whatever runs it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BIN=target/release/intercom-webhooks
+BIN=${BIN:-target/release/intercom-webhooks}  # BIN=path: another build
 LOADGEN=target/release/examples/loadgen
 WORK=${BENCH_DIR:-/tmp/iw-bench}
 PUBLIC=127.0.0.1:18090
