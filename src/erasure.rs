@@ -150,14 +150,14 @@ pub struct Erased {
 }
 
 /// Forgets everything in `found` but the event `keep` (the `contact.deleted`
-/// notification being handled), tombstones the contacts and conversations,
-/// records the erasure in the ledger, and with `shred_now` rewrites the log
-/// segments before returning. Blocking.
+/// notification being handled): the events, then the cached contacts and
+/// conversations (tombstoned). Records the erasure in the ledger, and with
+/// `shred_now` rewrites the log segments before returning. Blocking.
 pub fn erase(store: &Store, found: &Found, keep: Option<&str>, shred_now: bool) -> Result<Erased, StoreError> {
     let mut out = Erased::default();
-    let contacts = found.contact_ids();
-    out.cached_contacts = forget_cached(store, CacheKind::Contact, &contacts)?;
-    out.cached_conversations = forget_cached(store, CacheKind::Conversation, &found.conversations)?;
+    // The events first: a handler run of one of them that is under way (a
+    // database holds its event's row until it commits) finishes before its
+    // event goes, so whatever it cached is there to be forgotten next.
     let keys: Vec<String> = found
         .events
         .iter()
@@ -167,6 +167,9 @@ pub fn erase(store: &Store, found: &Found, keep: Option<&str>, shred_now: bool) 
     let events = store.erase_events(&keys, shred_now)?;
     out.events = events.events;
     out.log_segments_queued = events.segments_queued;
+    let contacts = found.contact_ids();
+    out.cached_contacts = forget_cached(store, CacheKind::Contact, &contacts)?;
+    out.cached_conversations = forget_cached(store, CacheKind::Conversation, &found.conversations)?;
     store.ledger_append(&LedgerEntry {
         at_ms: now_ms(),
         subjects: found.subjects.iter().cloned().collect(),

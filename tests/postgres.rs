@@ -1325,3 +1325,81 @@ async fn a_dead_replicas_backlog_is_claimed_and_run_in_batches() {
     b.stop().await;
     db.drop_now().await;
 }
+
+/// Sessions of this test's database waiting for a lock, and on what.
+async fn waiting_on_locks(client: &tokio_postgres::Client) -> Vec<String> {
+    client
+        .query(
+            "SELECT left(query, 60) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+#[cfg_attr(not(has_postgres), ignore = "needs PostgreSQL on 127.0.0.1:5432 (CI starts it)")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erasure_waits_for_a_handler_run_under_way_and_then_forgets_what_it_cached() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn_app_with(dir.path(), PG_CONFIG, pg_env(&db.url())).await;
+    let client = db.client().await;
+    let wait_for = |n: usize| {
+        let client = &client;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                let waiting = waiting_on_locks(client).await;
+                if waiting.len() >= n {
+                    return waiting;
+                }
+                assert!(Instant::now() < deadline, "only {waiting:?} waiting");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    // A handler run under way: its event locked, its cache read held up.
+    let mut locker = db.client().await;
+    let lock = locker.transaction().await.unwrap();
+    lock.batch_execute("LOCK TABLE iw_cache IN EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    assert_eq!(
+        app.post_signed(&contact_note("notif_race", "c_race")).await.status(),
+        200
+    );
+    wait_for(1).await;
+    // The person erased meanwhile: the erasure waits too.
+    let erasure = {
+        let app = &app;
+        async move {
+            app.admin_post(
+                "/admin/erase",
+                json!({"contact_id": "c_race", "local_only": true, "yes": true}),
+            )
+            .await
+        }
+    };
+    let (r, _) = tokio::join!(erasure, async {
+        let waiting = wait_for(2).await;
+        lock.commit().await.unwrap();
+        waiting
+    });
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    // Whatever the run cached went with the person.
+    wait_drained(&db, Duration::from_secs(15)).await;
+    assert_eq!(app.admin_get("/admin/contacts/c_race").await.status(), 404);
+    assert_eq!(app.admin_get("/admin/events/notif_race").await.status(), 404);
+    let cached: i64 = client
+        .query_one("SELECT count(*) FROM iw_cache WHERE id = 'c_race'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(cached, 0, "the run's record outlived the erasure");
+    app.stop().await;
+    db.drop_now().await;
+}
