@@ -143,13 +143,16 @@ pub async fn run(
             }
         }
     }
-    // Deletions: whatever we cache that Intercom no longer has.
-    for (kind, cache) in [
-        (Changed::Contacts, CacheKind::Contact),
-        (Changed::Conversations, CacheKind::Conversation),
-    ] {
-        let ids: Vec<String> = store.cache_all(cache)?.into_iter().map(|(id, _)| id).collect();
-        for id in ids {
+    // Deletions: whatever we cache that Intercom no longer has. Both lists
+    // are read before any deletion is stored: a contact's deletion, once a
+    // worker runs it, forgets their conversations too, and those are
+    // checked (and reported) all the same.
+    let cached = [
+        (Changed::Contacts, store.cache_all(CacheKind::Contact)?),
+        (Changed::Conversations, store.cache_all(CacheKind::Conversation)?),
+    ];
+    for (kind, records) in cached {
+        for id in records.into_iter().map(|(id, _)| id) {
             let gone = match kind {
                 Changed::Contacts => client.get_contact(&id).await,
                 Changed::Conversations => client.get_conversation(&id).await,
