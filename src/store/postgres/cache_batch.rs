@@ -14,6 +14,7 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use super::cache_tx::{class_code, kind_code};
 use super::{now, pg_err, Postgres};
 use crate::store::backend::BatchRun;
 use crate::store::{CacheKind, CacheTx, EventMeta, Expiry, StoreError, TxError, TxResult};
@@ -22,20 +23,6 @@ use crate::store::{CacheKind, CacheTx, EventMeta, Expiry, StoreError, TxError, T
 pub const BATCH: usize = 64;
 
 type Id = (i16, String);
-
-fn kind_code(kind: CacheKind) -> i16 {
-    match kind {
-        CacheKind::Contact => 0,
-        CacheKind::Conversation => 1,
-    }
-}
-
-fn class_code(class: Expiry) -> i16 {
-    match class {
-        Expiry::Record(k) => kind_code(k),
-        Expiry::Tombstone(k) => 2 + kind_code(k),
-    }
-}
 
 /// A cache record as the batch sees it.
 struct Record {

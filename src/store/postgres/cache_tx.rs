@@ -11,14 +11,14 @@ use super::{pg_err, Postgres};
 use crate::store::backend::HandlerRun;
 use crate::store::{CacheKind, CacheTx, Completion, EventMeta, Expiry, Snapshot, StoreError, TxError, TxResult};
 
-fn kind_code(kind: CacheKind) -> i16 {
+pub(super) fn kind_code(kind: CacheKind) -> i16 {
     match kind {
         CacheKind::Contact => 0,
         CacheKind::Conversation => 1,
     }
 }
 
-fn class_code(class: Expiry) -> i16 {
+pub(super) fn class_code(class: Expiry) -> i16 {
     match class {
         Expiry::Record(k) => kind_code(k),
         Expiry::Tombstone(k) => 2 + kind_code(k),
