@@ -254,18 +254,50 @@ async fn migrations_are_versioned_and_a_newer_database_is_refused() {
     bin.env.push(("INTERCOM_WEBHOOKS_DATABASE_URL".into(), db.url()));
     let config = dir.path().join("pg.toml");
     let config = config.to_str().unwrap();
+    // A database at version 1, with a row, as an older binary left it.
+    let client = db.client().await;
+    client
+        .batch_execute(intercom_webhooks::store::postgres::schema::MIGRATIONS[0])
+        .await
+        .unwrap();
+    client
+        .batch_execute(
+            "CREATE TABLE iw_schema (version int NOT NULL); INSERT INTO iw_schema VALUES (1); \
+             INSERT INTO iw_dedup (key, part, received_ms, last_seen_ms) VALUES ('notif_old', 1, 2, 2)",
+        )
+        .await
+        .unwrap();
+    let latest = intercom_webhooks::store::postgres::schema::latest() as i64;
+    assert!(latest >= 2);
     let (code, out, err) = bin.run(&["--config", config, "--json", "migrate"]);
     assert_eq!(code, 0, "{err}");
     let done: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
         (done["from_version"].as_i64(), done["to_version"].as_i64()),
-        (Some(0), Some(1))
+        (Some(1), Some(latest))
     );
+    // Version 2: keys compared byte by byte; the row kept.
+    let collation: Option<String> = client
+        .query_one(
+            "SELECT collation_name::text FROM information_schema.columns \
+             WHERE table_name = 'iw_dedup' AND column_name = 'key'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(collation.as_deref(), Some("C"));
+    let kept: i64 = client
+        .query_one("SELECT count(*) FROM iw_dedup WHERE key = 'notif_old'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(kept, 1);
     let (code, out, _) = bin.run(&["--config", config, "--json", "migrate"]);
     assert_eq!(code, 0);
     assert_eq!(
         serde_json::from_str::<Value>(&out).unwrap()["from_version"],
-        1,
+        latest,
         "applied once"
     );
     db.client()

@@ -65,6 +65,20 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE TABLE iw_shred (part bigint PRIMARY KEY, queued_ms bigint NOT NULL);
     CREATE TABLE iw_audit (seq bigint PRIMARY KEY, entry bytea NOT NULL);
     "#,
+    // 2: keys and ids compared byte by byte (the "C" collation), as the
+    // embedded store orders them, whatever the database's default: cheaper
+    // index comparisons (no locale), and listings in the same order on both
+    // backends. Indexes on these columns are rebuilt; the rows stay.
+    r#"
+    ALTER TABLE iw_dedup ALTER COLUMN key TYPE text COLLATE "C";
+    ALTER TABLE iw_events ALTER COLUMN key TYPE text COLLATE "C";
+    ALTER TABLE iw_subjects ALTER COLUMN subject TYPE text COLLATE "C", ALTER COLUMN key TYPE text COLLATE "C";
+    ALTER TABLE iw_cache ALTER COLUMN id TYPE text COLLATE "C";
+    ALTER TABLE iw_tombstones ALTER COLUMN id TYPE text COLLATE "C";
+    ALTER TABLE iw_expiry ALTER COLUMN id TYPE text COLLATE "C";
+    ALTER TABLE iw_email_index ALTER COLUMN hash TYPE text COLLATE "C", ALTER COLUMN contact_id TYPE text COLLATE "C";
+    ALTER TABLE iw_erased ALTER COLUMN subject TYPE text COLLATE "C";
+    "#,
 ];
 
 /// The schema version of this binary.
