@@ -605,6 +605,8 @@ async fn in_a_real_browser_on_call_signs_in_filters_and_replays_a_failed_event()
     screenshot(&browser, "1-sign-in").await;
     type_into(&browser, "token", "wrong").await;
     click(&browser, "sign-in").await;
+    // The answer is a new page: wait for it, as after every other click.
+    wait_for(&browser, "error").await;
     assert!(text("#error").await.contains("not the admin token"));
     type_into(&browser, "token", ADMIN_TOKEN).await;
     click(&browser, "sign-in").await;
