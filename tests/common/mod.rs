@@ -262,7 +262,15 @@ pub fn written_segments(data_dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(&log)
         .unwrap()
         .flatten()
-        .filter(|e| !intercom_webhooks::store::embedded::log::is_unused(&e.path()).unwrap())
+        // A segment deleted between the listing and the look (a purge or a
+        // shred running meanwhile) is not there any more.
+        .filter(
+            |e| match intercom_webhooks::store::embedded::log::is_unused(&e.path()) {
+                Ok(unused) => !unused,
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => false,
+                Err(err) => panic!("{}: {err}", e.path().display()),
+            },
+        )
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     v.sort();
