@@ -281,10 +281,15 @@ fn run_ready(ctx: &WorkerCtx, ready: Vec<Ready>, now: i64, done: &mut Vec<Done>)
     drop(effects);
     drop(outcomes);
     match committed {
-        Ok(Some(_)) => {
+        Ok(Some(recorded)) => {
             ctx.metrics.run_batches.inc();
             ctx.metrics.batched_runs.inc_by(ready.len() as u64);
-            for r in &ready {
+            for (r, recorded) in ready.iter().zip(recorded) {
+                if recorded.is_none() {
+                    // Gone, claimed by another replica, or run already.
+                    done.push(r.done(Ok(Processed::NotDue)));
+                    continue;
+                }
                 let status = if r.action.is_some() {
                     Status::Processed
                 } else {

@@ -200,6 +200,36 @@ async fn two_replicas_store_once_process_once_and_see_an_erasure_at_once() {
 
 #[cfg_attr(not(has_postgres), ignore = "needs PostgreSQL on 127.0.0.1:5432 (CI starts it)")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_queued_again_when_its_claim_lapsed_runs_once() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = "[store]\nbackend = \"postgres\"\nclaim_lease = \"1s\"\n[worker]\nconcurrency = 1\n";
+    let app = spawn_app_with(dir.path(), config, pg_env(&db.url())).await;
+    // The cache locked: the one handler thread waits on its first event,
+    // while the others' claims lapse and the replica claims and queues
+    // them again, behind the copies it queued from intake.
+    let mut locker = db.client().await;
+    let lock = locker.transaction().await.unwrap();
+    lock.batch_execute("LOCK TABLE iw_cache IN EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    for i in 0..6 {
+        let body = contact_note(&format!("notif_twice_{i}"), &format!("c_twice_{i}"));
+        assert_eq!(app.post_signed(&body).await.status(), 200);
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    lock.commit().await.unwrap();
+    wait_drained(&db, Duration::from_secs(30)).await;
+    for i in 0..6 {
+        let ev = app.wait_final(&format!("notif_twice_{i}")).await;
+        assert_eq!(outcomes(&ev), ["processed"], "run once: {ev}");
+    }
+    app.stop().await;
+    db.drop_now().await;
+}
+
+#[cfg_attr(not(has_postgres), ignore = "needs PostgreSQL on 127.0.0.1:5432 (CI starts it)")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redelivery_after_its_partition_was_purged_is_a_duplicate() {
     let db = TestDb::new().await;
     let dir = tempfile::tempdir().unwrap();

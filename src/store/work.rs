@@ -40,6 +40,18 @@ pub struct Snapshot {
     pub(crate) pending_entry: bool,
 }
 
+impl Snapshot {
+    /// Whether a handler run prepared from this snapshot may still run on
+    /// the event as it is now (read under its lock): still queued, and no
+    /// outcome recorded since. A second copy of the same work (queued again
+    /// when its claim lapsed while the first waited) finds the first one's
+    /// outcome and does not run; a duplicate delivery counted meanwhile
+    /// changes neither.
+    pub(crate) fn still_runs_on(&self, now: &EventMeta) -> bool {
+        now.status.is_queued() && now.history.last() == self.meta.history.last()
+    }
+}
+
 /// An event for the workers. Straight from intake it comes with its
 /// metadata as indexed and its body, which spares the worker a read of the
 /// index and of the log; otherwise (start-up, replay, retry) only its key.

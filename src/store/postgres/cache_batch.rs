@@ -395,6 +395,13 @@ impl Postgres {
                 recorded.push(None);
                 continue;
             }
+            let mut m = EventMeta::decode(meta)
+                .ok_or_else(|| StoreError::Corrupt(format!("event {key} has an unreadable record")))?;
+            if !run.seen.still_runs_on(&m) {
+                tracing::debug!(event = %key, "Already run since this work was queued: not run again.");
+                recorded.push(None);
+                continue;
+            }
             let tx = BatchTx {
                 store: self,
                 client,
@@ -405,8 +412,6 @@ impl Postgres {
                 self.block(client.batch_execute("ROLLBACK")).map_err(pg_err)?;
                 return Err(GiveUp::Run);
             }
-            let mut m = EventMeta::decode(meta)
-                .ok_or_else(|| StoreError::Corrupt(format!("event {key} has an unreadable record")))?;
             (run.outcome)(&Ok(())).apply(&mut m);
             outcomes.part.push(*part);
             outcomes.key.push(key.to_string());

@@ -240,6 +240,13 @@ impl Postgres {
                 tracing::warn!(event = %key, "Another replica holds this event's claim: not run here.");
                 return Ok(Some((Ok(()), None)));
             }
+            let mut m = EventMeta::decode(row.get::<_, &[u8]>(0))
+                .ok_or_else(|| StoreError::Corrupt(format!("event {key} has an unreadable record")))?;
+            if !seen.still_runs_on(&m) {
+                self.block(client.batch_execute("ROLLBACK")).map_err(pg_err)?;
+                tracing::debug!(event = %key, "Already run since this work was queued: not run again.");
+                return Ok(Some((Ok(()), None)));
+            }
             let tx = PgCacheTx {
                 store: self,
                 client: &client,
@@ -247,8 +254,6 @@ impl Postgres {
             };
             match effects(&tx) {
                 Ok(()) => {
-                    let mut m = EventMeta::decode(row.get::<_, &[u8]>(0))
-                        .ok_or_else(|| StoreError::Corrupt(format!("event {key} has an unreadable record")))?;
                     let part: i64 = row.get(1);
                     outcome(&Ok(())).apply(&mut m);
                     self.block(super::prepared::execute(
