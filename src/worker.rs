@@ -305,7 +305,9 @@ fn run_ready(ctx: &WorkerCtx, ready: Vec<Ready>, now: i64, done: &mut Vec<Done>)
 }
 
 /// Intake first: while the receiver is saturated, the handler threads
-/// pause (in 1 ms steps) before each event, so that acknowledging webhooks
+/// pause (in steps of `SATURATION_SETTLES_MS`, 10 ms: eight threads
+/// waking every millisecond cost a tenth of the service's CPU under a
+/// PostgreSQL intake load) before each event, so that acknowledging webhooks
 /// gets the CPU and a burst is answered quickly; the queue is worked off as
 /// soon as intake has room. An event waits this way at most
 /// `worker.yield_to_intake` after it was queued, so under load that never
@@ -321,7 +323,7 @@ fn yield_to_intake(load: &IntakeLoad, limit: Duration, queued_ms: i64, shutdown:
     }
     let started = Instant::now();
     while waiting() {
-        std::thread::sleep(Duration::from_millis(1));
+        std::thread::sleep(Duration::from_millis(crate::intake_load::SATURATION_SETTLES_MS as u64));
     }
     started.elapsed()
 }
