@@ -16,7 +16,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use super::keys::{seal_body, PartKey};
+use super::keys::{seal_packed, PartKey};
 use super::{now, pg_err, Postgres};
 use crate::store::{Appended, EventMeta, Fresh, Location, Snapshot, StoreError, Work};
 
@@ -29,6 +29,8 @@ const BATCH: usize = 256;
 pub struct AppendReq {
     pub meta: EventMeta,
     pub body: Bytes,
+    /// `body` compressed (`keys::pack`), done in the request's own task.
+    pub packed: Vec<u8>,
     pub reply: oneshot::Sender<Result<Appended, StoreError>>,
 }
 
@@ -210,7 +212,7 @@ async fn commit(store: &Postgres, batch: &[AppendReq]) -> Result<(Vec<Appended>,
             e_recv.push(meta.received_ms);
             e_topic.push(meta.topic.clone());
             e_meta.push(encoded);
-            e_body.push(seal_body(key, &meta.key, &r.body));
+            e_body.push(seal_packed(key, &meta.key, &r.packed));
             e_kv.push(key.version);
             for s in &meta.subjects {
                 s_subject.push(s.clone());

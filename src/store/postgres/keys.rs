@@ -186,12 +186,117 @@ impl PartKeys {
     }
 }
 
-/// Payload sealing: the event key is the associated data, so a payload
-/// cannot be moved to another event's row.
-pub fn seal_body(key: &PartKey, event_key: &str, body: &[u8]) -> Vec<u8> {
-    crypto::seal(&key.key, event_key.as_bytes(), body)
+/// Payloads are compressed (zstd, level 1) before they are sealed: a
+/// webhook's JSON shrinks about fourfold, so its row stays within the
+/// table's page instead of going to TOAST, which more than halves the
+/// database's work per notification (`docs/performance.md`). The sealed
+/// form tells which it is: a packed payload's associated data is the event
+/// key followed by `PACKED`, a NUL and a tag (a key kept in the database
+/// never holds a NUL), so a payload sealed before compression was added
+/// (the event key alone) still opens, as itself, and neither form can be
+/// passed off as the other.
+const PACKED: &[u8] = b"\0zstd";
+
+fn packed_aad(event_key: &str) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(event_key.len() + PACKED.len());
+    aad.extend_from_slice(event_key.as_bytes());
+    aad.extend_from_slice(PACKED);
+    aad
 }
 
+thread_local! {
+    /// One compression context per thread, kept: making one costs more
+    /// than compressing a webhook with it (its tables, freshly allocated,
+    /// fault in page by page).
+    static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// A payload compressed for [`seal_packed`]; done where the request is
+/// handled, so the batch that seals it only encrypts.
+pub fn pack(body: &[u8]) -> Vec<u8> {
+    COMPRESSOR.with_borrow_mut(|c| {
+        if c.is_none() {
+            *c = Some(zstd::bulk::Compressor::new(1).expect("a zstd context at level 1"));
+        }
+        c.as_mut()
+            .and_then(|c| c.compress(body).ok())
+            .expect("compressing an in-memory buffer cannot fail")
+    })
+}
+
+/// What [`pack`] made, back as it was. (Authenticated first, so not a
+/// decompression bomb: the size in its frame header is the one `pack` wrote.)
+fn unpack(packed: &[u8]) -> Option<Vec<u8>> {
+    let size = zstd::zstd_safe::get_frame_content_size(packed).ok().flatten()?;
+    DECOMPRESSOR.with_borrow_mut(|d| {
+        if d.is_none() {
+            *d = zstd::bulk::Decompressor::new().ok();
+        }
+        d.as_mut()?.decompress(packed, usize::try_from(size).ok()?).ok()
+    })
+}
+
+/// Payload sealing: the event key is the associated data, so a payload
+/// cannot be moved to another event's row.
+pub fn seal_packed(key: &PartKey, event_key: &str, packed: &[u8]) -> Vec<u8> {
+    crypto::seal(&key.key, &packed_aad(event_key), packed)
+}
+
+pub fn seal_body(key: &PartKey, event_key: &str, body: &[u8]) -> Vec<u8> {
+    seal_packed(key, event_key, &pack(body))
+}
+
+/// The payload, whichever form it was sealed in; `None` if it does not
+/// open under `key` for `event_key`.
 pub fn open_body(key: &PartKey, event_key: &str, sealed: &[u8]) -> Option<Vec<u8>> {
+    if let Ok(packed) = crypto::open(&key.key, &packed_aad(event_key), sealed) {
+        return unpack(&packed);
+    }
     crypto::open(&key.key, event_key.as_bytes(), sealed).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part_key(byte: u8) -> PartKey {
+        PartKey {
+            version: 1,
+            key: Arc::new([byte; 32]),
+        }
+    }
+
+    const BODY: &[u8] = br#"{"type":"notification_event","topic":"contact.user.created","data":{"item":{"type":"contact","id":"6a1f","email":"ada@example.com","name":"Ada","custom_attributes":{}}},"id":"notif_1","created_at":1700000000,"delivery_attempts":1,"first_sent_at":1700000000,"links":{},"app_id":"abc123","delivery_status":null,"self":null}"#;
+
+    #[test]
+    fn a_payload_is_compressed_then_sealed_and_opens_as_it_was() {
+        let key = part_key(7);
+        let body = BODY.repeat(8);
+        let sealed = seal_body(&key, "notif_1", &body);
+        assert!(
+            sealed.len() < body.len() / 3,
+            "{} bytes sealed from {}",
+            sealed.len(),
+            body.len()
+        );
+        assert!(!sealed.windows(15).any(|w| w == b"ada@example.com"));
+        assert_eq!(open_body(&key, "notif_1", &sealed).as_deref(), Some(&body[..]));
+        // Bound to its event and its key.
+        assert_eq!(open_body(&key, "notif_2", &sealed), None);
+        assert_eq!(open_body(&part_key(8), "notif_1", &sealed), None);
+    }
+
+    #[test]
+    fn a_payload_sealed_before_compression_still_opens_and_the_forms_cannot_be_confused() {
+        let key = part_key(7);
+        let legacy = crypto::seal(&key.key, b"notif_1", BODY);
+        assert_eq!(open_body(&key, "notif_1", &legacy).as_deref(), Some(BODY));
+        // A packed payload is not taken for a plain one, nor the reverse.
+        let packed = seal_packed(&key, "notif_1", &pack(BODY));
+        assert!(crypto::open(&key.key, b"notif_1", &packed).is_err());
+        assert!(crypto::open(&key.key, &packed_aad("notif_1"), &legacy).is_err());
+    }
 }
