@@ -199,6 +199,38 @@ async fn two_replicas_store_once_process_once_and_see_an_erasure_at_once() {
 }
 
 #[cfg_attr(not(has_postgres), ignore = "needs PostgreSQL on 127.0.0.1:5432 (CI starts it)")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deliveries_of_one_id_at_once_and_after_are_each_counted_on_the_one_stored_event() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn_app_with(dir.path(), PG_CONFIG, pg_env(&db.url())).await;
+    let body = contact_note("notif_burst", "c_burst");
+    // Eight at once: those that share the first one's batch are its
+    // duplicates within one transaction, the rest find it stored.
+    let answers = futures_util::future::join_all((0..8).map(|_| app.post_signed(&body))).await;
+    assert!(answers.iter().all(|r| r.status() == 200));
+    for _ in 0..2 {
+        assert_eq!(app.post_signed(&body).await.status(), 200);
+    }
+    wait_drained(&db, Duration::from_secs(30)).await;
+    let ev = app.wait_final("notif_burst").await;
+    assert_eq!(ev["deliveries"], 10, "{ev}");
+    assert_eq!(outcomes(&ev), ["processed"], "processed once: {ev}");
+    let row = db
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*), sum(deliveries)::int8 FROM iw_events WHERE key = 'notif_burst'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (1, 10));
+    app.stop().await;
+    db.drop_now().await;
+}
+
+#[cfg_attr(not(has_postgres), ignore = "needs PostgreSQL on 127.0.0.1:5432 (CI starts it)")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn work_queued_again_when_its_claim_lapsed_runs_once() {
     let db = TestDb::new().await;

@@ -10,11 +10,14 @@
 //! a commit of its own, which fails the same way while the cause lasts.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::types::ToSql;
 
 use super::keys::{seal_packed, PartKey};
 use super::{now, pg_err, Postgres};
@@ -102,8 +105,59 @@ async fn finish(store: &Postgres, batch: Vec<AppendReq>) {
     }
 }
 
-/// One batch in one transaction. Returns each request's answer and the
-/// work for the events it stored.
+/// The batch's transaction. Its statements find rows by key, and must use
+/// the indexes whatever the plan cached on each connection was made from:
+/// a generic plan made while `iw_dedup` was small (and analyzed then)
+/// scanned it whole for `KNOWN`, for as long as autovacuum took to analyze
+/// it again, a minute at most, at a third of intake's speed (seen in 3 of
+/// 8 runs of `benches/postgres.sh` on a fresh database).
+const BEGIN: &str = "BEGIN; SET LOCAL enable_seqscan = off";
+
+/// The keys to seal under, read `FOR SHARE`: a re-encryption of one of
+/// these partitions (erasure) waits for this batch, or this batch for it,
+/// and then sees its new key.
+const KEYS: &str = "SELECT k.part, k.version, k.wrapped FROM iw_part_keys k WHERE k.part = ANY($1) \
+     AND k.version = (SELECT max(version) FROM iw_part_keys m WHERE m.part = k.part) FOR SHARE OF k";
+
+/// Every key of the batch: a new one inserts its marker, a known one
+/// updates its `last_seen_ms`, so a duplicate's answer waits for a commit
+/// of its own. In key order, so that concurrent batches lock markers in one
+/// order and cannot deadlock.
+const DEDUP: &str = "INSERT INTO iw_dedup (key, part, received_ms, last_seen_ms) \
+     SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $3::int8[]) \
+     ON CONFLICT (key) DO UPDATE SET last_seen_ms = GREATEST(iw_dedup.last_seen_ms, EXCLUDED.last_seen_ms) \
+     RETURNING key, (xmax = 0) AS inserted";
+
+/// The stored events of the batch's keys seen before (the new ones have no
+/// event yet), locked to count the duplicates' deliveries on them. Sent
+/// after `DEDUP` in the same transaction, so a key stored by a concurrent
+/// batch is found once that batch has committed. (A lateral subquery with
+/// its lock is never flattened into a join: each key is one index lookup,
+/// whatever the plan made when the tables were empty.)
+const KNOWN: &str = "SELECT d.part, d.key, e.meta FROM iw_dedup d CROSS JOIN LATERAL \
+     (SELECT meta FROM iw_events e WHERE e.part = d.part AND e.key = d.key FOR UPDATE) e \
+     WHERE d.key = ANY($1)";
+
+const EVENTS: &str = "INSERT INTO iw_events (part, key, received_ms, status, topic, meta, body, key_version, due_ms, claim_owner, claim_until, deliveries) \
+     SELECT p, k, r, s, t, m, b, v, r, CASE WHEN s IN (0, 3) THEN $9 END, CASE WHEN s IN (0, 3) THEN $10::int8 END, n \
+     FROM unnest($1::int8[], $2::text[], $3::int8[], $4::int2[], $5::text[], $6::bytea[], $7::bytea[], $8::int8[], $11::int4[]) \
+     AS x(p, k, r, s, t, m, b, v, n)";
+
+const SUBJECTS: &str =
+    "INSERT INTO iw_subjects (subject, key) SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING";
+
+const DELIVERIES: &str =
+    "UPDATE iw_events SET meta = $3, deliveries = deliveries + $4, version = version + 1 WHERE part = $1 AND key = $2";
+
+/// One batch in one transaction, in two round trips: the transaction's
+/// start, the keys, the dedup markers and the known events go together;
+/// then the new events, their subjects, the duplicates' counts and the
+/// commit. (Waiting for each statement in turn cost 3.4 ms a batch on a
+/// busy 2-core box, mostly in waking one process after another, and left a
+/// third of the CPU idle; `docs/performance.md`.) A statement that fails
+/// fails the batch, and its connection is discarded (below), so the
+/// pipelined `COMMIT` can only end a transaction that went through whole.
+/// Returns each request's answer and the work for the events it stored.
 async fn commit(store: &Postgres, batch: &[AppendReq]) -> Result<(Vec<Appended>, Vec<Work>), StoreError> {
     let inner = &store.inner;
     let mut parts: Vec<i64> = batch.iter().map(|r| store.part_of(r.meta.received_ms)).collect();
@@ -122,78 +176,64 @@ async fn commit(store: &Postgres, batch: &[AppendReq]) -> Result<(Vec<Appended>,
                 .map_err(|_| timed_out())??;
         }
     }
-    let mut client = store.client().await?;
+    // Dedup, first occurrence in the batch wins; the later ones are its
+    // duplicates: how many, and the latest.
+    let mut first: HashMap<&str, usize> = HashMap::new();
+    let mut repeats: HashMap<&str, (u32, i64)> = HashMap::new();
+    for (i, r) in batch.iter().enumerate() {
+        let key = r.meta.key.as_str();
+        if first.contains_key(key) {
+            let e = repeats.entry(key).or_insert((0, 0));
+            e.0 += 1;
+            e.1 = e.1.max(r.meta.received_ms);
+        } else {
+            first.insert(key, i);
+        }
+    }
+    let mut uniq: Vec<usize> = first.values().copied().collect();
+    uniq.sort_unstable_by(|&x, &y| batch[x].meta.key.cmp(&batch[y].meta.key));
+    let ukeys: Vec<&str> = uniq.iter().map(|&i| batch[i].meta.key.as_str()).collect();
+    let uparts: Vec<i64> = uniq.iter().map(|&i| store.part_of(batch[i].meta.received_ms)).collect();
+    let ureceived: Vec<i64> = uniq.iter().map(|&i| batch[i].meta.received_ms).collect();
+    let client = store.client().await?;
     let work = async {
-        let tx = client.transaction().await.map_err(pg_err)?;
-        // The keys to seal under, read FOR SHARE: a re-encryption of one
-        // of these partitions (erasure) waits for this batch, or this
-        // batch for it, and then sees its new key.
-        let mut keys: HashMap<i64, PartKey> = HashMap::new();
-        for row in super::prepared::query(
-            &tx,
-            "SELECT k.part, k.version, k.wrapped FROM iw_part_keys k WHERE k.part = ANY($1) \
-                 AND k.version = (SELECT max(version) FROM iw_part_keys m WHERE m.part = k.part) FOR SHARE OF k",
-            &[&parts],
+        let c = &client;
+        // Prepared first (once per connection; cached after): a statement
+        // still to prepare would be sent after the others, and a `COMMIT`
+        // could overtake it. Prepared, each is sent when first polled, and
+        // `biased` polls them in the order written.
+        let prepare = |sql| c.prepare_cached(sql);
+        let keys_st = prepare(KEYS).await.map_err(pg_err)?;
+        let dedup_st = prepare(DEDUP).await.map_err(pg_err)?;
+        let known_st = prepare(KNOWN).await.map_err(pg_err)?;
+        let events_st = prepare(EVENTS).await.map_err(pg_err)?;
+        let subjects_st = prepare(SUBJECTS).await.map_err(pg_err)?;
+        let deliveries_st = prepare(DELIVERIES).await.map_err(pg_err)?;
+        let (p_keys, p_dedup, p_known): (Params, Params, Params) =
+            (&[&parts], &[&ukeys, &uparts, &ureceived], &[&ukeys]);
+        let (_, key_rows, dedup_rows, known_rows) = tokio::try_join!(
+            biased;
+            c.batch_execute(BEGIN),
+            c.query(&keys_st, p_keys),
+            c.query(&dedup_st, p_dedup),
+            c.query(&known_st, p_known),
         )
-        .await
-        .map_err(pg_err)?
-        {
+        .map_err(pg_err)?;
+        let mut keys: HashMap<i64, PartKey> = HashMap::new();
+        for row in key_rows {
             let part: i64 = row.get(0);
             keys.insert(part, inner.part_keys.learn(part, row.get(1), row.get::<_, &[u8]>(2))?);
         }
-        // Dedup, first occurrence in the batch wins.
-        let mut first: HashMap<&str, usize> = HashMap::new();
-        for (i, r) in batch.iter().enumerate() {
-            first.entry(r.meta.key.as_str()).or_insert(i);
-        }
-        // In key order: concurrent batches lock dedup rows in one order,
-        // so they cannot deadlock.
-        let mut uniq: Vec<usize> = first.values().copied().collect();
-        uniq.sort_unstable_by(|&x, &y| batch[x].meta.key.cmp(&batch[y].meta.key));
-        let ukeys: Vec<&str> = uniq.iter().map(|&i| batch[i].meta.key.as_str()).collect();
-        let uparts: Vec<i64> = uniq.iter().map(|&i| store.part_of(batch[i].meta.received_ms)).collect();
-        let ureceived: Vec<i64> = uniq.iter().map(|&i| batch[i].meta.received_ms).collect();
-        let rows = super::prepared::query(
-            &tx,
-            "INSERT INTO iw_dedup (key, part, received_ms, last_seen_ms) \
-                 SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $3::int8[]) \
-                 ON CONFLICT (key) DO UPDATE SET last_seen_ms = GREATEST(iw_dedup.last_seen_ms, EXCLUDED.last_seen_ms) \
-                 RETURNING key, part, has_event, (xmax = 0) AS inserted",
-            &[&ukeys, &uparts, &ureceived],
-        )
-        .await
-        .map_err(pg_err)?;
-        let mut inserted: HashMap<String, bool> = HashMap::new();
-        // Where the stored event of each known key is (none: only its
-        // dedup marker is left).
-        let mut event_part: HashMap<String, i64> = HashMap::new();
-        for row in &rows {
-            let key: String = row.get(0);
-            let is_new: bool = row.get(3);
-            if is_new || row.get::<_, bool>(2) {
-                event_part.insert(key.clone(), row.get(1));
-            }
-            inserted.insert(key, is_new);
-        }
-        let stored_here = |i: usize, r: &AppendReq| {
-            inserted.get(&r.meta.key) == Some(&true) && first.get(r.meta.key.as_str()) == Some(&i)
-        };
-        // The new events.
+        let inserted: HashMap<String, bool> = dedup_rows.iter().map(|row| (row.get(0), row.get(1))).collect();
+        let is_new = |key: &str| inserted.get(key) == Some(&true);
+        // The new events, with their duplicates in this batch counted.
         let lease_until = now() + inner.claim_lease_ms;
-        let (mut e_part, mut e_key, mut e_recv, mut e_topic, mut e_meta, mut e_body, mut e_kv) = (
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-        );
+        let mut ev = NewEvents::default();
         let (mut s_subject, mut s_key) = (Vec::new(), Vec::new());
         let mut fresh = Vec::new();
         for &i in &uniq {
             let r = &batch[i];
-            if inserted.get(&r.meta.key) != Some(&true) {
+            if !is_new(&r.meta.key) {
                 continue;
             }
             let part = store.part_of(r.meta.received_ms);
@@ -206,14 +246,19 @@ async fn commit(store: &Postgres, batch: &[AppendReq]) -> Result<(Vec<Appended>,
                 off: 0,
                 len: r.body.len() as u32,
             });
-            let encoded = meta.encode();
-            e_part.push(part);
-            e_key.push(meta.key.clone());
-            e_recv.push(meta.received_ms);
-            e_topic.push(meta.topic.clone());
-            e_meta.push(encoded);
-            e_body.push(seal_packed(key, &meta.key, &r.packed));
-            e_kv.push(key.version);
+            let (n, seen_ms) = repeats.get(meta.key.as_str()).copied().unwrap_or((0, 0));
+            meta.delivery_count = meta.delivery_count.saturating_add(n);
+            meta.last_delivery_ms = meta.last_delivery_ms.max(seen_ms);
+            ev.part.push(part);
+            ev.key.push(meta.key.clone());
+            ev.received.push(meta.received_ms);
+            ev.status.push(i16::from(meta.status.code()));
+            ev.topic.push(meta.topic.clone());
+            ev.meta.push(meta.encode());
+            ev.body.push(seal_packed(key, &meta.key, &r.packed));
+            ev.key_version.push(key.version);
+            ev.deliveries
+                .push(i32::try_from(meta.delivery_count).unwrap_or(i32::MAX));
             for s in &meta.subjects {
                 s_subject.push(s.clone());
                 s_key.push(meta.key.clone());
@@ -224,7 +269,7 @@ async fn commit(store: &Postgres, batch: &[AppendReq]) -> Result<(Vec<Appended>,
                     queued_ms: now(),
                     fresh: Some(Box::new(Fresh {
                         seen: Snapshot {
-                            meta: meta.clone(),
+                            meta,
                             raw: 1i64.to_be_bytes().to_vec(),
                             pending_entry: true,
                         },
@@ -234,70 +279,60 @@ async fn commit(store: &Postgres, batch: &[AppendReq]) -> Result<(Vec<Appended>,
                 });
             }
         }
-        let statuses: Vec<i16> = uniq
-            .iter()
-            .filter(|&&i| inserted.get(&batch[i].meta.key) == Some(&true))
-            .map(|&i| i16::from(batch[i].meta.status.code()))
-            .collect();
-        if !e_key.is_empty() {
-            super::prepared::execute(&tx,
-                "INSERT INTO iw_events (part, key, received_ms, status, topic, meta, body, key_version, due_ms, claim_owner, claim_until) \
-                 SELECT p, k, r, s, t, m, b, v, r, CASE WHEN s IN (0, 3) THEN $9 END, CASE WHEN s IN (0, 3) THEN $10::int8 END \
-                 FROM unnest($1::int8[], $2::text[], $3::int8[], $4::int2[], $5::text[], $6::bytea[], $7::bytea[], $8::int8[]) \
-                 AS x(p, k, r, s, t, m, b, v)",
-                &[&e_part, &e_key, &e_recv, &statuses, &e_topic, &e_meta, &e_body, &e_kv, &inner.node, &lease_until],
-            )
-            .await
-            .map_err(pg_err)?;
-        }
-        if !s_key.is_empty() {
-            super::prepared::execute(&tx,
-                "INSERT INTO iw_subjects (subject, key) SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING",
-                &[&s_subject, &s_key],
-            )
-            .await
-            .map_err(pg_err)?;
-        }
-        // Duplicates (of earlier events or within the batch): count the
-        // deliveries on the stored event.
-        let mut dups: HashMap<&str, (u32, i64)> = HashMap::new();
-        for (i, r) in batch.iter().enumerate() {
-            if !stored_here(i, r) {
-                let e = dups.entry(r.meta.key.as_str()).or_insert((0, 0));
-                e.0 += 1;
-                e.1 = e.1.max(r.meta.received_ms);
+        // Keys seen before: every delivery of theirs in this batch is a
+        // duplicate, counted on the stored event (none when only its dedup
+        // marker is left).
+        let mut counted = Vec::new();
+        for row in &known_rows {
+            let key: &str = row.get(1);
+            if is_new(key) {
+                continue;
             }
-        }
-        let mut dups: Vec<(&str, (u32, i64))> = dups.into_iter().collect();
-        dups.sort_unstable();
-        for (key, (n, seen_ms)) in dups {
-            let Some(&part) = event_part.get(key) else { continue };
-            let row = super::prepared::query_opt(
-                &tx,
-                "SELECT meta FROM iw_events WHERE part = $1 AND key = $2 FOR UPDATE",
-                &[&part, &key],
-            )
-            .await
-            .map_err(pg_err)?;
-            let Some(meta) = row.and_then(|row| EventMeta::decode(row.get::<_, &[u8]>(0))) else {
+            let Some(mut meta) = EventMeta::decode(row.get::<_, &[u8]>(2)) else {
                 continue;
             };
-            let mut meta = meta;
+            let (more, seen_ms) = repeats.get(key).copied().unwrap_or((0, 0));
+            let n = more + 1;
+            let seen_ms = seen_ms.max(batch[first[key]].meta.received_ms);
             meta.delivery_count = meta.delivery_count.saturating_add(n);
             meta.last_delivery_ms = meta.last_delivery_ms.max(seen_ms);
-            super::prepared::execute(&tx,
-                "UPDATE iw_events SET meta = $3, deliveries = deliveries + $4, version = version + 1 WHERE part = $1 AND key = $2",
-                &[&part, &key, &meta.encode(), &(n as i32)],
-            )
-            .await
-            .map_err(pg_err)?;
+            counted.push((row.get::<_, i64>(0), key, meta.encode(), n as i32));
         }
-        tx.commit().await.map_err(pg_err)?;
+        let p_events: Vec<&(dyn ToSql + Sync)> = vec![
+            &ev.part,
+            &ev.key,
+            &ev.received,
+            &ev.status,
+            &ev.topic,
+            &ev.meta,
+            &ev.body,
+            &ev.key_version,
+            &inner.node,
+            &lease_until,
+            &ev.deliveries,
+        ];
+        let p_subjects: Params = &[&s_subject, &s_key];
+        let p_counted: Vec<[&(dyn ToSql + Sync); 4]> = counted
+            .iter()
+            .map(|(part, key, meta, n)| [part as _, key as _, meta as _, n as _])
+            .collect();
+        let mut second: Vec<Pipelined> = Vec::new();
+        if !ev.key.is_empty() {
+            second.push(Box::pin(c.execute(&events_st, &p_events)));
+        }
+        if !s_key.is_empty() {
+            second.push(Box::pin(c.execute(&subjects_st, p_subjects)));
+        }
+        for p in &p_counted {
+            second.push(Box::pin(c.execute(&deliveries_st, p)));
+        }
+        second.push(Box::pin(async { c.batch_execute("COMMIT").await.map(|()| 0) }));
+        in_order(second).await.map_err(pg_err)?;
         let answers = batch
             .iter()
             .enumerate()
             .map(|(i, r)| {
-                if stored_here(i, r) {
+                if is_new(&r.meta.key) && first.get(r.meta.key.as_str()) == Some(&i) {
                     Appended::Stored
                 } else {
                     Appended::Duplicate
@@ -311,13 +346,57 @@ async fn commit(store: &Postgres, batch: &[AppendReq]) -> Result<(Vec<Appended>,
         Err(_) => Err(timed_out()),
     };
     if result.is_err() {
-        // The connection may still be waiting on a cancelled commit: never
-        // give it to another request.
+        // The connection may still be in the transaction, or waiting on a
+        // cancelled commit: never give it to another request.
         let cancel = client.cancel_token();
         let _ = cancel.cancel_query(tokio_postgres::NoTls).await;
         drop(deadpool_postgres::Object::take(client));
     }
     result
+}
+
+type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+type Pipelined<'a> = std::pin::Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a>>;
+
+/// Runs pipelined statements, polling them in the order given every time:
+/// each is sent on its first poll, so they reach the server in this order
+/// (a `COMMIT` last). The first error ends it; the caller discards the
+/// connection then.
+async fn in_order(mut pending: Vec<Pipelined<'_>>) -> Result<(), tokio_postgres::Error> {
+    std::future::poll_fn(|cx| {
+        let mut i = 0;
+        while i < pending.len() {
+            match pending[i].as_mut().poll(cx) {
+                Poll::Ready(Ok(_)) => {
+                    // Order of the rest is kept: each was polled already.
+                    drop(pending.remove(i));
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => i += 1,
+            }
+        }
+        if pending.is_empty() {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+/// The columns of a batch's new events, one array each.
+#[derive(Default)]
+struct NewEvents {
+    part: Vec<i64>,
+    key: Vec<String>,
+    received: Vec<i64>,
+    status: Vec<i16>,
+    topic: Vec<String>,
+    meta: Vec<Vec<u8>>,
+    body: Vec<Vec<u8>>,
+    key_version: Vec<i64>,
+    deliveries: Vec<i32>,
 }
 
 /// Creates a partition's table and key unless another replica has; one
