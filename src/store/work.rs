@@ -68,3 +68,40 @@ pub struct Fresh {
     /// Report to [`super::Backend::fresh_finished`] once the outcome is recorded.
     pub batch: u64,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_goes_ahead_on_a_counted_duplicate_but_not_after_another_outcome() {
+        let mut meta = EventMeta::received(1_000, 10, Vec::new());
+        meta.key = "notif_1".into();
+        let seen = Snapshot {
+            meta: meta.clone(),
+            raw: 1i64.to_be_bytes().to_vec(),
+            pending_entry: true,
+        };
+        assert!(seen.still_runs_on(&meta));
+        // A duplicate delivery counted meanwhile.
+        let mut counted = meta.clone();
+        counted.delivery_count += 1;
+        assert!(seen.still_runs_on(&counted));
+        // Another copy of the work ran it: processed, or retrying.
+        for status in [Status::Processed, Status::Retrying] {
+            let mut ran = counted.clone();
+            Completion {
+                status,
+                attempt: Attempt {
+                    at_ms: 2_000,
+                    outcome: "processed".into(),
+                    error: None,
+                    duration_us: None,
+                },
+                retry_at_ms: None,
+            }
+            .apply(&mut ran);
+            assert!(!seen.still_runs_on(&ran), "{status:?}");
+        }
+    }
+}

@@ -146,7 +146,8 @@ impl Postgres {
     /// Records an outcome under this replica's claim: merged into the
     /// event as it is now (a duplicate delivery counted meanwhile stays).
     /// Not recorded, and `None`, when another replica holds a live claim
-    /// on the event (this one's lapsed) or the event is gone.
+    /// on the event (this one's lapsed), the event is gone, or another
+    /// copy of this work recorded an outcome meanwhile.
     pub fn complete(&self, seen: &Snapshot, completion: &Completion) -> Result<Option<EventMeta>, StoreError> {
         let key = seen.meta.key.as_str();
         // Usually nothing changed since the worker read it: one statement.
@@ -205,6 +206,10 @@ impl Postgres {
                 return Ok(None);
             }
             let mut m = decode(key, row.get::<_, &[u8]>(0))?;
+            if !seen.still_runs_on(&m) {
+                tracing::debug!(event = %key, "An outcome was recorded since this work was queued: this one is not.");
+                return Ok(None);
+            }
             let part: i64 = row.get(1);
             completion.apply(&mut m);
             let (claim_owner, claim_until) = self.claim_after(&m);
