@@ -80,7 +80,7 @@ impl Backend for Postgres {
     fn append_if_absent(&self, meta: EventMeta, body: Bytes) -> BoxFuture<'_, Result<Appended, StoreError>> {
         Box::pin(async move {
             let (reply, answer) = tokio::sync::oneshot::channel();
-            let packed = super::keys::pack(&body);
+            let packed = super::keys::pack(&body)?;
             self.inner
                 .intake_tx
                 .send(super::intake::AppendReq {

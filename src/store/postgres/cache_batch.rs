@@ -312,12 +312,7 @@ impl Postgres {
         let (w_kind, w_id): (Vec<i16>, Vec<String>) = wanted.into_iter().unzip();
         let mut events = HashMap::new();
         let (records, tombstones) = self.block(async {
-            // Key lookups only: never a scan, whatever plan was cached
-            // while the tables were small (see `intake::BEGIN`).
-            client
-                .batch_execute("BEGIN; SET LOCAL enable_seqscan = off")
-                .await
-                .map_err(pg_err)?;
+            client.batch_execute(super::BEGIN_LOOKUPS).await.map_err(pg_err)?;
             // The events, then the records, each in one order, so that two
             // batches cannot hold each other's locks.
             for row in super::prepared::query(

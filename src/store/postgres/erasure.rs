@@ -203,7 +203,7 @@ impl Postgres {
                     .ok_or_else(|| StoreError::Corrupt(format!("the payload of {key} does not open")))?;
                 tx.execute(
                     "UPDATE iw_events SET body = $3, key_version = $4 WHERE part = $1 AND key = $2",
-                    &[&part, &key, &seal_body(&new, &key, &body), &version],
+                    &[&part, &key, &seal_body(&new, &key, &body)?, &version],
                 )
                 .await
                 .map_err(pg_err)?;

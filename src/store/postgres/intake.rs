@@ -105,14 +105,6 @@ async fn finish(store: &Postgres, batch: Vec<AppendReq>) {
     }
 }
 
-/// The batch's transaction. Its statements find rows by key, and must use
-/// the indexes whatever the plan cached on each connection was made from:
-/// a generic plan made while `iw_dedup` was small (and analyzed then)
-/// scanned it whole for `KNOWN`, for as long as autovacuum took to analyze
-/// it again, a minute at most, at a third of intake's speed (seen in 3 of
-/// 8 runs of `benches/postgres.sh` on a fresh database).
-const BEGIN: &str = "BEGIN; SET LOCAL enable_seqscan = off";
-
 /// The keys to seal under, read `FOR SHARE`: a re-encryption of one of
 /// these partitions (erasure) waits for this batch, or this batch for it,
 /// and then sees its new key.
@@ -132,8 +124,8 @@ const DEDUP: &str = "INSERT INTO iw_dedup (key, part, received_ms, last_seen_ms)
 /// event yet), locked to count the duplicates' deliveries on them. Sent
 /// after `DEDUP` in the same transaction, so a key stored by a concurrent
 /// batch is found once that batch has committed. (A lateral subquery with
-/// its lock is never flattened into a join: each key is one index lookup,
-/// whatever the plan made when the tables were empty.)
+/// its lock is never flattened into a join: each key's event is one index
+/// lookup; `BEGIN_LOOKUPS` keeps `iw_dedup` from being scanned.)
 const KNOWN: &str = "SELECT d.part, d.key, e.meta FROM iw_dedup d CROSS JOIN LATERAL \
      (SELECT meta FROM iw_events e WHERE e.part = d.part AND e.key = d.key FOR UPDATE) e \
      WHERE d.key = ANY($1)";
@@ -213,7 +205,7 @@ async fn commit(store: &Postgres, batch: &[AppendReq]) -> Result<(Vec<Appended>,
             (&[&parts], &[&ukeys, &uparts, &ureceived], &[&ukeys]);
         let (_, key_rows, dedup_rows, known_rows) = tokio::try_join!(
             biased;
-            c.batch_execute(BEGIN),
+            c.batch_execute(super::BEGIN_LOOKUPS),
             c.query(&keys_st, p_keys),
             c.query(&dedup_st, p_dedup),
             c.query(&known_st, p_known),
@@ -293,7 +285,8 @@ async fn commit(store: &Postgres, batch: &[AppendReq]) -> Result<(Vec<Appended>,
             };
             let (more, seen_ms) = repeats.get(key).copied().unwrap_or((0, 0));
             let n = more + 1;
-            let seen_ms = seen_ms.max(batch[first[key]].meta.received_ms);
+            let first_seen = first.get(key).map_or(0, |&i| batch[i].meta.received_ms);
+            let seen_ms = seen_ms.max(first_seen);
             meta.delivery_count = meta.delivery_count.saturating_add(n);
             meta.last_delivery_ms = meta.last_delivery_ms.max(seen_ms);
             counted.push((row.get::<_, i64>(0), key, meta.encode(), n as i32));

@@ -192,7 +192,7 @@ impl PartKeys {
 /// database's work per notification (`docs/performance.md`). The sealed
 /// form tells which it is: a packed payload's associated data is the event
 /// key followed by `PACKED`, a NUL and a tag (a key kept in the database
-/// never holds a NUL), so a payload sealed before compression was added
+/// never holds a NUL, so no plain key can end that way), so a payload sealed before compression was added
 /// (the event key alone) still opens, as itself, and neither form can be
 /// passed off as the other.
 const PACKED: &[u8] = b"\0zstd";
@@ -216,15 +216,16 @@ thread_local! {
 
 /// A payload compressed for [`seal_packed`]; done where the request is
 /// handled, so the batch that seals it only encrypts.
-pub fn pack(body: &[u8]) -> Vec<u8> {
-    COMPRESSOR.with_borrow_mut(|c| {
-        if c.is_none() {
-            *c = Some(zstd::bulk::Compressor::new(1).expect("a zstd context at level 1"));
-        }
-        c.as_mut()
-            .and_then(|c| c.compress(body).ok())
-            .expect("compressing an in-memory buffer cannot fail")
-    })
+pub fn pack(body: &[u8]) -> Result<Vec<u8>, StoreError> {
+    COMPRESSOR
+        .with_borrow_mut(|c| {
+            let c = match c {
+                Some(c) => c,
+                None => c.insert(zstd::bulk::Compressor::new(1)?),
+            };
+            c.compress(body)
+        })
+        .map_err(|e| StoreError::Log(format!("compressing a payload: {e}")))
 }
 
 /// What [`pack`] made, back as it was. (Authenticated first, so not a
@@ -245,8 +246,8 @@ pub fn seal_packed(key: &PartKey, event_key: &str, packed: &[u8]) -> Vec<u8> {
     crypto::seal(&key.key, &packed_aad(event_key), packed)
 }
 
-pub fn seal_body(key: &PartKey, event_key: &str, body: &[u8]) -> Vec<u8> {
-    seal_packed(key, event_key, &pack(body))
+pub fn seal_body(key: &PartKey, event_key: &str, body: &[u8]) -> Result<Vec<u8>, StoreError> {
+    Ok(seal_packed(key, event_key, &pack(body)?))
 }
 
 /// The payload, whichever form it was sealed in; `None` if it does not
@@ -275,7 +276,7 @@ mod tests {
     fn a_payload_is_compressed_then_sealed_and_opens_as_it_was() {
         let key = part_key(7);
         let body = BODY.repeat(8);
-        let sealed = seal_body(&key, "notif_1", &body);
+        let sealed = seal_body(&key, "notif_1", &body).unwrap();
         assert!(
             sealed.len() < body.len() / 3,
             "{} bytes sealed from {}",
@@ -295,7 +296,7 @@ mod tests {
         let legacy = crypto::seal(&key.key, b"notif_1", BODY);
         assert_eq!(open_body(&key, "notif_1", &legacy).as_deref(), Some(BODY));
         // A packed payload is not taken for a plain one, nor the reverse.
-        let packed = seal_packed(&key, "notif_1", &pack(BODY));
+        let packed = seal_packed(&key, "notif_1", &pack(BODY).unwrap());
         assert!(crypto::open(&key.key, b"notif_1", &packed).is_err());
         assert!(crypto::open(&key.key, &packed_aad("notif_1"), &legacy).is_err());
     }

@@ -68,6 +68,15 @@ pub(crate) fn pg_err(e: impl std::error::Error) -> StoreError {
 /// once (our sessions ask for generic plans: see `Postgres::open`). Only
 /// fixed SQL text goes here; the cache is keyed by the text and never
 /// shrinks.
+/// Starts a transaction whose statements only find rows by key (intake's,
+/// a handler batch's): they must use the indexes whatever plan is cached on
+/// the connection. A generic plan made while `iw_dedup` was small (and
+/// analyzed then) scanned it whole for intake's lookup of duplicates, until
+/// autovacuum analyzed it again, a minute at most, at a third of intake's
+/// speed (3 of 8 runs of `benches/postgres.sh` on a fresh database); the
+/// handler batch's read of `iw_cache` the same way.
+const BEGIN_LOOKUPS: &str = "BEGIN; SET LOCAL enable_seqscan = off";
+
 pub(crate) mod prepared {
     use deadpool_postgres::GenericClient;
     use tokio_postgres::types::ToSql;
