@@ -22,7 +22,9 @@
 //! A body that is not JSON is still searched for email addresses, so even an
 //! `invalid` notification is found by its person's email.
 
-use serde_json::Value;
+use std::fmt;
+
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use crate::crypto::Keys;
 
@@ -49,81 +51,237 @@ pub struct Identifiers {
 const PERSON_TYPES: [&str; 4] = ["contact", "user", "lead", "visitor"];
 
 /// Reads the identifiers of a raw (verified) body.
+///
+/// The body is read in one pass, without building its tree: only the
+/// values of the few keys that matter are copied out (the receiver runs
+/// this on every notification). An object's own person comes before those
+/// of the objects inside it, and those in the order they are written.
 pub fn identifiers(body: &[u8]) -> Identifiers {
     let mut out = Identifiers::default();
-    match serde_json::from_slice::<Value>(body) {
-        Ok(v) => walk(&v, &mut out),
-        Err(_) => out.other_emails = scan_emails(&String::from_utf8_lossy(body)),
+    if walk_document(body, &mut out).is_err() {
+        out = Identifiers {
+            other_emails: scan_emails(&String::from_utf8_lossy(body)),
+            ..Identifiers::default()
+        };
     }
     out
 }
 
-/// The same, of a parsed body.
-pub fn of_value(v: &Value) -> Identifiers {
-    let mut out = Identifiers::default();
-    walk(v, &mut out);
-    out
+/// Walks one whole JSON document (nothing but whitespace after it).
+fn walk_document(text: &[u8], out: &mut Identifiers) -> serde_json::Result<()> {
+    let mut de = serde_json::Deserializer::from_slice(text);
+    Walk { out, want: false }.deserialize(&mut de)?;
+    de.end()
 }
 
-fn scalar(v: Option<&Value>) -> Option<String> {
-    match v? {
-        Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
+/// What a value turned out to be, as far as its parent object cares.
+enum Seen {
+    /// A string (kept only when the parent wants it: `type` is compared
+    /// untrimmed) or a number (as `serde_json` prints it).
+    Text(String),
+    /// An object, with its `id` as an identifier (for `merged_from`).
+    Object {
+        id: Option<String>,
+    },
+    Other,
 }
 
-fn walk(v: &Value, out: &mut Identifiers) {
-    match v {
-        Value::Array(items) => items.iter().for_each(|i| walk(i, out)),
-        Value::Object(obj) => {
-            let kind = obj.get("type").and_then(Value::as_str).unwrap_or("");
-            let event_person = obj.contains_key("intercom_user_id");
-            let email = scalar(obj.get("email")).filter(|e| e.contains('@'));
-            if PERSON_TYPES.contains(&kind) || event_person {
-                let contact_id = if event_person {
-                    scalar(obj.get("intercom_user_id"))
-                } else {
-                    scalar(obj.get("id"))
-                };
-                let external_ids: Vec<String> = ["external_id", "user_id"]
-                    .iter()
-                    .filter_map(|k| scalar(obj.get(*k)))
-                    .collect();
-                if let Some(from) = obj.get("merged_from") {
-                    let from_id = scalar(Some(from)).or_else(|| scalar(from.get("id")));
-                    if let Some(f) = from_id {
-                        out.merges.push((f, contact_id.clone()));
-                    }
-                }
-                let person = Person {
-                    contact_id,
-                    emails: email.into_iter().collect(),
-                    external_ids,
-                };
-                if person != Person::default() {
-                    out.persons.push(person);
-                }
-            } else {
-                if let Some(e) = email {
-                    out.other_emails.push(e);
-                }
-                if let Some(from) = obj.get("merged_from") {
-                    if let Some(f) = scalar(Some(from)).or_else(|| scalar(from.get("id"))) {
-                        out.merges.push((f, None));
-                    }
-                }
-            }
-            obj.values().for_each(|child| walk(child, out));
+/// The keys of an object that say who it is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Key {
+    Type,
+    Id,
+    Email,
+    ExternalId,
+    UserId,
+    IntercomUserId,
+    MergedFrom,
+    Other,
+}
+
+impl Key {
+    fn of(name: &str) -> Key {
+        match name {
+            "type" => Key::Type,
+            "id" => Key::Id,
+            "email" => Key::Email,
+            "external_id" => Key::ExternalId,
+            "user_id" => Key::UserId,
+            "intercom_user_id" => Key::IntercomUserId,
+            "merged_from" => Key::MergedFrom,
+            _ => Key::Other,
         }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Key, D::Error> {
+        struct KeyVisitor;
+        impl Visitor<'_> for KeyVisitor {
+            type Value = Key;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object key")
+            }
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<Key, E> {
+                Ok(Key::of(name))
+            }
+        }
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+/// A trimmed, non-empty identifier.
+fn identifier(text: Option<String>) -> Option<String> {
+    let text = text?;
+    let trimmed = text.trim();
+    match trimmed.len() {
+        0 => None,
+        n if n == text.len() => Some(text),
+        _ => Some(trimmed.to_string()),
+    }
+}
+
+/// Visits one value, recording the persons in it in `out`.
+struct Walk<'a> {
+    out: &'a mut Identifiers,
+    /// The parent wants this value's text (it is under one of [`Key`]'s
+    /// names).
+    want: bool,
+}
+
+impl<'de> DeserializeSeed<'de> for Walk<'_> {
+    type Value = Seen;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Seen, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Walk<'_> {
+    type Value = Seen;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Seen, E> {
+        Ok(Seen::Other)
+    }
+    fn visit_unit<E>(self) -> Result<Seen, E> {
+        Ok(Seen::Other)
+    }
+    fn visit_i64<E>(self, n: i64) -> Result<Seen, E> {
+        Ok(if self.want {
+            Seen::Text(n.to_string())
+        } else {
+            Seen::Other
+        })
+    }
+    fn visit_u64<E>(self, n: u64) -> Result<Seen, E> {
+        Ok(if self.want {
+            Seen::Text(n.to_string())
+        } else {
+            Seen::Other
+        })
+    }
+    fn visit_f64<E>(self, n: f64) -> Result<Seen, E> {
+        Ok(match serde_json::Number::from_f64(n) {
+            Some(n) if self.want => Seen::Text(n.to_string()),
+            _ => Seen::Other,
+        })
+    }
+
+    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Seen, E> {
         // Intercom embeds JSON documents in strings (a conversation part's
-        // `event_details.data` names the participant and who removed them).
-        Value::String(s) if s.starts_with('{') || s.starts_with('[') => {
-            if let Ok(inner) = serde_json::from_str::<Value>(s) {
-                walk(&inner, out);
+        // `event_details.data` names the participant and who removed
+        // them); one that does not parse is only text.
+        if s.starts_with('{') || s.starts_with('[') {
+            let mut inner = Identifiers::default();
+            if walk_document(s.as_bytes(), &mut inner).is_ok() {
+                self.out.persons.append(&mut inner.persons);
+                self.out.merges.append(&mut inner.merges);
+                self.out.other_emails.append(&mut inner.other_emails);
             }
         }
-        _ => {}
+        Ok(if self.want {
+            Seen::Text(s.to_string())
+        } else {
+            Seen::Other
+        })
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Seen, A::Error> {
+        while seq
+            .next_element_seed(Walk {
+                out: &mut *self.out,
+                want: false,
+            })?
+            .is_some()
+        {}
+        Ok(Seen::Other)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Seen, A::Error> {
+        let out = self.out;
+        // Where this object's own findings go: before its children's.
+        let (at_person, at_merge, at_email) = (out.persons.len(), out.merges.len(), out.other_emails.len());
+        let mut kind: Option<String> = None;
+        let (mut id, mut email, mut external_id, mut user_id) = (None, None, None, None);
+        let mut intercom_user_id: Option<Option<String>> = None;
+        let mut merged_from: Option<Seen> = None;
+        while let Some(key) = map.next_key::<Key>()? {
+            let seen = map.next_value_seed(Walk {
+                out: &mut *out,
+                want: key != Key::Other,
+            })?;
+            // A repeated key counts as its last value, as in a parsed tree.
+            let text = match &seen {
+                Seen::Text(t) => Some(t.clone()),
+                _ => None,
+            };
+            match key {
+                Key::Type => kind = text,
+                Key::Id => id = text,
+                Key::Email => email = text,
+                Key::ExternalId => external_id = text,
+                Key::UserId => user_id = text,
+                Key::IntercomUserId => intercom_user_id = Some(text),
+                Key::MergedFrom => merged_from = Some(seen),
+                Key::Other => {}
+            }
+        }
+        let merged_from = merged_from.and_then(|m| match m {
+            Seen::Text(t) => identifier(Some(t)),
+            Seen::Object { id } => id,
+            Seen::Other => None,
+        });
+        let object_id = identifier(id);
+        let email = identifier(email).filter(|e| e.contains('@'));
+        let event_person = intercom_user_id.is_some();
+        if PERSON_TYPES.contains(&kind.as_deref().unwrap_or("")) || event_person {
+            let contact_id = match intercom_user_id {
+                Some(i) => identifier(i),
+                None => object_id.clone(),
+            };
+            if let Some(from) = merged_from {
+                out.merges.insert(at_merge, (from, contact_id.clone()));
+            }
+            let person = Person {
+                contact_id,
+                emails: email.into_iter().collect(),
+                external_ids: [external_id, user_id].into_iter().filter_map(identifier).collect(),
+            };
+            if person != Person::default() {
+                out.persons.insert(at_person, person);
+            }
+        } else {
+            if let Some(e) = email {
+                out.other_emails.insert(at_email, e);
+            }
+            if let Some(from) = merged_from {
+                out.merges.insert(at_merge, (from, None));
+            }
+        }
+        Ok(Seen::Object { id: object_id })
     }
 }
 
@@ -211,6 +369,163 @@ impl Identifiers {
 mod tests {
     use super::*;
     use crate::crypto::DataKey;
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    /// The rule as first written: the whole body parsed into a tree, then
+    /// walked. The one-pass reader must find exactly what this finds.
+    fn tree_walk(body: &[u8]) -> Identifiers {
+        fn scalar(v: Option<&Value>) -> Option<String> {
+            match v? {
+                Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
+                Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            }
+        }
+        fn walk(v: &Value, out: &mut Identifiers) {
+            match v {
+                Value::Array(items) => items.iter().for_each(|i| walk(i, out)),
+                Value::Object(obj) => {
+                    let kind = obj.get("type").and_then(Value::as_str).unwrap_or("");
+                    let event_person = obj.contains_key("intercom_user_id");
+                    let email = scalar(obj.get("email")).filter(|e| e.contains('@'));
+                    let from = obj
+                        .get("merged_from")
+                        .and_then(|f| scalar(Some(f)).or_else(|| scalar(f.get("id"))));
+                    if PERSON_TYPES.contains(&kind) || event_person {
+                        let key = if event_person { "intercom_user_id" } else { "id" };
+                        let contact_id = scalar(obj.get(key));
+                        if let Some(f) = from {
+                            out.merges.push((f, contact_id.clone()));
+                        }
+                        let person = Person {
+                            contact_id,
+                            emails: email.into_iter().collect(),
+                            external_ids: ["external_id", "user_id"]
+                                .iter()
+                                .filter_map(|k| scalar(obj.get(*k)))
+                                .collect(),
+                        };
+                        if person != Person::default() {
+                            out.persons.push(person);
+                        }
+                    } else {
+                        out.other_emails.extend(email);
+                        out.merges.extend(from.map(|f| (f, None)));
+                    }
+                    obj.values().for_each(|child| walk(child, out));
+                }
+                Value::String(s) if s.starts_with('{') || s.starts_with('[') => {
+                    if let Ok(inner) = serde_json::from_str::<Value>(s) {
+                        walk(&inner, out);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut out = Identifiers::default();
+        match serde_json::from_slice::<Value>(body) {
+            Ok(v) => walk(&v, &mut out),
+            Err(_) => out.other_emails = scan_emails(&String::from_utf8_lossy(body)),
+        }
+        out
+    }
+
+    /// Order aside (a tree's objects iterate by key, the reader goes in
+    /// document order), the same findings.
+    fn sorted(mut ids: Identifiers) -> Identifiers {
+        ids.persons.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+        ids.merges.sort();
+        ids.other_emails.sort();
+        ids
+    }
+
+    #[test]
+    fn the_one_pass_reader_finds_what_the_tree_walk_finds_in_every_capture() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/intercom/captures");
+        let mut read = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let body = std::fs::read(entry.unwrap().path()).unwrap();
+            let ids = identifiers(&body);
+            assert_eq!(sorted(ids.clone()), sorted(tree_walk(&body)));
+            read += usize::from(!ids.plain_values().is_empty());
+        }
+        assert!(read > 50, "the captures name people: {read}");
+    }
+
+    /// JSON values built from the names the rule reads, nested, some
+    /// embedded in strings.
+    fn json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            (-1e6f64..1e6).prop_map(Value::from),
+            prop::sample::select(vec![
+                "contact",
+                "user",
+                "lead",
+                "visitor",
+                "admin",
+                " contact",
+                "u1",
+                " u2 ",
+                "",
+                "  ",
+                "a@example.org",
+                " b@example.com ",
+                "nope@",
+                "{\"type\":\"user\",\"id\":\"e1\"}",
+                "[1,",
+            ])
+            .prop_map(Value::from),
+        ];
+        leaf.prop_recursive(5, 64, 6, |inner| {
+            let key = prop::sample::select(vec![
+                "type",
+                "id",
+                "email",
+                "external_id",
+                "user_id",
+                "intercom_user_id",
+                "merged_from",
+                "data",
+                "x",
+            ]);
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::vec((key, inner.clone()), 0..6)
+                    .prop_map(|kv| Value::Object(kv.into_iter().map(|(k, v)| (k.to_string(), v)).collect())),
+                inner.prop_map(|v| Value::String(v.to_string())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn the_one_pass_reader_agrees_with_the_tree_walk(v in json()) {
+            let body = serde_json::to_vec(&v).unwrap();
+            prop_assert_eq!(sorted(identifiers(&body)), sorted(tree_walk(&body)));
+        }
+
+        #[test]
+        fn repeated_keys_and_broken_bodies_agree_too(v in json(), cut in 0usize..400) {
+            // Text as written, not re-serialised from a map: repeated keys
+            // survive, and a cut body is not JSON.
+            let text = format!("{{\"data\":{v},\"data\":{v},\"email\":\"z@example.org\"}}");
+            let body = &text.as_bytes()[..cut.min(text.len())];
+            let (one_pass, tree) = (sorted(identifiers(body)), sorted(tree_walk(body)));
+            if cut >= text.len() {
+                // A repeated key's first value is walked too (a tree keeps
+                // only the last): never less found.
+                for p in &tree.persons {
+                    prop_assert!(one_pass.persons.contains(p));
+                }
+            } else {
+                prop_assert_eq!(one_pass, tree);
+            }
+        }
+    }
 
     #[test]
     fn event_created_carries_a_person() {
