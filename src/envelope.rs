@@ -85,8 +85,20 @@ struct RawItem {
     kind: Option<Value>,
     id: Option<Value>,
     conversation_id: Option<Value>,
-    contact: Option<Value>,
-    ticket: Option<Value>,
+    contact: Option<Lenient<HasId>>,
+    ticket: Option<Lenient<HasId>>,
+}
+
+/// An object read for its `id` alone (the rest is skipped, not built).
+#[derive(Deserialize)]
+struct HasId {
+    id: Option<Value>,
+}
+
+impl Lenient<HasId> {
+    fn id(&self) -> Option<String> {
+        self.0.as_ref()?.id.as_ref().and_then(id_string)
+    }
 }
 
 /// Why a verified body is not a notification (kept with status `invalid`).
@@ -131,8 +143,8 @@ pub fn parse(body: &[u8]) -> Result<Envelope, Invalid> {
                 .as_ref()
                 .and_then(id_string)
                 .or_else(|| item.conversation_id.as_ref().and_then(id_string))
-                .or_else(|| item.ticket.as_ref().and_then(|t| t.get("id")).and_then(id_string))
-                .or_else(|| item.contact.as_ref().and_then(|c| c.get("id")).and_then(id_string)),
+                .or_else(|| item.ticket.as_ref().and_then(Lenient::id))
+                .or_else(|| item.contact.as_ref().and_then(Lenient::id)),
         ),
         None => (None, None),
     };
