@@ -40,7 +40,9 @@ trap cleanup EXIT
 case "${1:-local}" in
   local)
     psql -q -h 127.0.0.1 -U postgres -d test -c "DROP DATABASE IF EXISTS iw_bench WITH (FORCE)" -c "CREATE DATABASE iw_bench"
-    export INTERCOM_WEBHOOKS_DATABASE_URL=postgres://postgres@127.0.0.1:5432/iw_bench
+    # DB_URL=postgres://postgres@%2Fvar%2Frun%2Fpostgresql/iw_bench: over the
+    # Unix socket instead of TCP.
+    export INTERCOM_WEBHOOKS_DATABASE_URL=${DB_URL:-postgres://postgres@127.0.0.1:5432/iw_bench}
     echo "== PostgreSQL on 127.0.0.1:5432, synchronous_commit=$(psql -h 127.0.0.1 -U postgres -d test -Atc 'show synchronous_commit')"
     ;;
   standby)
@@ -76,7 +78,9 @@ if [ "${CPU:-0}" = 1 ]; then
   ) &
   SAMPLER=$!
 fi
-$LOADGEN --url http://$PUBLIC/webhooks/intercom --connections 64 --seconds 10 --bodies 300000 2>/dev/null | sed -n 1,3p
+db0=$(ticks -u postgres)
+$LOADGEN --url http://$PUBLIC/webhooks/intercom --connections 64 --seconds 10 --bodies 300000 2>/dev/null > "$WORK/load.txt"
+sed -n 1,3p "$WORK/load.txt"
 [ -n "${SAMPLER:-}" ] && wait "$SAMPLER"
 # Counted in the database itself (the service's own figure is refreshed
 # at most once a second, less often while counting is slow).
@@ -85,3 +89,22 @@ t0=$(date +%s.%N); left=$(depth)
 while [ "$(depth)" != "0" ]; do sleep 0.1; done
 t1=$(date +%s.%N)
 echo "queue right after: $left; drained in $(python3 -c "print(round($t1-$t0,1))") s"
+# CPU per stored notification, received and processed, whatever the rate:
+# the database's processes from the load's start until the queue is empty,
+# and the service's threads by kind over its whole life.
+db1=$(ticks -u postgres)
+python3 - "$SERVER" "$(grep -o 'accepted (200, signed) [0-9]*' "$WORK/load.txt" | awk '{print $4}')" "$((db1 - db0))" <<'PY'
+import collections, os, sys
+pid, accepted, db = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+tick = os.sysconf('SC_CLK_TCK')
+groups = collections.Counter()
+for tid in os.listdir(f'/proc/{pid}/task'):
+    stat = open(f'/proc/{pid}/task/{tid}/stat').read()
+    name = stat[stat.index('(') + 1:stat.rindex(')')].rstrip('0123456789-')
+    fields = stat[stat.rindex(')') + 2:].split()
+    groups[name] += (int(fields[11]) + int(fields[12])) / tick
+total = sum(groups.values())
+parts = ", ".join(f"{k} {v / accepted * 1e6:.0f}" for k, v in groups.most_common() if v / accepted * 1e6 >= 1)
+print(f"CPU per accepted notification, stored and processed: database {db / tick / accepted * 1e6:.0f} us, "
+      f"service {total / accepted * 1e6:.0f} us ({parts})")
+PY
