@@ -289,6 +289,30 @@ mod tests {
     }
 
     #[test]
+    fn wrapped_items_take_the_id_of_what_they_wrap() {
+        let item_id = |item: &str| {
+            let body = format!(r#"{{"data":{{"item":{item}}},"id":"n","topic":"t"}}"#);
+            parse(body.as_bytes()).unwrap().item_id
+        };
+        let tag = r#"{"type":"contact_tag","contact":{"type":"contact","id":"c9","tags":{"data":[{"id":"x"}]}},"tag":{"id":"t1"}}"#;
+        assert_eq!(item_id(tag).as_deref(), Some("c9"));
+        let ticket = r#"{"type":"x","ticket":{"title":{"nested":[1,{"id":"no"}]},"id":77},"contact":{"id":"c1"}}"#;
+        assert_eq!(
+            item_id(ticket).as_deref(),
+            Some("77"),
+            "a ticket's id before a contact's"
+        );
+        let odd = r#"{"ticket":"t","contact":{"id":"c1"}}"#;
+        assert_eq!(
+            item_id(odd).as_deref(),
+            Some("c1"),
+            "a ticket that is not an object has no id"
+        );
+        assert_eq!(item_id(r#"{"ticket":[{"id":"no"}],"contact":null}"#), None);
+        assert_eq!(item_id(r#"{"id":"i1","ticket":{"id":"no"}}"#).as_deref(), Some("i1"));
+    }
+
+    #[test]
     fn deleted_conversation_uses_conversation_id() {
         let body = br#"{"data":{"item":{"type":"conversation","conversation_id":"215"}},"id":"n","topic":"conversation.deleted"}"#;
         assert_eq!(parse(body).unwrap().item_id.as_deref(), Some("215"));
