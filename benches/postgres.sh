@@ -93,18 +93,4 @@ echo "queue right after: $left; drained in $(python3 -c "print(round($t1-$t0,1))
 # the database's processes from the load's start until the queue is empty,
 # and the service's threads by kind over its whole life.
 db1=$(ticks -u postgres)
-python3 - "$SERVER" "$(grep -o 'accepted (200, signed) [0-9]*' "$WORK/load.txt" | awk '{print $4}')" "$((db1 - db0))" <<'PY'
-import collections, os, sys
-pid, accepted, db = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-tick = os.sysconf('SC_CLK_TCK')
-groups = collections.Counter()
-for tid in os.listdir(f'/proc/{pid}/task'):
-    stat = open(f'/proc/{pid}/task/{tid}/stat').read()
-    name = stat[stat.index('(') + 1:stat.rindex(')')].rstrip('0123456789-')
-    fields = stat[stat.rindex(')') + 2:].split()
-    groups[name] += (int(fields[11]) + int(fields[12])) / tick
-total = sum(groups.values())
-parts = ", ".join(f"{k} {v / accepted * 1e6:.0f}" for k, v in groups.most_common() if v / accepted * 1e6 >= 1)
-print(f"CPU per accepted notification, stored and processed: database {db / tick / accepted * 1e6:.0f} us, "
-      f"service {total / accepted * 1e6:.0f} us ({parts})")
-PY
+python3 benches/cpu_per_event.py "$SERVER" "$(grep -o 'accepted (200, signed) [0-9]*' "$WORK/load.txt" | awk '{print $4}')" "$((db1 - db0))"

@@ -36,20 +36,7 @@ wait_idle() { while [ "$(metric intercom_webhooks_pending_depth)" != "0" ]; do s
 # from /proc: where the time goes, in a figure that does not depend on how
 # long the run took.
 cpu_per_event() { # $1 = accepted notifications
-  python3 - "$SERVER" "$1" <<'PY'
-import collections, os, sys
-pid, accepted = sys.argv[1], int(sys.argv[2])
-tick = os.sysconf('SC_CLK_TCK')
-groups = collections.Counter()
-for tid in os.listdir(f'/proc/{pid}/task'):
-    stat = open(f'/proc/{pid}/task/{tid}/stat').read()
-    name = stat[stat.index('(') + 1:stat.rindex(')')].rstrip('0123456789-')
-    fields = stat[stat.rindex(')') + 2:].split()
-    groups[name] += (int(fields[11]) + int(fields[12])) / tick
-total = sum(groups.values())
-parts = ", ".join(f"{k} {v / accepted * 1e6:.0f}" for k, v in groups.most_common() if v / accepted * 1e6 >= 1)
-print(f"server CPU per accepted notification: {total / accepted * 1e6:.0f} us ({parts})")
-PY
+  python3 benches/cpu_per_event.py "$SERVER" "$1"
 }
 
 intake() {
