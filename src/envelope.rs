@@ -89,10 +89,51 @@ struct RawItem {
     ticket: Option<Lenient<HasId>>,
 }
 
-/// An object read for its `id` alone (the rest is skipped, not built).
-#[derive(Deserialize)]
+/// An object read for its `id` alone (the rest is skipped, not built). A
+/// repeated `id` counts as its last, as in a parsed tree: never an error.
 struct HasId {
     id: Option<Value>,
+}
+
+impl<'de> Deserialize<'de> for HasId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        /// An object key: whether it is `id`.
+        struct IsId(bool);
+        impl<'de> Deserialize<'de> for IsId {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct Key;
+                impl serde::de::Visitor<'_> for Key {
+                    type Value = IsId;
+                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                        f.write_str("an object key")
+                    }
+                    fn visit_str<E>(self, key: &str) -> Result<IsId, E> {
+                        Ok(IsId(key == "id"))
+                    }
+                }
+                d.deserialize_str(Key)
+            }
+        }
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = HasId;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<HasId, A::Error> {
+                let mut id = None;
+                while let Some(IsId(is_id)) = map.next_key()? {
+                    if is_id {
+                        id = Some(map.next_value::<Value>()?);
+                    } else {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+                Ok(HasId { id })
+            }
+        }
+        d.deserialize_map(Visit)
+    }
 }
 
 impl Lenient<HasId> {
@@ -310,6 +351,8 @@ mod tests {
         );
         assert_eq!(item_id(r#"{"ticket":[{"id":"no"}],"contact":null}"#), None);
         assert_eq!(item_id(r#"{"id":"i1","ticket":{"id":"no"}}"#).as_deref(), Some("i1"));
+        let repeated = r#"{"contact":{"id":"first","id":"last"}}"#;
+        assert_eq!(item_id(repeated).as_deref(), Some("last"), "as a parsed tree reads it");
     }
 
     #[test]

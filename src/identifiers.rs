@@ -234,17 +234,17 @@ impl<'de> Visitor<'de> for Walk<'_> {
                 want: key != Key::Other,
             })?;
             // A repeated key counts as its last value, as in a parsed tree.
-            let text = match &seen {
-                Seen::Text(t) => Some(t.clone()),
+            let text = |seen: Seen| match seen {
+                Seen::Text(t) => Some(t),
                 _ => None,
             };
             match key {
-                Key::Type => kind = text,
-                Key::Id => id = text,
-                Key::Email => email = text,
-                Key::ExternalId => external_id = text,
-                Key::UserId => user_id = text,
-                Key::IntercomUserId => intercom_user_id = Some(text),
+                Key::Type => kind = text(seen),
+                Key::Id => id = text(seen),
+                Key::Email => email = text(seen),
+                Key::ExternalId => external_id = text(seen),
+                Key::UserId => user_id = text(seen),
+                Key::IntercomUserId => intercom_user_id = Some(text(seen)),
                 Key::MergedFrom => merged_from = Some(seen),
                 Key::Other => {}
             }
