@@ -275,6 +275,11 @@ pub trait Backend: Send + Sync + 'static {
     /// watermark), made durable before `set_state_value` returns.
     fn state_value(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
     fn set_state_value(&self, name: &str, value: &[u8]) -> Result<(), StoreError>;
+    /// Every state value whose name starts with `prefix` (names without
+    /// the backend's own prefix), in name order.
+    fn state_values(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    /// Removes a state value, durably.
+    fn remove_state_value(&self, name: &str) -> Result<(), StoreError>;
 
     // --- purge by time (contract 6) ---
     /// Expires the payloads of events received before `before_ms`, in

@@ -128,7 +128,14 @@ pub async fn migrate_database(url: &str) -> Result<(i32, i32), StoreError> {
 #[derive(Clone)]
 pub struct Store {
     backend: Arc<dyn Backend>,
+    /// Handler runs against erasures' doors, in this process (see
+    /// [`Store::handler_gate`]).
+    gate: Arc<std::sync::RwLock<()>>,
 }
+
+/// Held by a handler run from its erasure check until its outcome is
+/// recorded (see [`Store::handler_gate`]).
+pub type HandlerGate<'a> = std::sync::RwLockReadGuard<'a, ()>;
 
 impl Deref for Store {
     type Target = dyn Backend;
@@ -167,7 +174,26 @@ impl Store {
     }
 
     pub fn from_backend(backend: Arc<dyn Backend>) -> Store {
-        Store { backend }
+        Store {
+            backend,
+            gate: Arc::new(std::sync::RwLock::new(())),
+        }
+    }
+
+    /// Taken by a handler run before it checks whether its event's person
+    /// is erased, and held until its cache writes and outcome are
+    /// recorded. Never taken twice by one thread.
+    pub fn handler_gate(&self) -> HandlerGate<'_> {
+        self.gate.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until every handler run of this process that started before
+    /// now has recorded its outcome. An erasure calls it after closing its
+    /// door (its subjects durably erased): every run after that sees the
+    /// erasure, every run before it has written what the sweep then finds.
+    /// Not to be called while holding [`Store::handler_gate`].
+    pub fn erasure_barrier(&self) {
+        drop(self.gate.write().unwrap_or_else(|p| p.into_inner()));
     }
 
     pub fn is_writable(&self) -> bool {

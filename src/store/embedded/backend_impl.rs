@@ -61,6 +61,8 @@ impl Backend for Embedded {
         fn clear_state_flag(&self, name: &str) -> Result<(), StoreError>;
         fn state_value(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
         fn set_state_value(&self, name: &str, value: &[u8]) -> Result<(), StoreError>;
+        fn state_values(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+        fn remove_state_value(&self, name: &str) -> Result<(), StoreError>;
         fn expire_events(&self, before_ms: i64, batch: usize) -> Result<ExpiredEvents, StoreError>;
         fn count_expired_events(&self, before_ms: i64) -> Result<ExpiredEvents, StoreError>;
         fn remove_expired_markers(&self, before_ms: i64, limit: usize) -> Result<u64, StoreError>;

@@ -253,6 +253,7 @@ impl Committer {
             items.push((req.meta, req.body, req.claim));
         }
         self.record_segment(s, false);
+        self.shared.batches_sent.fetch_add(1, Ordering::SeqCst);
         // Blocks when the indexer is far behind: back-pressure on intake.
         let _ = self.index_tx.send(Indexed {
             items,

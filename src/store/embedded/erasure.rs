@@ -163,6 +163,22 @@ impl Embedded {
         self.flush_index()
     }
 
+    /// Every value whose name starts with `prefix`, in name order.
+    pub fn state_values(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.inner.trees.state.scan_prefix(format!("v:{prefix}")) {
+            let (k, v) = kv?;
+            let name = String::from_utf8_lossy(&k[2..]).into_owned();
+            out.push((name, v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    pub fn remove_state_value(&self, name: &str) -> Result<(), StoreError> {
+        self.inner.trees.state.remove(format!("v:{name}"))?;
+        self.flush_index()
+    }
+
     /// Segments waiting to be rewritten without erased records.
     pub fn shred_queue_len(&self) -> usize {
         self.inner.trees.shred.len()
@@ -217,6 +233,9 @@ impl Embedded {
         if self.open_segment()?.is_some_and(|open| queued.contains(&open)) {
             self.roll_segment_blocking()?;
         }
+        // A rewrite keeps the records the index points at: every record
+        // acknowledged so far must be in the index first.
+        self.wait_indexed()?;
         let mut rewritten = 0;
         for seq in queued {
             // One segment at a time (a backup waits for one, not the pass).
@@ -231,6 +250,34 @@ impl Embedded {
         let left = if t.shred.is_empty() { 0 } else { now_ms() };
         self.inner.shred_first_ms.store(left, Ordering::SeqCst);
         Ok(rewritten)
+    }
+
+    /// Waits until the indexer has applied every batch the committer had
+    /// made durable when this was called (the segments to rewrite are all
+    /// closed by then, so that covers each of their records). Refuses while
+    /// indexing fails: a record the index could not take is only in its
+    /// segment, which a rewrite would drop it from.
+    fn wait_indexed(&self) -> Result<(), StoreError> {
+        let shared = &self.inner.shared;
+        let target = shared.batches_sent.load(Ordering::SeqCst);
+        let started = std::time::Instant::now();
+        while shared.batches_indexed.load(Ordering::SeqCst) < target {
+            if shared.closed.load(Ordering::SeqCst) {
+                return Err(StoreError::Closed);
+            }
+            if started.elapsed() > std::time::Duration::from_secs(60) {
+                return Err(StoreError::Unavailable(
+                    "the index is more than a minute behind intake; the shred pass waits for the next run".into(),
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        if shared.index_failed.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable(
+                "indexing failed (see the error logged); nothing is rewritten until it works again".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Replaces segment `seq` with a new segment, under a new key, that

@@ -16,6 +16,8 @@ use super::{Fresh, Shared, Trees, Work, FRESH_QUEUE_LIMIT};
 /// the `pending` tree beyond that.
 pub(super) fn index(trees: Trees, shared: Arc<Shared>, rx: Receiver<Indexed>, work_tx: Sender<Work>) {
     while let Ok(batch) = rx.recv() {
+        #[cfg(test)]
+        tests_pause::wait();
         let mut room = FRESH_QUEUE_LIMIT.saturating_sub(work_tx.len());
         let mut work = Vec::with_capacity(batch.items.len());
         let first_ms = batch.items.first().map_or(0, |(m, _, _)| m.received_ms);
@@ -46,10 +48,25 @@ pub(super) fn index(trees: Trees, shared: Arc<Shared>, rx: Receiver<Indexed>, wo
             progress.indexed(batch.end);
             id
         };
+        shared.batches_indexed.fetch_add(1, Ordering::SeqCst);
         let queued_ms = now_ms();
         for (key, fresh) in work {
             let fresh = fresh.map(|(seen, body)| Box::new(Fresh { seen, body, batch: id }));
             let _ = work_tx.send(Work { key, fresh, queued_ms });
+        }
+    }
+}
+
+/// Unit tests hold the indexer here, as a slow sled would.
+#[cfg(test)]
+pub(crate) mod tests_pause {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    pub static PAUSED: AtomicBool = AtomicBool::new(false);
+
+    pub fn wait() {
+        while PAUSED.load(Ordering::SeqCst) {
+            std::thread::sleep(std::time::Duration::from_millis(2));
         }
     }
 }

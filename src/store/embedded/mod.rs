@@ -121,6 +121,12 @@ pub(crate) struct Shared {
     inflight: Mutex<HashMap<String, watch::Receiver<bool>>>,
     pub fsyncs: AtomicU64,
     pub fsync_us: AtomicU64,
+    /// Durable batches the committer has handed to the indexer, and those
+    /// the indexer has applied: a shred pass waits until the second has
+    /// caught up with the first (a record acknowledged but not indexed yet
+    /// must not look erased to it).
+    batches_sent: AtomicU64,
+    batches_indexed: AtomicU64,
 }
 
 impl Shared {

@@ -72,6 +72,8 @@ impl Embedded {
             inflight: Mutex::new(HashMap::new()),
             fsyncs: AtomicU64::new(0),
             fsync_us: AtomicU64::new(0),
+            batches_sent: AtomicU64::new(0),
+            batches_indexed: AtomicU64::new(0),
         });
         let segs = drop_replaced(&trees, &shared, &log_dir, segs)?;
         let recovery = recover(&trees, &shared, &log_dir, &segs)?;

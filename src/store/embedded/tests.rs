@@ -224,3 +224,49 @@ async fn failed_events_are_counted_from_their_index() {
     assert_eq!(store.failed_count().unwrap(), 1);
     store.close().unwrap();
 }
+
+/// A shred pass that runs while a record is acknowledged (durable in the
+/// log) but not in the index yet keeps it: the rewrite waits for the
+/// indexer instead of taking the record for an erased one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shred_keeps_what_is_acknowledged_but_not_indexed_yet() {
+    use super::indexer::tests_pause::PAUSED;
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(dir.path());
+    let appended = store
+        .append_if_absent(meta("gone"), Bytes::from_static(b"{\"erased\":1}"))
+        .await;
+    assert!(matches!(appended, Ok(Appended::Stored)));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while store.get("gone").unwrap().is_none() {
+        assert!(std::time::Instant::now() < deadline, "never indexed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Queues the open segment, as every `contact.deleted` does.
+    store.erase_events(&["gone".to_string()], true).unwrap();
+    PAUSED.store(true, std::sync::atomic::Ordering::SeqCst);
+    let late = store
+        .append_if_absent(meta("late"), Bytes::from_static(b"{\"kept\":1}"))
+        .await;
+    assert!(matches!(late, Ok(Appended::Stored)), "acknowledged");
+    assert!(store.get("late").unwrap().is_none(), "not indexed yet");
+    let release = std::thread::spawn(|| {
+        std::thread::sleep(Duration::from_millis(300));
+        PAUSED.store(false, std::sync::atomic::Ordering::SeqCst);
+    });
+    let shredder = store.clone();
+    let rewritten = tokio::task::spawn_blocking(move || shredder.shred()).await.unwrap();
+    release.join().unwrap();
+    assert_eq!(rewritten.unwrap(), 1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let m = loop {
+        if let Some(m) = store.get("late").unwrap() {
+            break m;
+        }
+        assert!(std::time::Instant::now() < deadline, "never indexed");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let body = store.read_body(&m).unwrap();
+    assert_eq!(body.as_deref(), Some(&b"{\"kept\":1}"[..]), "the acknowledged record survived the rewrite");
+    store.close().unwrap();
+}

@@ -319,6 +319,14 @@ impl Backend for Postgres {
         Postgres::set_state_value(self, name, value)
     }
 
+    fn state_values(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        Postgres::state_values(self, prefix)
+    }
+
+    fn remove_state_value(&self, name: &str) -> Result<(), StoreError> {
+        Postgres::remove_state_value(self, name)
+    }
+
     fn expire_events(&self, before_ms: i64, batch: usize) -> Result<ExpiredEvents, StoreError> {
         Postgres::expire_events(self, before_ms, batch)
     }

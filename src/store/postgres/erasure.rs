@@ -344,6 +344,36 @@ impl Postgres {
         })
     }
 
+    pub fn state_values(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let prefix = format!("v:{prefix}");
+        self.block(async {
+            let client = self.client().await?;
+            let rows = client
+                .query(
+                    "SELECT name, value FROM iw_meta WHERE starts_with(name, $1) ORDER BY name",
+                    &[&prefix],
+                )
+                .await
+                .map_err(pg_err)?;
+            Ok(rows
+                .iter()
+                .map(|r| (r.get::<_, &str>(0)[2..].to_string(), r.get::<_, Vec<u8>>(1)))
+                .collect())
+        })
+    }
+
+    pub fn remove_state_value(&self, name: &str) -> Result<(), StoreError> {
+        let name = format!("v:{name}");
+        self.block(async {
+            let client = self.client().await?;
+            client
+                .execute("DELETE FROM iw_meta WHERE name = $1", &[&name])
+                .await
+                .map_err(pg_err)?;
+            Ok(())
+        })
+    }
+
     pub fn state_flag(&self, name: &str) -> Result<bool, StoreError> {
         Ok(self.state_value(&format!("flag:{name}"))?.is_some())
     }
