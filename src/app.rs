@@ -78,6 +78,7 @@ pub async fn run(settings: Settings, listeners: Listeners, shutdown: Cancellatio
         })
     };
     let rate_sampler = tokio::spawn(sample_rates(metrics.clone(), shutdown.clone()));
+    let eraser = tokio::spawn(erasure_jobs_loop(state.ops.clone(), shutdown.clone()));
 
     let public_addr = listeners.public.local_addr()?;
     let admin_addr = listeners.admin.local_addr()?;
@@ -110,6 +111,7 @@ pub async fn run(settings: Settings, listeners: Listeners, shutdown: Cancellatio
     let _ = limiter_gc.await;
     let _ = audit_check.await;
     let _ = rate_sampler.await;
+    let _ = eraser.await;
     if let Some(r) = reconciler {
         let _ = r.await;
     }
@@ -228,6 +230,18 @@ async fn check_audit_loop(store: crate::store::Store, metrics: Arc<Metrics>, shu
         }
         tokio::select! {
             _ = tokio::time::sleep(AUDIT_CHECK_EVERY) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Finishes the erasure jobs a crash (or a failing step) left unfinished:
+/// at start, then every minute.
+async fn erasure_jobs_loop(ops: crate::ops::Local, shutdown: CancellationToken) {
+    loop {
+        crate::erasure_jobs::resume_unfinished(&ops.store, &ops.codec, ops.intercom.as_deref()).await;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
             _ = shutdown.cancelled() => return,
         }
     }

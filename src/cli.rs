@@ -256,7 +256,7 @@ pub enum CacheKind {
 }
 
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("subject").required(true).args(["email", "contact_id", "external_id"])))]
+#[command(group(clap::ArgGroup::new("subject").required(true).args(["email", "contact_id", "external_id", "status"])))]
 pub struct EraseArgs {
     #[arg(long)]
     pub email: Option<String>,
@@ -274,6 +274,10 @@ pub struct EraseArgs {
     /// Only local copies; leave Intercom alone.
     #[arg(long)]
     pub local_only: bool,
+    /// List the erasure jobs (unfinished ones, and the newest finished)
+    /// instead of erasing; an unfinished one is finished by `serve`.
+    #[arg(long, conflicts_with_all = ["yes", "dry_run", "local_only"])]
+    pub status: bool,
 }
 
 #[derive(Debug, Args)]

@@ -17,8 +17,8 @@ use crate::ops::{
     Replay, ReplayRequest, ShowEvent, Stats, SubjectRequest, Target,
 };
 use crate::render::{
-    pretty, print_doc, render_audit, render_discovery, render_events, render_purge, render_replay, render_stats,
-    render_verify,
+    pretty, print_doc, render_audit, render_discovery, render_erasure_jobs, render_events, render_purge, render_replay,
+    render_stats, render_verify,
 };
 use crate::store::CacheKind;
 
@@ -263,6 +263,11 @@ fn progress_bar(len: u64) -> Option<indicatif::ProgressBar> {
 }
 
 async fn erase(settings: &Settings, args: crate::cli::EraseArgs, json_out: bool) -> CmdResult {
+    if args.status {
+        let jobs = target(settings)?.run(crate::ops::ListErasures).await?;
+        print_doc(&jobs, json_out, render_erasure_jobs);
+        return Ok(());
+    }
     // Without --yes it is a dry run that says so and exits 2.
     let dry_run = args.dry_run || !args.yes;
     let req = SubjectRequest {

@@ -54,6 +54,11 @@ pub enum Action {
 #[error("{0}")]
 pub struct RouteError(pub &'static str);
 
+/// Whether a topic is a person's deletion (its handler erases them).
+pub fn is_deletion(topic: &str) -> bool {
+    matches!(topic, "contact.deleted" | "user.deleted")
+}
+
 /// `Ok(None)`: no handler for this topic (the event is `skipped`).
 pub fn route(topic: &str, item: &Value) -> Result<Option<Action>, RouteError> {
     let action = match topic {

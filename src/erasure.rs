@@ -14,15 +14,30 @@
 //! cached contacts that have it. Other people in the same notification (the
 //! other participants of a conversation) are not followed.
 //!
-//! **Forgetting.** [`erase`] removes and tombstones the cached contacts and
-//! the cached conversations they take part in, and forgets every event
-//! found: from then on nothing of it is listed, shown, exported, replayed
-//! or processed. The log segments holding the records are queued and
-//! rewritten without them by `Store::shred` (at once for an operator's
-//! erasure, batched for webhook erasures), and their old keys destroyed.
-//! Last, the erasure is written to the ledger (`store::ledger`), from
-//! which a restored or rebuilt index is brought up to date
-//! ([`apply_ledger`]).
+//! **The door first.** [`sweep`] writes the person's identifiers to the
+//! erasure ledger (`store::ledger`, the erased set workers consult through
+//! [`covers`]) *before* it looks for anything, and waits for the handler
+//! runs already under way (`Store::erasure_barrier`): whatever is stored or
+//! handled after that point is erased on arrival by the worker, and the
+//! search then finds everything stored before. Identifiers the search
+//! discovers (a contact's email) go through the same door, and the search
+//! runs again, until it finds nothing new.
+//!
+//! **Forgetting.** [`erase`] forgets every event found (from then on
+//! nothing of it is listed, shown, exported, replayed or processed), then
+//! removes and tombstones the cached contacts and the cached conversations
+//! they take part in, read again after the events went (a handler run of
+//! one of them may have cached a conversation meanwhile). The log segments
+//! holding the records are queued and rewritten without them by
+//! `Store::shred` (at once for an operator's erasure, batched for webhook
+//! erasures), and their old keys destroyed. A last ledger line names
+//! everything erased, conversations included, from which a restored or
+//! rebuilt index is brought up to date ([`apply_ledger`]).
+//!
+//! Every step can run again: a crash anywhere is finished by running the
+//! whole sweep once more (`erasure_jobs` for an operator's erasure; the
+//! `contact.deleted` notification, queued until its sweep is done, for a
+//! webhook's).
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
@@ -124,20 +139,59 @@ pub fn find(store: &Store, codec: &CacheCodec, seeds: &[String]) -> Result<Found
             }
         }
     }
-    let ids = found.contact_ids();
-    // Erasure is rare: a scan of the conversation cache is affordable.
-    found.conversations = store
-        .cache_all(CacheKind::Conversation)?
-        .into_iter()
-        .filter_map(|(id, bytes)| decode::<ConversationRecord>(&bytes).map(|r| (id, r)))
-        .filter(|(_, r)| r.contacts.present().iter().any(|c| ids.contains(c)))
-        .map(|(id, _)| id)
-        .collect();
+    found.conversations = conversations_of(store, &found.contact_ids())?;
     Ok(found)
 }
 
+/// Writes `subjects` to the erased set (durably) and waits for every
+/// handler run of this process that started before: from here on, any
+/// event that carries one of them is erased by the worker that takes it
+/// (see [`covers`]). Blocking; never call it while holding the handler gate.
+pub fn close_door(store: &Store, subjects: &[String]) -> Result<(), StoreError> {
+    if subjects.is_empty() {
+        return Ok(());
+    }
+    store.ledger_append(&LedgerEntry {
+        at_ms: now_ms(),
+        subjects: subjects.to_vec(),
+        conversations: Vec::new(),
+    })?;
+    store.erasure_barrier();
+    Ok(())
+}
+
+/// An erasure from its seeds (subject keys): the door closed on them,
+/// everything linked to them found, its identifiers through the door too
+/// (and searched again until nothing new turns up), then all of it
+/// forgotten (see [`erase`]). Safe to run again after a crash at any
+/// point. Blocking.
+pub fn sweep(
+    store: &Store,
+    codec: &CacheCodec,
+    seeds: &[String],
+    keep: Option<&str>,
+    shred_now: bool,
+) -> Result<(Found, Erased), StoreError> {
+    let mut door: BTreeSet<String> = seeds.iter().cloned().collect();
+    close_door(store, seeds)?;
+    crate::failpoint::hit_settled("erase:after-door", || {
+        let _ = store.flush_index();
+    });
+    let found = loop {
+        let found = find(store, codec, &door.iter().cloned().collect::<Vec<_>>())?;
+        let new: Vec<String> = found.subjects.difference(&door).cloned().collect();
+        if new.is_empty() {
+            break found;
+        }
+        close_door(store, &new)?;
+        door.extend(new);
+    };
+    let erased = erase(store, &found, keep, shred_now)?;
+    Ok((found, erased))
+}
+
 /// What an erasure removed.
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone, Serialize, serde::Deserialize)]
 pub struct Erased {
     pub cached_contacts: u64,
     pub cached_conversations: u64,
@@ -152,7 +206,8 @@ pub struct Erased {
 /// Forgets everything in `found` but the event `keep` (the `contact.deleted`
 /// notification being handled): the events, then the cached contacts and
 /// conversations (tombstoned). Records the erasure in the ledger, and with
-/// `shred_now` rewrites the log segments before returning. Blocking.
+/// `shred_now` rewrites the log segments before returning. Call it with
+/// the door closed ([`sweep`]). Blocking.
 pub fn erase(store: &Store, found: &Found, keep: Option<&str>, shred_now: bool) -> Result<Erased, StoreError> {
     let mut out = Erased::default();
     // The events first: a handler run of one of them that is under way (a
@@ -167,24 +222,45 @@ pub fn erase(store: &Store, found: &Found, keep: Option<&str>, shred_now: bool) 
     let events = store.erase_events(&keys, shred_now)?;
     out.events = events.events;
     out.log_segments_queued = events.segments_queued;
+    crate::failpoint::hit_settled("erase:after-events", || {
+        let _ = store.flush_index();
+    });
     let contacts = found.contact_ids();
     out.cached_contacts = forget_cached(store, CacheKind::Contact, &contacts)?;
-    out.cached_conversations = forget_cached(store, CacheKind::Conversation, &found.conversations)?;
+    // The conversations as they are now that the events are gone.
+    let mut conversations: BTreeSet<String> = found.conversations.iter().cloned().collect();
+    conversations.extend(conversations_of(store, &contacts)?);
+    let conversations: Vec<String> = conversations.into_iter().collect();
+    out.cached_conversations = forget_cached(store, CacheKind::Conversation, &conversations)?;
     store.ledger_append(&LedgerEntry {
         at_ms: now_ms(),
         subjects: found.subjects.iter().cloned().collect(),
-        conversations: found.conversations.clone(),
+        conversations,
     })?;
     // Every line in the ledger was appended after its erasure was written
-    // to this index, so all of them are applied here. The mark is written
-    // after the erasure to the same index, whose log recovers a prefix: a
-    // crash cannot keep the mark and lose the erasure, and a lost mark only
-    // makes the next open apply the lines again.
+    // to this index, or belongs to an erasure still under way, which a
+    // crash leaves to be run again (its job, or its queued notification):
+    // all of them are applied here. The mark is written after the erasure
+    // to the same index, whose log recovers a prefix: a crash cannot keep
+    // the mark and lose the erasure, and a lost mark only makes the next
+    // open apply the lines again.
     store.ledger_mark_applied(store.ledger_len()? as u64)?;
     if shred_now {
         out.log_segments_rewritten = store.shred()?;
     }
     Ok(out)
+}
+
+/// Cached conversations any of `contacts` takes part in. Erasure is rare:
+/// a scan of the conversation cache is affordable.
+fn conversations_of(store: &Store, contacts: &[String]) -> Result<Vec<String>, StoreError> {
+    Ok(store
+        .cache_all(CacheKind::Conversation)?
+        .into_iter()
+        .filter_map(|(id, bytes)| decode::<ConversationRecord>(&bytes).map(|r| (id, r)))
+        .filter(|(_, r)| r.contacts.present().iter().any(|c| contacts.contains(c)))
+        .map(|(id, _)| id)
+        .collect())
 }
 
 /// Removes cached records and leaves tombstones, so late or replayed events
@@ -206,9 +282,19 @@ fn forget_cached(store: &Store, kind: CacheKind, ids: &[String]) -> Result<u64, 
 /// in Intercom costs one rewrite per segment, not one per contact, and
 /// nothing is flushed here: a bulk deletion must not fill the disk queue
 /// ahead of intake's `fdatasync`s.
+///
+/// The notification itself stays queued until this has returned and the
+/// worker has erased it too: a crash anywhere in between makes it run
+/// again, whole (the door is already closed then, which the worker knows
+/// not to take for a finished erasure).
 pub fn on_webhook(store: &Store, codec: &CacheCodec, contact_id: &str, event_key: &str) -> Result<(), StoreError> {
-    let found = find(store, codec, &[identifiers::contact_key(contact_id)])?;
-    let local = erase(store, &found, Some(event_key), false)?;
+    let (found, local) = sweep(
+        store,
+        codec,
+        &[identifiers::contact_key(contact_id)],
+        Some(event_key),
+        false,
+    )?;
     // Not flushed here: until the next checkpoint makes it durable, a crash
     // leaves the deletion queued, and processing it again redoes all this.
     crate::audit::append_lazy(
@@ -256,37 +342,43 @@ fn covered_by(meta: &crate::store::EventMeta, subject: &str, erased_at: i64) -> 
 }
 
 /// Brings the index up to date with the erasure ledger: after a restore
-/// from a backup taken before an erasure, or an index rebuilt from the
-/// intake log, everything erased since is erased again (and shredded)
-/// before anything else runs. Returns how many ledger entries were applied.
-pub fn apply_ledger(store: &Store) -> Result<usize, StoreError> {
-    let (entries, count) = store.ledger_unapplied()?;
+/// from a backup taken before an erasure, an index rebuilt from the intake
+/// log, or a crash while an erasure was under way (its door line written,
+/// its sweep not done), everything erased since is erased again (and
+/// shredded) before anything else runs: a sweep from every subject of the
+/// lines not applied yet, following links as an erasure does, the
+/// conversations the lines name included. Returns how many ledger entries
+/// were applied.
+pub fn apply_ledger(store: &Store, codec: &CacheCodec) -> Result<usize, StoreError> {
+    let (entries, _) = store.ledger_unapplied()?;
     if entries.is_empty() {
         return Ok(0);
     }
-    let mut events = BTreeSet::new();
-    let mut contacts = Vec::new();
-    let mut conversations = Vec::new();
-    for e in &entries {
-        for s in &e.subjects {
-            events.extend(store.events_for_subject(s)?.into_iter().map(|m| m.key));
-            if is_contact_key(s) {
-                contacts.push(s.clone());
-            }
-        }
-        conversations.extend(e.conversations.iter().cloned());
-    }
-    forget_cached(store, CacheKind::Contact, &contacts)?;
-    forget_cached(store, CacheKind::Conversation, &conversations)?;
-    let erased = store.erase_events(&events.into_iter().collect::<Vec<_>>(), true)?;
-    let rewritten = store.shred()?;
-    store.ledger_mark_applied(count)?;
-    store.flush_index()?;
+    let seeds: Vec<String> = entries
+        .iter()
+        .flat_map(|e| e.subjects.iter().cloned())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut found = find(store, codec, &seeds)?;
+    let mut conversations: BTreeSet<String> = found.conversations.iter().cloned().collect();
+    conversations.extend(entries.iter().flat_map(|e| e.conversations.iter().cloned()));
+    found.conversations = conversations.into_iter().collect();
+    let erased = erase(store, &found, None, true)?;
+    crate::audit::append(
+        store,
+        "erase",
+        serde_json::json!({
+            "trigger": "ledger applied at open",
+            "ledger_entries": entries.len(),
+            "local": erased,
+        }),
+    )?;
     tracing::warn!(
         entries = entries.len(),
         events = erased.events,
-        segments_rewritten = rewritten,
-        "Applied erasures from the ledger that this index did not have (restored or rebuilt index)."
+        segments_rewritten = erased.log_segments_rewritten,
+        "Applied erasures from the ledger that this index did not have (restored or rebuilt index, or an erasure cut short)."
     );
     Ok(entries.len())
 }

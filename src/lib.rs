@@ -43,6 +43,8 @@ pub mod discover;
 pub mod dispatch;
 pub mod envelope;
 pub mod erasure;
+pub mod erasure_jobs;
+pub mod failpoint;
 pub mod fsutil;
 pub mod handlers;
 pub mod http;

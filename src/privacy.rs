@@ -15,6 +15,7 @@ use crate::cache::{decode, CacheCodec, ContactRecord, ConversationRecord};
 use crate::client::{ApiError, IntercomClient};
 pub use crate::erasure::Subject;
 use crate::erasure::{self, Found};
+use crate::erasure_jobs::{Job, JobError};
 use crate::store::{CacheKind, Store, StoreError};
 use crate::timefmt::{format_ms, now_ms};
 
@@ -29,6 +30,9 @@ pub enum PrivacyError {
     /// The identifier matches nothing, here or in Intercom.
     #[error("{0}")]
     NotFound(String),
+    /// An erasure job stopped at a step that failed; it is resumed.
+    #[error("the erasure job {0} is not finished ({1}); it is tried again every minute, see `erase --status`")]
+    Job(String, String),
 }
 
 impl Subject {
@@ -107,55 +111,62 @@ pub async fn erase(
         ));
     }
     let client = if local_only { None } else { client };
-    let (found, ids) = resolve(store, codec, client, &subject).await?;
-    let matched_nothing = found.is_empty() && (local_only || ids.is_empty());
-    let plan = json!({
-        "contact_ids": ids,
-        "identifiers": found.subjects.len(),
-        "intercom": if local_only { json!("skipped (--local-only)") } else { json!({"delete_contacts": ids.len()}) },
-        "local": {
-            "cached_contacts": found.cached_contacts,
-            "cached_conversations": found.conversations,
-            "events": found.events,
-        },
-    });
-    let note = matched_nothing.then_some("the identifier matches nothing we hold");
     if dry_run {
+        let (found, ids) = resolve(store, codec, client, &subject).await?;
+        let matched_nothing = found.is_empty() && (local_only || ids.is_empty());
+        let plan = json!({
+            "contact_ids": ids,
+            "identifiers": found.subjects.len(),
+            "intercom": if local_only { json!("skipped (--local-only)") } else { json!({"delete_contacts": ids.len()}) },
+            "local": {
+                "cached_contacts": found.cached_contacts,
+                "cached_conversations": found.conversations,
+                "events": found.events,
+            },
+        });
+        let note = matched_nothing.then_some("the identifier matches nothing we hold");
         return Ok(json!({"dry_run": true, "matched_nothing": matched_nothing, "note": note, "would_erase": plan}));
     }
-    let mut deleted = 0;
-    let mut absent = 0;
-    if let Some(c) = client {
-        for id in &ids {
-            if c.delete_contact(id).await? {
-                deleted += 1;
-            } else {
-                absent += 1;
+    // The contacts Intercom has under an email: a lookup, made before the
+    // job is recorded (so the email itself is never kept).
+    let mut seeds = vec![subject.key(codec)];
+    if let (Subject::Email(email), Some(c)) = (&subject, client) {
+        for contact in c.search_contacts_by_email(email).await? {
+            if let Some(id) = contact.get("id").and_then(crate::envelope::id_string) {
+                seeds.push(crate::identifiers::contact_key(&id));
             }
         }
     }
-    let local = {
-        let (store, found) = (store.clone(), found.clone());
-        tokio::task::spawn_blocking(move || erasure::erase(&store, &found, None, true))
-            .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))??
+    seeds.sort();
+    seeds.dedup();
+    let job = Job::new("operator", subject.audit_hash(codec), seeds, !local_only);
+    crate::erasure_jobs::start(store, &job)?;
+    let id = job.id.clone();
+    let job = crate::erasure_jobs::run(store, codec, client, job)
+        .await
+        .map_err(|e| match e {
+            JobError::Store(e) => PrivacyError::Store(e),
+            JobError::Intercom(e) => PrivacyError::Job(id.clone(), e.to_string()),
+            other => PrivacyError::Job(id.clone(), other.to_string()),
+        })?;
+    let intercom = match job.intercom_done {
+        Some((d, a)) => json!({"deleted": d, "already_absent": a}),
+        None => json!("skipped"),
     };
-    let intercom = if local_only {
-        json!("skipped")
-    } else {
-        json!({"deleted": deleted, "already_absent": absent})
-    };
-    let details = json!({
-        "subject_hash": subject.audit_hash(codec),
-        "contact_id_hashes": ids.iter().map(|id| codec.keys().audit_hash(&format!("contact:{id}"))).collect::<Vec<_>>(),
+    let matched_nothing = !job.matched_local && (local_only || job.contact_id_hashes.is_empty());
+    let note = matched_nothing.then_some("the identifier matches nothing we hold");
+    tracing::info!(job = %job.id, contacts = job.contact_id_hashes.len(), "Erasure done.");
+    // The run's copy still holds the ids (the record kept no longer does).
+    let contact_ids = job.contact_ids.clone();
+    Ok(json!({
+        "dry_run": false,
+        "job": job.id,
+        "matched_nothing": matched_nothing,
+        "note": note,
+        "contact_ids": contact_ids,
         "intercom": intercom,
-        "local": local,
-    });
-    crate::audit::append(store, "erase", details.clone())?;
-    tracing::info!(contacts = ids.len(), events = local.events, "Erasure done.");
-    Ok(
-        json!({"dry_run": false, "matched_nothing": matched_nothing, "note": note, "contact_ids": ids, "intercom": intercom, "local": local}),
-    )
+        "local": job.swept,
+    }))
 }
 
 /// Notes keep only what is theirs: not the author, not the body (which may

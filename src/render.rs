@@ -162,3 +162,24 @@ pub fn render_discovery(d: &Value) -> String {
     out.push(']');
     out
 }
+
+/// `erase --status`: a line a job, newest first.
+pub fn render_erasure_jobs(d: &Value) -> String {
+    let mut out = String::new();
+    for j in d["jobs"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "{:<26} {:<10} {:<9} started {:<25} finished {:<25} events {:<5} {}\n",
+            s(&j["id"]),
+            s(&j["state"]),
+            s(&j["trigger"]),
+            s(&j["started_at"]),
+            s(&j["finished_at"]),
+            s(&j["local"]["events"]),
+            j["error"].as_str().map(|e| format!("error: {e}")).unwrap_or_default(),
+        ));
+    }
+    if out.is_empty() {
+        out.push_str("(no erasure jobs)");
+    }
+    out.trim_end().to_string()
+}

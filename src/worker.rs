@@ -151,12 +151,17 @@ fn process_batch(ctx: &WorkerCtx, works: Vec<Work>) -> Vec<Done> {
             done.extend(rest.drain(..).map(|w| process_one(ctx, w)));
             break;
         }
+        // Held from the erasure check until the batch's outcomes are
+        // recorded (see `Store::handler_gate`); runs that go one by one
+        // take it again on their own, after it is dropped.
+        let gate = ctx.store.handler_gate();
         let subjects: Vec<String> = rest
             .iter()
             .filter_map(|w| w.fresh.as_ref())
             .flat_map(|f| f.seen.meta.subjects.iter().cloned())
             .collect();
         let Ok(erased) = ctx.store.erased_among(&subjects) else {
+            drop(gate);
             done.extend(rest.drain(..).map(|w| process_one(ctx, w)));
             break;
         };
@@ -172,7 +177,9 @@ fn process_batch(ctx: &WorkerCtx, works: Vec<Work>) -> Vec<Done> {
                 }
             }
         }
-        run_ready(ctx, ready, now, &mut done);
+        let one_by_one = run_ready(ctx, ready, now, &mut done);
+        drop(gate);
+        done.extend(one_by_one.into_iter().map(|r| process_one(ctx, r.into_work())));
         if let Some(work) = alone {
             done.push(process_one(ctx, work));
         }
@@ -212,12 +219,11 @@ fn batchable(ctx: &WorkerCtx, work: Work, erased: &HashMap<String, i64>, now: i6
 type Effects<'a> = Box<dyn FnMut(&dyn crate::store::CacheTx) -> crate::store::TxResult<()> + 'a>;
 type Outcome<'a> = Box<dyn Fn(&Result<(), StoreError>) -> Completion + 'a>;
 
-/// Runs `ready` as one batch, or one by one if the store gives it up (or
-/// there is only one).
-fn run_ready(ctx: &WorkerCtx, ready: Vec<Ready>, now: i64, done: &mut Vec<Done>) {
+/// Runs `ready` as one batch; returns what is to run one by one instead
+/// (all of it if the store gives the batch up, or if there is only one).
+fn run_ready(ctx: &WorkerCtx, ready: Vec<Ready>, now: i64, done: &mut Vec<Done>) -> Vec<Ready> {
     if ready.len() < 2 {
-        done.extend(ready.into_iter().map(|r| process_one(ctx, r.into_work())));
-        return;
+        return ready;
     }
     let started = Instant::now();
     fn hctx<'a>(codec: &'a CacheCodec, r: &'a Ready, now_ms: i64) -> Ctx<'a> {
@@ -298,9 +304,10 @@ fn run_ready(ctx: &WorkerCtx, ready: Vec<Ready>, now: i64, done: &mut Vec<Done>)
                 record(ctx, &r.fresh.seen.meta, status);
                 done.push(r.done(Ok(Processed::Done(status))));
             }
+            Vec::new()
         }
         // Given up (a run failed, a conflict, the database): each on its own.
-        Ok(None) | Err(_) => done.extend(ready.into_iter().map(|r| process_one(ctx, r.into_work()))),
+        Ok(None) | Err(_) => ready,
     }
 }
 
@@ -366,14 +373,24 @@ fn process_work(ctx: &WorkerCtx, work: Work) -> Result<Processed, StoreError> {
         return Ok(Processed::NotDue);
     }
     let started = Instant::now();
+    // Held from the erasure check until the outcome is recorded, so an
+    // erasure that closes its door meanwhile waits for this run (see
+    // `Store::handler_gate`); a deletion's own erasure runs without it.
+    let gate = ctx.store.handler_gate();
+    let covered = crate::erasure::covers(&ctx.store, meta)?;
     // Someone erased already: the event goes without being handled (its
-    // outcome says why; its dedup marker stays).
-    if crate::erasure::covers(&ctx.store, meta)? {
-        let done = finish(ctx, &seen, Status::Skipped, "erased".into(), started)?;
-        ctx.store.erase_events(&[key.to_string()], false)?;
-        return Ok(done);
+    // dedup marker stays), in one step, so no crash can leave it kept.
+    // Only a person's deletion still runs: a crash may have cut its own
+    // erasure short after the door was closed.
+    if covered && !crate::dispatch::is_deletion(&meta.topic) {
+        drop(gate);
+        return erase_covered(ctx, &seen);
     }
     let failure = match prepare(ctx, meta, body) {
+        Err(_) | Ok(None) if covered => {
+            drop(gate);
+            return erase_covered(ctx, &seen);
+        }
         Err(reason) => reason,
         Ok(None) => return finish(ctx, &seen, Status::Skipped, "skipped".into(), started),
         Ok(Some(action)) => {
@@ -383,23 +400,29 @@ fn process_work(ctx: &WorkerCtx, work: Work) -> Result<Processed, StoreError> {
                 event_created_at: meta.created_at,
                 now_ms: now,
             };
-            if !matches!(action, crate::dispatch::Action::ContactDelete { .. }) {
+            let crate::dispatch::Action::ContactDelete { id } = &action else {
+                if covered {
+                    drop(gate);
+                    return erase_covered(ctx, &seen);
+                }
                 return run_handler(ctx, &seen, &action, &hctx, started);
-            }
+            };
+            drop(gate);
             match ctx.store.cache_txn(|tx| handlers::apply(&action, tx, &hctx)) {
-                Ok(applied) => {
-                    let outcome = processed_outcome(applied);
+                Ok(_) => {
                     // A contact deleted in Intercom is erased here too; the
                     // deletion notification names them as well (id, external
-                    // id), so it goes once its outcome is recorded. Its dedup
-                    // marker stays, and the audit entry says what happened.
-                    if let crate::dispatch::Action::ContactDelete { id } = &action {
-                        crate::erasure::on_webhook(&ctx.store, &ctx.codec, id, key)?;
-                        let done = finish(ctx, &seen, Status::Processed, outcome, started)?;
-                        ctx.store.erase_events(&[key.to_string()], false)?;
-                        return Ok(done);
-                    }
-                    return finish(ctx, &seen, Status::Processed, outcome, started);
+                    // id), so it goes last, once everything else has. Until
+                    // then it stays queued: a crash runs all of it again.
+                    // Its dedup marker stays, and the audit entry says what
+                    // happened.
+                    crate::erasure::on_webhook(&ctx.store, &ctx.codec, id, key)?;
+                    crate::failpoint::hit_settled("worker:deletion-before-erase", || {
+                        let _ = ctx.store.flush_index();
+                    });
+                    ctx.store.erase_events(&[key.to_string()], false)?;
+                    record(ctx, meta, Status::Processed);
+                    return Ok(Processed::Done(Status::Processed));
                 }
                 Err(StoreError::Rejected(msg)) => msg,
                 Err(e) => e.to_string(),
@@ -407,6 +430,17 @@ fn process_work(ctx: &WorkerCtx, work: Work) -> Result<Processed, StoreError> {
         }
     };
     retry_or_fail(ctx, &seen, failure, started)
+}
+
+/// An event of someone already erased: erased itself, in one step (its
+/// outcome is not recorded: nothing of it is left to hold one).
+fn erase_covered(ctx: &WorkerCtx, seen: &Snapshot) -> Result<Processed, StoreError> {
+    crate::failpoint::hit_settled("worker:before-erasing-erased", || {
+        let _ = ctx.store.flush_index();
+    });
+    ctx.store.erase_events(std::slice::from_ref(&seen.meta.key), false)?;
+    record(ctx, &seen.meta, Status::Skipped);
+    Ok(Processed::Done(Status::Skipped))
 }
 
 /// Reads (unless it came with the work), parses and routes an event.

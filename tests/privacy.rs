@@ -527,7 +527,8 @@ async fn export_then_erase_end_to_end() {
         .iter()
         .map(|e| e["action"].as_str().unwrap())
         .collect();
-    assert_eq!(actions, ["export", "erase", "erase"]);
+    // Each erasure is a job: one entry when it starts, one when it ends.
+    assert_eq!(actions, ["export", "erase.start", "erase", "erase.start", "erase"]);
     let text = audit.to_string();
     assert!(
         !text.contains(EMAIL) && !text.contains(C1),
@@ -721,8 +722,9 @@ async fn the_audit_chain_needs_the_key_and_a_cut_tail_is_caught() {
     }
     let v = app.admin_json("/admin/audit/verify").await;
     assert_eq!(v["ok"], true, "{v}");
-    assert_eq!(v["head"]["seq"], 3);
-    let head = format!("3:{}", v["head"]["hash"].as_str().unwrap());
+    // Two entries an erasure: its start and its end.
+    assert_eq!(v["head"]["seq"], 6);
+    let head = format!("6:{}", v["head"]["hash"].as_str().unwrap());
     let v = app.admin_json(&format!("/admin/audit/verify?expect_head={head}")).await;
     assert_eq!(
         (v["ok"].as_bool(), v["expected_head_checked"].as_bool()),
@@ -740,7 +742,7 @@ async fn the_audit_chain_needs_the_key_and_a_cut_tail_is_caught() {
     let entries = intercom_webhooks::audit::list(&store).unwrap()["entries"].clone();
 
     // Dropping the newest entry: the chain alone still verifies, the head does not.
-    let last: Value = entries[2].clone();
+    let last: Value = entries[5].clone();
     store.audit_remove_newest_for_tests().unwrap();
     let v = intercom_webhooks::audit::verify(&store, None).unwrap();
     assert_eq!(v["ok"], true, "a cut tail leaves a valid chain: {v}");

@@ -18,8 +18,8 @@ use super::AppState;
 use crate::metrics::RouteCode;
 use crate::ops::{
     self, Action, AuditCheck, AuditList, AuditListing, AuditVerify, CacheClear, CacheShow, CachedRecord, Cleared,
-    Erase, EventDetail, EventList, Export, FilterQuery, ListEvents, OpsError, Purge, PurgeResult, Replay,
-    ReplayRequest, ReplayResult, ShowEvent, Stats, StatsReport, SubjectReport, SubjectRequest,
+    Erase, ErasureJobs, EventDetail, EventList, Export, FilterQuery, ListErasures, ListEvents, OpsError, Purge,
+    PurgeResult, Replay, ReplayRequest, ReplayResult, ShowEvent, Stats, StatsReport, SubjectReport, SubjectRequest,
 };
 use crate::secret::constant_time_eq;
 use crate::store::CacheKind;
@@ -36,6 +36,7 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/conversations/{id}", get(conversation))
         .route("/admin/cache/clear", post(cache_clear))
         .route("/admin/erase", post(erase))
+        .route("/admin/erasures", get(erasures))
         .route("/admin/export", post(export))
         .route("/admin/backup", get(backup))
         .route("/admin/audit", get(audit_list))
@@ -291,6 +292,10 @@ async fn erase(
     Json(req): Json<SubjectRequest>,
 ) -> Result<Json<SubjectReport>, AdminError> {
     run(&app, Erase(req)).await
+}
+
+async fn erasures(State(app): State<AppState>) -> Result<Json<ErasureJobs>, AdminError> {
+    run(&app, ListErasures).await
 }
 
 async fn export(

@@ -31,7 +31,7 @@ pub use state::{
     AuditCheck, AuditList, AuditListing, AuditVerify, CacheClear, CacheShow, CachedRecord, Cleared, ErasureBacklog,
     Overview, OverviewReport, Purge, PurgeResult, Stats, StatsReport, WebhookHealth,
 };
-pub use subject::{Erase, Export, SubjectReport, SubjectRequest};
+pub use subject::{Erase, ErasureJobs, Export, ListErasures, SubjectReport, SubjectRequest};
 pub use target::Target;
 
 use crate::cache::CacheCodec;
@@ -69,6 +69,7 @@ impl From<crate::privacy::PrivacyError> for OpsError {
             PrivacyError::NotFound(m) => OpsError::NotFound(m),
             PrivacyError::Intercom(e) => OpsError::Upstream(e.to_string()),
             PrivacyError::Store(e) => OpsError::Store(e),
+            e @ PrivacyError::Job(..) => OpsError::Upstream(e.to_string()),
         }
     }
 }

@@ -29,11 +29,9 @@ pub fn open_store(settings: &Settings) -> anyhow::Result<Store> {
     }
     // Erasures this index does not have (restored or rebuilt): applied
     // before anything can read or process what they erased.
-    crate::erasure::upgrade(
-        &store,
-        &crate::cache::CacheCodec::from_settings(store.keys().clone(), &settings.cache),
-    )?;
-    crate::erasure::apply_ledger(&store)?;
+    let codec = crate::cache::CacheCodec::from_settings(store.keys().clone(), &settings.cache);
+    crate::erasure::upgrade(&store, &codec)?;
+    crate::erasure::apply_ledger(&store, &codec)?;
     let upgraded = crate::audit::upgrade(&store)?;
     if upgraded > 0 {
         tracing::warn!(

@@ -90,3 +90,35 @@ impl Action for Export {
         })
     }
 }
+
+/// The erasure jobs recorded (unfinished ones, and the newest finished),
+/// newest first; each as `erasure_jobs::Job::view` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErasureJobs {
+    pub jobs: Vec<Value>,
+}
+
+/// `erase --status`, `GET /admin/erasures`.
+pub struct ListErasures;
+
+impl Action for ListErasures {
+    type Output = ErasureJobs;
+
+    fn route(&self) -> Route {
+        Route::Get("/admin/erasures".into(), vec![])
+    }
+
+    fn run(self, local: Local) -> BoxFuture<'static, Result<ErasureJobs, OpsError>> {
+        Box::pin(async move {
+            local
+                .blocking(|l| {
+                    let mut jobs = crate::erasure_jobs::list(&l.store)?;
+                    jobs.reverse();
+                    Ok(ErasureJobs {
+                        jobs: jobs.iter().map(|j| j.view()).collect(),
+                    })
+                })
+                .await
+        })
+    }
+}

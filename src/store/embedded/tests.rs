@@ -267,6 +267,10 @@ async fn a_shred_keeps_what_is_acknowledged_but_not_indexed_yet() {
         std::thread::sleep(Duration::from_millis(5));
     };
     let body = store.read_body(&m).unwrap();
-    assert_eq!(body.as_deref(), Some(&b"{\"kept\":1}"[..]), "the acknowledged record survived the rewrite");
+    assert_eq!(
+        body.as_deref(),
+        Some(&b"{\"kept\":1}"[..]),
+        "the acknowledged record survived the rewrite"
+    );
     store.close().unwrap();
 }
