@@ -401,7 +401,14 @@ impl Binary {
         }
         let mut child = Server(cmd.spawn().unwrap());
         let (public, admin) = wait_bound(&mut child, &log_path, log_start);
-        wait_ready_blocking(public);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !is_ready(public) {
+            if let Ok(Some(status)) = child.0.try_wait() {
+                panic!("serve exited ({status}) before it was ready");
+            }
+            assert!(Instant::now() < deadline, "binary never became ready on {public}");
+            std::thread::sleep(Duration::from_millis(25));
+        }
         (child, public, admin)
     }
 }
@@ -495,18 +502,24 @@ pub fn free_port() -> SocketAddr {
 pub fn wait_ready_blocking(addr: SocketAddr) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
-        if let Ok(mut s) = std::net::TcpStream::connect(addr) {
-            use std::io::{Read, Write};
-            let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-            let mut buf = String::new();
-            let _ = s.read_to_string(&mut buf);
-            if buf.starts_with("HTTP/1.1 200") {
-                return;
-            }
+        if is_ready(addr) {
+            return;
         }
         std::thread::sleep(Duration::from_millis(25));
     }
     panic!("binary never became ready on {addr}");
+}
+
+/// Whether `/readyz` answers `200` on `addr` now.
+pub fn is_ready(addr: SocketAddr) -> bool {
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return false;
+    };
+    use std::io::{Read, Write};
+    let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    buf.starts_with("HTTP/1.1 200")
 }
 
 /// Every string value of at least six characters under a key that

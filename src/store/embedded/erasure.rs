@@ -237,7 +237,15 @@ impl Embedded {
         // acknowledged so far must be in the index first.
         self.wait_indexed()?;
         let mut rewritten = 0;
+        let wait_until = std::time::Instant::now() + std::time::Duration::from_secs(10);
         for seq in queued {
+            if !self.fresh_finished_up_to(seq, wait_until) {
+                tracing::debug!(
+                    seq,
+                    "Shred: segment left for the next pass (fresh events in it not handled yet)."
+                );
+                continue;
+            }
             // One segment at a time (a backup waits for one, not the pass).
             let _one = self.inner.shred_lock.lock().unwrap_or_else(|p| p.into_inner());
             if self.rewrite_segment(seq)? {
@@ -278,6 +286,30 @@ impl Embedded {
             ));
         }
         Ok(())
+    }
+
+    /// Waits (until `wait_until`: 10 s for a whole pass) until no batch of
+    /// fresh events that starts at or before segment `seq` is still being
+    /// handled: such an event has no `pending` entry, and after a crash
+    /// only its record in the original segment, re-applied from the
+    /// checkpoint, queues it again, so that segment must stay until the
+    /// batch is done. `false`: still not.
+    fn fresh_finished_up_to(&self, seq: u64, wait_until: std::time::Instant) -> bool {
+        loop {
+            let waiting = self
+                .inner
+                .shared
+                .progress()
+                .oldest_unfinished_start()
+                .is_some_and(|(s, _)| s <= seq);
+            if !waiting {
+                return true;
+            }
+            if std::time::Instant::now() > wait_until || self.inner.shared.closed.load(Ordering::SeqCst) {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 
     /// Replaces segment `seq` with a new segment, under a new key, that

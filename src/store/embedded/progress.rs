@@ -79,6 +79,13 @@ impl Progress {
         }
     }
 
+    /// Where the oldest batch with fresh events not finished starts: the
+    /// log from there on is still the only trace that they need
+    /// processing, so no segment from there on may be rewritten.
+    pub fn oldest_unfinished_start(&self) -> Option<Position> {
+        self.batches.front().map(|b| b.start)
+    }
+
     /// Fresh events handed out and not finished.
     pub fn unfinished(&self) -> usize {
         self.batches.iter().map(|b| b.unfinished).sum()

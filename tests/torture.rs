@@ -1,0 +1,890 @@
+//! The torture test: everything at once against the real binary, then a
+//! checker over everything it recorded.
+//!
+//! For `TORTURE_SECS` (default 60), concurrently: signed intake at full
+//! speed (new notifications about a small cast of people, duplicates, bad
+//! signatures, hostile bodies, `contact.deleted` notifications), operator
+//! erasures by contact id and by email (while that person's notifications
+//! are in flight), replays (by id and all), purges with a retention of
+//! seconds, shred passes (second-scale `shred_quiet`), backups, and
+//! SIGKILL + restart of the server at random moments, the erasure crash
+//! points included. Every request, answer, acknowledged id and erasure is
+//! recorded. At the end the server is stopped, started once more, and:
+//!
+//! - every acknowledged id is readable, or its person was erased, or it is
+//!   older than its retention: nothing else;
+//! - nothing of an erased person is served (events, cached contact and
+//!   conversations, a second erasure's dry run), including what arrived
+//!   during or after the erasure; nor from a backup taken after the
+//!   erasure ended, restored on its own;
+//! - no signed notification got a `5xx` but `503`, no erasure job is left
+//!   unfinished, the audit chain verifies;
+//! - no personal string of the cast is in plaintext in the data dir, the
+//!   log (at `RUST_LOG=trace`) or a backup.
+//!
+//! `TORTURE_SEED` replays a run (the seed is printed first); a violation
+//! prints the operations about the id or person concerned.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use common::*;
+use intercom_webhooks::verify::sign;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+
+const PEOPLE: usize = 24;
+/// `[retention] events` of the run, in seconds.
+const RETENTION_S: i64 = 20;
+
+const CONFIG: &str = r#"
+[retention]
+events = "20s"
+markers = "1h"
+contacts = "1h"
+conversations = "1h"
+tombstones = "1h"
+audit = "1h"
+[purge]
+interval = "3s"
+shred_quiet = "1s"
+shred_interval = "4s"
+[store]
+segment_max_age = "2s"
+segment_max_bytes = 1048576
+"#;
+
+/// The kill points the killer picks from, besides a plain SIGKILL.
+const CRASH_POINTS: &[&str] = &[
+    "erase:after-door",
+    "erase:after-events",
+    "erase:after-sweep",
+    "worker:deletion-before-erase",
+    "worker:before-erasing-erased",
+];
+
+fn now_ms() -> i64 {
+    intercom_webhooks::timefmt::now_ms()
+}
+
+struct Person {
+    contact_id: String,
+    email: String,
+    name: String,
+}
+
+fn cast(seed: u64) -> Vec<Person> {
+    (0..PEOPLE)
+        .map(|i| Person {
+            contact_id: format!("65f0c0ffee{:06x}{i:08x}", seed & 0xff_ffff),
+            email: format!("torture.{i}.{seed}@example.org"),
+            name: format!("Tortured Person {i} {seed}"),
+        })
+        .collect()
+}
+
+/// One thing that happened, for the violation report.
+#[derive(Debug, Clone)]
+struct Op {
+    at_ms: i64,
+    what: String,
+    person: Option<usize>,
+    id: Option<String>,
+}
+
+#[derive(Default)]
+struct Record {
+    ops: Vec<Op>,
+    /// Acknowledged ids: person (None: about nobody of the cast), when
+    /// acknowledged first.
+    acked: BTreeMap<String, (Option<usize>, i64)>,
+    /// The bodies acknowledged, to send again as duplicates.
+    bodies: Vec<(String, Vec<u8>)>,
+    /// Operators' erasures by contact id: person → when the first began,
+    /// when one ended.
+    erased: BTreeMap<usize, (i64, Option<i64>)>,
+    /// Erasures by email alone: person → when the first began. What was
+    /// acknowledged before must go; what came later may be a new person's.
+    erased_by_email: BTreeMap<usize, i64>,
+    /// People whose deletion was sent but not answered: maybe erased.
+    maybe_erased: BTreeSet<usize>,
+    /// Backups: file, when it began.
+    backups: Vec<(PathBuf, i64)>,
+    violations: Vec<String>,
+    counts: BTreeMap<&'static str, u64>,
+}
+
+struct World {
+    seed: u64,
+    people: Vec<Person>,
+    bin: Binary,
+    dir: PathBuf,
+    server: Mutex<Option<Server>>,
+    addrs: RwLock<Option<(SocketAddr, SocketAddr)>>,
+    record: Mutex<Record>,
+    stop: AtomicBool,
+    serial: AtomicU64,
+    http: reqwest::Client,
+}
+
+impl World {
+    fn note(&self, what: String, person: Option<usize>, id: Option<String>) {
+        self.record.lock().unwrap().ops.push(Op {
+            at_ms: now_ms(),
+            what,
+            person,
+            id,
+        });
+    }
+
+    fn count(&self, what: &'static str) {
+        *self.record.lock().unwrap().counts.entry(what).or_insert(0) += 1;
+    }
+
+    fn violation(&self, v: String) {
+        eprintln!("VIOLATION (seed {}): {v}", self.seed);
+        self.record.lock().unwrap().violations.push(v);
+    }
+
+    fn addrs(&self) -> Option<(SocketAddr, SocketAddr)> {
+        *self.addrs.read().unwrap()
+    }
+
+    fn contact(&self, p: usize, updated_at: i64) -> Value {
+        let person = &self.people[p];
+        json!({"type":"contact","id":person.contact_id,"role":"user","email":person.email,"name":person.name,
+            "created_at":1767225600,"updated_at":updated_at})
+    }
+
+    fn conversation(&self, p: usize, updated_at: i64) -> Value {
+        let person = &self.people[p];
+        json!({"type":"conversation","id":format!("{}", 900_000 + p),"state":"open","open":true,
+            "created_at":1767225600,"updated_at":updated_at,
+            "source":{"type":"conversation","body":format!("<p>Hello, this is {}</p>", person.name),
+                "author":{"type":"user","id":person.contact_id,"email":person.email}},
+            "contacts":{"type":"contact.list","contacts":[{"type":"contact","id":person.contact_id}]}})
+    }
+
+    /// Starts the server (with a crash point, maybe) and publishes its
+    /// addresses.
+    fn start(&self, crash_at: Option<&str>) {
+        let mut env = vec![("RUST_LOG", "trace")];
+        if let Some(p) = crash_at {
+            env.push(("INTERCOM_WEBHOOKS_TEST_CRASH_AT", p));
+        }
+        // A crash point may be reached while the server recovers, before
+        // it listens (an erasure finished at open): then once more
+        // without it.
+        let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.bin.serve(&env)));
+        let (child, public, admin) = match served {
+            Ok(s) => s,
+            Err(_) => {
+                self.count("crashes while recovering");
+                self.bin.serve(&[("RUST_LOG", "trace")])
+            }
+        };
+        *self.server.lock().unwrap() = Some(child);
+        *self.addrs.write().unwrap() = Some((public, admin));
+    }
+
+    fn kill(&self) {
+        *self.addrs.write().unwrap() = None;
+        if let Some(mut child) = self.server.lock().unwrap().take() {
+            let _ = child.0.kill();
+            let _ = child.0.wait();
+        }
+    }
+
+    /// Whether the server died by itself (a crash point).
+    fn died(&self) -> bool {
+        let mut server = self.server.lock().unwrap();
+        matches!(server.as_mut().map(|c| c.0.try_wait()), Some(Ok(Some(_))))
+    }
+
+    async fn post_webhook(&self, body: &[u8], signature: &str) -> Option<u16> {
+        let (public, _) = self.addrs()?;
+        let r = self
+            .http
+            .post(format!("http://{public}/webhooks/intercom"))
+            .header("x-hub-signature", signature)
+            .body(body.to_vec())
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .ok()?;
+        Some(r.status().as_u16())
+    }
+
+    async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Option<(u16, Vec<u8>)> {
+        let (_, admin) = self.addrs()?;
+        let mut req = self
+            .http
+            .request(method, format!("http://{admin}{path}"))
+            .bearer_auth(ADMIN_TOKEN)
+            .timeout(Duration::from_secs(60));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await.ok()?;
+        let code = r.status().as_u16();
+        Some((code, r.bytes().await.ok()?.to_vec()))
+    }
+
+    async fn admin_json(&self, path: &str) -> Option<(u16, Value)> {
+        let (code, bytes) = self.admin(reqwest::Method::GET, path, None).await?;
+        Some((code, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+    }
+}
+
+/// Signed intake: new notifications, duplicates, bad signatures, hostile
+/// bodies, deletions.
+async fn intake(w: Arc<World>, mut rng: StdRng) {
+    // A pause between requests (`TORTURE_PAUSE_MS`, default 8; 0 is full
+    // speed): at full speed a debug build's workers fall minutes behind,
+    // and the run checks a backlog more than the races.
+    let pause: u64 = std::env::var("TORTURE_PAUSE_MS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(8);
+    while !w.stop.load(Ordering::SeqCst) {
+        if pause > 0 {
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+        }
+        let roll = rng.gen_range(0..100);
+        let n = w.serial.fetch_add(1, Ordering::SeqCst);
+        let (id, person, body, good_sig) =
+            match roll {
+                0..=4 => {
+                    let dup = {
+                        let r = w.record.lock().unwrap();
+                        (!r.bodies.is_empty()).then(|| r.bodies[rng.gen_range(0..r.bodies.len())].clone())
+                    };
+                    match dup {
+                        Some((id, body)) => {
+                            w.count("duplicates");
+                            (id, None, body, true)
+                        }
+                        None => continue,
+                    }
+                }
+                5 => {
+                    w.count("bad signatures");
+                    let id = format!("notif_t_bad_{n}");
+                    (
+                        id.clone(),
+                        None,
+                        notification(&id, "contact.user.updated", json!({}), 1767225600),
+                        false,
+                    )
+                }
+                6 => {
+                    w.count("hostile bodies");
+                    let p = rng.gen_range(0..PEOPLE);
+                    let body = match rng.gen_range(0..3) {
+                    0 => b"{\"type\":\"notification_event\",\"id\":".to_vec(),
+                    1 => format!("[\"{}\"]", w.people[p].email).into_bytes(),
+                    _ => json!({"type":"notification_event","id":format!("notif_t_h{n}"),"topic":"contact.user.updated",
+                        "data":{"item":{"type":"contact","id":{"nested":true},"email":w.people[p].email}}})
+                    .to_string()
+                    .into_bytes(),
+                };
+                    (format!("hostile_{n}"), None, body, true)
+                }
+                7 => {
+                    let p = rng.gen_range(0..PEOPLE);
+                    w.count("contact.deleted");
+                    let id = format!("notif_t_del_{n}");
+                    let item = json!({"type":"contact","id":w.people[p].contact_id,"deleted":true});
+                    (
+                        id.clone(),
+                        Some(p),
+                        notification(&id, "contact.deleted", item, 1767229000),
+                        true,
+                    )
+                }
+                _ => {
+                    let p = rng.gen_range(0..PEOPLE);
+                    let id = format!("notif_t_{n}");
+                    let updated = 1767225600 + n as i64;
+                    let body = if rng.gen_bool(0.5) {
+                        notification(&id, "contact.user.updated", w.contact(p, updated), updated)
+                    } else {
+                        notification(&id, "conversation.user.replied", w.conversation(p, updated), updated)
+                    };
+                    w.count("notifications");
+                    (id, Some(p), body, true)
+                }
+            };
+        let signature = if good_sig {
+            sign(SECRET, &body)
+        } else {
+            format!("sha1={}", "0".repeat(40))
+        };
+        let deletion = id.starts_with("notif_t_del_");
+        let Some(code) = w.post_webhook(&body, &signature).await else {
+            if let (true, Some(p)) = (deletion, person) {
+                w.record.lock().unwrap().maybe_erased.insert(p);
+            }
+            w.count("intake refused (server down)");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        w.note(format!("intake {code}"), person, Some(id.clone()));
+        if code >= 500 && code != 503 {
+            w.violation(format!("intake of {id} answered {code}"));
+        }
+        if !good_sig && code < 400 {
+            w.violation(format!("a bad signature was answered {code}"));
+        }
+        if code == 200 && good_sig && !id.starts_with("hostile_") {
+            let mut r = w.record.lock().unwrap();
+            if !r.acked.contains_key(&id) {
+                r.acked.insert(id.clone(), (person, now_ms()));
+                r.bodies.push((id.clone(), body));
+            }
+            // An acknowledged deletion erases its person once a worker
+            // handles it; one that waits in the queue past `[retention]
+            // events` is purged unhandled (docs/reliability.md): either
+            // answer is right then.
+            if let (true, Some(p)) = (deletion, person) {
+                r.maybe_erased.insert(p);
+            }
+        }
+    }
+}
+
+/// Operator erasures of random people, by contact id or email, each tried
+/// until it answers (as an operator whose connection dropped would).
+async fn eraser(w: Arc<World>, mut rng: StdRng) {
+    while !w.stop.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(800..2000))).await;
+        let p = rng.gen_range(0..PEOPLE);
+        let by_email = rng.gen_bool(0.4);
+        let body = if by_email {
+            json!({"email": w.people[p].email, "local_only": true})
+        } else {
+            json!({"contact_id": w.people[p].contact_id, "local_only": true})
+        };
+        {
+            let mut r = w.record.lock().unwrap();
+            if by_email {
+                r.erased_by_email.entry(p).or_insert(now_ms());
+            } else {
+                r.erased.entry(p).or_insert((now_ms(), None));
+            }
+        }
+        w.count(if by_email {
+            "erasures by email"
+        } else {
+            "erasures by contact id"
+        });
+        loop {
+            match w.admin(reqwest::Method::POST, "/admin/erase", Some(body.clone())).await {
+                Some((200, _)) => {
+                    w.note("erased".into(), Some(p), None);
+                    if !by_email {
+                        let mut r = w.record.lock().unwrap();
+                        r.erased.get_mut(&p).map(|e| e.1.get_or_insert(now_ms()));
+                    }
+                    break;
+                }
+                Some((code, text)) => {
+                    let text = String::from_utf8_lossy(&text).into_owned();
+                    w.note(format!("erase answered {code}: {text}"), Some(p), None);
+                    if code == 500 {
+                        w.violation(format!("an erasure answered 500: {text}"));
+                    }
+                }
+                None => w.note("erase: no answer (server down)".into(), Some(p), None),
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+}
+
+/// Replays, purges and backups, at random.
+async fn operator(w: Arc<World>, mut rng: StdRng) {
+    let mut n = 0;
+    while !w.stop.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(300..1200))).await;
+        n += 1;
+        match rng.gen_range(0..4) {
+            0 => {
+                w.count("replays (all)");
+                let r = w
+                    .admin(reqwest::Method::POST, "/admin/replay", Some(json!({"all": true})))
+                    .await;
+                check_admin(&w, "replay all", r);
+            }
+            1 => {
+                let ids: Vec<String> = {
+                    let r = w.record.lock().unwrap();
+                    r.acked.keys().rev().take(5).cloned().collect()
+                };
+                w.count("replays (by id)");
+                let r = w
+                    .admin(reqwest::Method::POST, "/admin/replay", Some(json!({"ids": ids})))
+                    .await;
+                check_admin(&w, "replay ids", r);
+            }
+            2 => {
+                w.count("purges");
+                let r = w.admin(reqwest::Method::POST, "/admin/purge", Some(json!({}))).await;
+                check_admin(&w, "purge", r);
+            }
+            _ => {
+                let started = now_ms();
+                match w.admin(reqwest::Method::GET, "/admin/backup", None).await {
+                    Some((200, bytes)) => {
+                        let path = w.dir.join(format!("backup-{n}.tar"));
+                        std::fs::write(&path, bytes).unwrap();
+                        w.count("backups");
+                        w.record.lock().unwrap().backups.push((path, started));
+                    }
+                    Some((code, text)) => {
+                        w.count("backups refused");
+                        let text = String::from_utf8_lossy(&text).into_owned();
+                        w.note(format!("backup answered {code}: {text}"), None, None);
+                        if code != 503 {
+                            w.violation(format!("a backup answered {code}: {text}"));
+                        }
+                    }
+                    None => w.count("backups cut (server down)"),
+                }
+            }
+        }
+    }
+}
+
+fn check_admin(w: &World, what: &str, r: Option<(u16, Vec<u8>)>) {
+    if let Some((code, text)) = r {
+        // 404: a replay by id of events erased or purged meanwhile.
+        if code >= 500 || !(code == 200 || code == 404) {
+            w.violation(format!("{what} answered {code}: {}", String::from_utf8_lossy(&text)));
+        }
+    }
+}
+
+/// SIGKILL at random moments, or a crash point armed at the restart.
+async fn killer(w: Arc<World>, mut rng: StdRng) {
+    while !w.stop.load(Ordering::SeqCst) {
+        let wait = Duration::from_millis(rng.gen_range(6000..12000));
+        let until = Instant::now() + wait;
+        while Instant::now() < until && !w.stop.load(Ordering::SeqCst) && !w.died() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if w.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let crashed = w.died();
+        w.kill();
+        w.count(if crashed { "crashes at a crash point" } else { "kills" });
+        w.note(if crashed { "crashed".into() } else { "killed".into() }, None, None);
+        let point = rng
+            .gen_bool(0.5)
+            .then(|| CRASH_POINTS[rng.gen_range(0..CRASH_POINTS.len())]);
+        let w2 = w.clone();
+        let restarting = Instant::now();
+        tokio::task::spawn_blocking(move || w2.start(point)).await.unwrap();
+        eprintln!(
+            "torture: restarted in {:?} (crash point {point:?})",
+            restarting.elapsed()
+        );
+        w.note(format!("restarted (crash point {point:?})"), None, None);
+    }
+}
+
+fn report(w: &World, about: &str, person: Option<usize>, id: Option<&str>) -> String {
+    let r = w.record.lock().unwrap();
+    let ops: Vec<String> = r
+        .ops
+        .iter()
+        .filter(|o| {
+            o.person.is_some() && o.person == person
+                || id.is_some() && o.id.as_deref() == id
+                || o.what.starts_with("killed")
+                || o.what.starts_with("crashed")
+                || o.what.starts_with("restarted")
+        })
+        .rev()
+        .take(25)
+        .map(|o| format!("  {} {} {:?} {:?}", o.at_ms, o.what, o.person, o.id))
+        .collect();
+    format!(
+        "{about} (seed {}); latest operations concerned:\n{}",
+        w.seed,
+        ops.join("\n")
+    )
+}
+
+/// Personal strings of the cast found in plaintext under `dir`.
+fn plaintext_in(w: &World, dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    for (path, bytes) in all_files(dir) {
+        // Lossy text: every needle is ASCII, so none is lost to it.
+        let text = String::from_utf8_lossy(&bytes);
+        for p in &w.people {
+            for s in [&p.email, &p.name] {
+                if text.contains(s.as_str()) {
+                    found.push(format!("{} holds {s:?}", path.display()));
+                }
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn everything_at_once_breaks_no_promise() {
+    let seed: u64 = std::env::var("TORTURE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random::<u32>)
+        .into();
+    let secs: u64 = std::env::var("TORTURE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    eprintln!("torture: seed {seed}, {secs} s (TORTURE_SEED={seed} replays it)");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    if std::env::var("TORTURE_KEEP").is_ok() {
+        eprintln!("torture: keeping {}", dir.display());
+        std::mem::forget(tmp);
+    }
+    let config = dir.as_path().join("torture.toml");
+    std::fs::write(&config, CONFIG).unwrap();
+    let mut bin = Binary::new(dir.as_path());
+    bin.env
+        .push(("INTERCOM_WEBHOOKS_CONFIG".into(), config.display().to_string()));
+    let w = Arc::new(World {
+        seed,
+        people: cast(seed),
+        bin,
+        dir: dir.as_path().to_path_buf(),
+        server: Mutex::new(None),
+        addrs: RwLock::new(None),
+        record: Mutex::new(Record::default()),
+        stop: AtomicBool::new(false),
+        serial: AtomicU64::new(0),
+        http: reqwest::Client::new(),
+    });
+    {
+        let w = w.clone();
+        tokio::task::spawn_blocking(move || w.start(None)).await.unwrap();
+    }
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        tasks.push(tokio::spawn(intake(w.clone(), StdRng::seed_from_u64(rng.gen()))));
+    }
+    let erasers = vec![
+        tokio::spawn(eraser(w.clone(), StdRng::seed_from_u64(rng.gen()))),
+        tokio::spawn(eraser(w.clone(), StdRng::seed_from_u64(rng.gen()))),
+    ];
+    tasks.push(tokio::spawn(operator(w.clone(), StdRng::seed_from_u64(rng.gen()))));
+    let killer = tokio::spawn(killer(w.clone(), StdRng::seed_from_u64(rng.gen())));
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    w.stop.store(true, Ordering::SeqCst);
+    killer.await.unwrap();
+    // A crash point armed by the last restart may still be hit: restart
+    // without one while the erasers finish their last request.
+    if w.died() {
+        w.kill();
+    }
+    w.kill();
+    {
+        let w = w.clone();
+        tokio::task::spawn_blocking(move || w.start(None)).await.unwrap();
+    }
+    for t in tasks.into_iter().chain(erasers) {
+        t.await.unwrap();
+    }
+    // Stopped, and started once more.
+    let terminated = w.server.lock().unwrap().take().map(|s| s.terminate());
+    assert!(terminated.is_some());
+    *w.addrs.write().unwrap() = None;
+    {
+        let w = w.clone();
+        tokio::task::spawn_blocking(move || w.start(None)).await.unwrap();
+    }
+    check(&w).await;
+    let terminated = w.server.lock().unwrap().take().map(|s| s.terminate());
+    assert!(terminated.is_some());
+
+    let found = plaintext_in(&w, &dir.as_path().join("data"));
+    for f in found {
+        w.violation(format!("plaintext in the data dir: {f}"));
+    }
+    for f in plaintext_in(&w, &dir.as_path().join("serve.log")) {
+        w.violation(format!("plaintext in the log: {f}"));
+    }
+    let backups = w.record.lock().unwrap().backups.clone();
+    for (path, _) in &backups {
+        for f in plaintext_in(&w, path) {
+            w.violation(format!("plaintext in a backup: {f}"));
+        }
+    }
+    check_backup(&w, &backups).await;
+
+    let r = w.record.lock().unwrap();
+    eprintln!(
+        "torture: seed {seed}: {:?}; acknowledged ids {}; people erased {}; violations {}",
+        r.counts,
+        r.acked.len(),
+        r.erased.len(),
+        r.violations.len()
+    );
+    assert!(
+        r.counts.get("kills").copied().unwrap_or(0) + r.counts.get("crashes at a crash point").copied().unwrap_or(0)
+            > 0,
+        "the server was never killed"
+    );
+    assert!(r.acked.len() > 100, "too little was acknowledged to check anything");
+    assert!(!r.erased.is_empty(), "nobody was erased");
+    assert!(
+        r.violations.is_empty(),
+        "{} violations (seed {seed}):\n{}",
+        r.violations.len(),
+        r.violations.join("\n")
+    );
+}
+
+/// The checks on the restarted server.
+async fn check(w: &Arc<World>) {
+    // Idle, and no erasure job left unfinished.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let stats = w
+            .admin_json("/admin/stats")
+            .await
+            .map(|(_, v)| v)
+            .unwrap_or(Value::Null);
+        let jobs = w
+            .admin_json("/admin/erasures")
+            .await
+            .map(|(_, v)| v)
+            .unwrap_or(Value::Null);
+        let unfinished = jobs["jobs"]
+            .as_array()
+            .map_or(1, |j| j.iter().filter(|j| j["state"] != "done").count());
+        if stats["pending_depth"] == 0 && unfinished == 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            w.violation(format!("never idle with every erasure job done: {stats} {jobs}"));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (acked, erased, by_email, maybe) = {
+        let r = w.record.lock().unwrap();
+        (
+            r.acked.clone(),
+            r.erased.clone(),
+            r.erased_by_email.clone(),
+            r.maybe_erased.clone(),
+        )
+    };
+    let now = now_ms();
+    let answers = {
+        let ids: Vec<String> = acked.keys().cloned().collect();
+        let mut handles = Vec::new();
+        for chunk in ids.chunks(ids.len().div_ceil(8).max(1)) {
+            let (w, chunk) = (w.clone(), chunk.to_vec());
+            handles.push(tokio::spawn(async move {
+                let mut out = Vec::new();
+                for id in chunk {
+                    let answer = w.admin_json(&format!("/admin/events/{id}")).await;
+                    out.push((id, answer));
+                }
+                out
+            }));
+        }
+        let mut all = HashMap::new();
+        for h in handles {
+            all.extend(h.await.unwrap());
+        }
+        all
+    };
+    for (id, (person, acked_ms)) in &acked {
+        let Some((code, v)) = answers[id].clone() else {
+            w.violation("the server stopped answering during the check".into());
+            return;
+        };
+        let erased_person =
+            person.is_some_and(|p| erased.contains_key(&p) || by_email.get(&p).is_some_and(|&began| *acked_ms < began));
+        // Erased by email after it came, or by a deletion that may have
+        // been stored: either answer is right.
+        let either = person.is_some_and(|p| maybe.contains(&p) || by_email.contains_key(&p)) && !erased_person;
+        let expired = *acked_ms < now - RETENTION_S * 1000 - 5_000;
+        match code {
+            _ if either => {}
+            200 if erased_person => w.violation(report(
+                w,
+                &format!("{id}, about an erased person, is still served: {v}"),
+                *person,
+                Some(id),
+            )),
+            200 => {
+                let status = v["status"].as_str().unwrap_or("");
+                if !["processed", "skipped"].contains(&status) && !id.starts_with("notif_t_del_") {
+                    w.violation(report(w, &format!("{id} ended {status}: {v}"), *person, Some(id)));
+                }
+            }
+            404 if erased_person || expired => {}
+            // A purge may have taken it a little early: the purge goes by
+            // segment times (about `segment_max_age` of slack).
+            404 if *acked_ms < now - (RETENTION_S - 3) * 1000 => {}
+            other => w.violation(report(
+                w,
+                &format!("acknowledged {id} answers {other}, yet its person was not erased and it is within retention"),
+                *person,
+                Some(id),
+            )),
+        }
+    }
+    for &p in erased.keys() {
+        let person = &w.people[p];
+        if let Some((code, v)) = w.admin_json(&format!("/admin/contacts/{}", person.contact_id)).await {
+            if code != 404 {
+                w.violation(report(
+                    w,
+                    &format!("erased person {p}'s contact is served: {v}"),
+                    Some(p),
+                    None,
+                ));
+            }
+        }
+        if let Some((code, v)) = w.admin_json(&format!("/admin/conversations/{}", 900_000 + p)).await {
+            if code != 404 {
+                w.violation(report(
+                    w,
+                    &format!("erased person {p}'s conversation is served: {v}"),
+                    Some(p),
+                    None,
+                ));
+            }
+        }
+        let dry = w
+            .admin(
+                reqwest::Method::POST,
+                "/admin/erase",
+                Some(json!({"contact_id": person.contact_id, "local_only": true, "dry_run": true})),
+            )
+            .await;
+        if let Some((_, bytes)) = dry {
+            let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let local = &v["would_erase"]["local"];
+            if local["events"] != json!([]) || local["cached_contacts"] != 0 {
+                w.violation(report(
+                    w,
+                    &format!("a second erasure of {p} would still find {local}"),
+                    Some(p),
+                    None,
+                ));
+            }
+        }
+    }
+    if let Some((_, v)) = w.admin_json("/admin/audit/verify").await {
+        if v["ok"] != true {
+            w.violation(format!("the audit chain does not verify: {v}"));
+        }
+    }
+}
+
+/// The newest backup taken after an erasure had ended, restored on its
+/// own: nobody erased before it began is in it.
+async fn check_backup(w: &Arc<World>, backups: &[(PathBuf, i64)]) {
+    let erased = w.record.lock().unwrap().erased.clone();
+    let Some((path, began)) = backups
+        .iter()
+        .rev()
+        .find(|(_, began)| erased.values().any(|(_, ended)| ended.is_some_and(|e| e < *began)))
+    else {
+        eprintln!("torture: no backup was taken after an erasure ended; backups not checked for erased people");
+        return;
+    };
+    let restored = tempfile::tempdir_in(&w.dir).unwrap();
+    let bin = Binary::new(restored.path());
+    let (code, _, err) = bin.run(&["restore", "--from", path.to_str().unwrap(), "--without-ledger"]);
+    if code != 0 {
+        w.violation(format!("the backup {} does not restore: {err}", path.display()));
+        return;
+    }
+    let (child, _, admin) = bin.serve(&[]);
+    let http = reqwest::Client::new();
+    // What the backup holds queued is handled first (an event about an
+    // erased person that no worker had taken yet is erased then).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let stats: Value = http
+            .get(format!("http://{admin}/admin/stats"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if stats["events_by_status"]["pending"] == 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            let events: Value = http
+                .get(format!("http://{admin}/admin/events?status=retrying"))
+                .bearer_auth(ADMIN_TOKEN)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if std::env::var("TORTURE_KEEP").is_ok() {
+                std::mem::forget(restored);
+            }
+            panic!("the restored backup never drained: {stats} {events}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let acked = w.record.lock().unwrap().acked.clone();
+    let mut checked = 0;
+    for (id, (person, _)) in &acked {
+        let Some(p) = person else { continue };
+        let Some((_, Some(ended))) = erased.get(p) else {
+            continue;
+        };
+        if ended >= began {
+            continue;
+        }
+        let r = http
+            .get(format!("http://{admin}/admin/events/{id}"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        let code = r.status();
+        let v: Value = r.json().await.unwrap_or(Value::Null);
+        checked += 1;
+        if code != 404 {
+            w.violation(report(
+                w,
+                &format!("a backup begun at {began} after {p}'s erasure ended at {ended} serves {id}: {code} {v}"),
+                Some(*p),
+                Some(id),
+            ));
+        }
+    }
+    eprintln!(
+        "torture: backup {} checked for {checked} ids of erased people",
+        path.display()
+    );
+    child.terminate();
+}
