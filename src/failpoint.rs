@@ -50,7 +50,7 @@ mod debug {
                 .collect()
         });
         if let Some((_, ms)) = pause.iter().find(|(n, _)| n == name) {
-            tracing::warn!(point = name, ms, "Test pause point.");
+            tracing::trace!(point = name, ms, "Test pause point.");
             std::thread::sleep(std::time::Duration::from_millis(*ms));
         }
         if CRASH

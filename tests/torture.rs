@@ -175,7 +175,15 @@ impl World {
     /// Starts the server (with a crash point, maybe) and publishes its
     /// addresses.
     fn start(&self, crash_at: Option<&str>) {
-        let mut env = vec![("RUST_LOG", "trace")];
+        // Windows held open where a race would lose something: an erasure
+        // between finding and forgetting, the index behind intake.
+        let mut env = vec![
+            ("RUST_LOG", "trace"),
+            (
+                "INTERCOM_WEBHOOKS_TEST_PAUSE_AT",
+                "erase:after-events=300,indexer:batch=15",
+            ),
+        ];
         if let Some(p) = crash_at {
             env.push(("INTERCOM_WEBHOOKS_TEST_CRASH_AT", p));
         }
@@ -187,7 +195,7 @@ impl World {
             Ok(s) => s,
             Err(_) => {
                 self.count("crashes while recovering");
-                self.bin.serve(&[("RUST_LOG", "trace")])
+                self.bin.serve(&env[..2])
             }
         };
         *self.server.lock().unwrap() = Some(child);
@@ -734,6 +742,19 @@ async fn check(w: &Arc<World>) {
                 Some(id),
             )),
             200 => {
+                // Stored once: the copy served is the one first acknowledged
+                // (a later delivery, even after a purge, is a duplicate).
+                let received = v["received_at"]
+                    .as_str()
+                    .and_then(|t| intercom_webhooks::timefmt::parse_time_bound(t, now).ok());
+                if received.is_none_or(|r| r > *acked_ms) {
+                    w.violation(report(
+                        w,
+                        &format!("{id} was stored again after it was first acknowledged: {v}"),
+                        *person,
+                        Some(id),
+                    ));
+                }
                 let status = v["status"].as_str().unwrap_or("");
                 if !["processed", "skipped"].contains(&status) && !id.starts_with("notif_t_del_") {
                     w.violation(report(w, &format!("{id} ended {status}: {v}"), *person, Some(id)));

@@ -7,7 +7,7 @@
 //! default backend (intake log + sled, in the data dir). The types here
 //! ([`EventMeta`], [`Work`], [`CacheTx`], filters, settings, errors) are
 //! shared by every backend; this module imports nothing from the layers
-//! above (only `crypto`, `fsutil` and `timefmt`, which are below it).
+//! above (only `crypto`, `failpoint`, `fsutil` and `timefmt`, which are below it).
 
 mod backend;
 mod cache;

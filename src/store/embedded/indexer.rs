@@ -18,6 +18,8 @@ pub(super) fn index(trees: Trees, shared: Arc<Shared>, rx: Receiver<Indexed>, wo
     while let Ok(batch) = rx.recv() {
         #[cfg(test)]
         tests_pause::wait();
+        // The torture test holds each batch a moment here (a slow index).
+        crate::failpoint::hit("indexer:batch");
         let mut room = FRESH_QUEUE_LIMIT.saturating_sub(work_tx.len());
         let mut work = Vec::with_capacity(batch.items.len());
         let first_ms = batch.items.first().map_or(0, |(m, _, _)| m.received_ms);
