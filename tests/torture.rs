@@ -401,6 +401,9 @@ async fn eraser(w: Arc<World>, mut rng: StdRng) {
                         let mut r = w.record.lock().unwrap();
                         r.erased.get_mut(&p).map(|e| e.1.get_or_insert(now_ms()));
                     }
+                    if !by_email {
+                        after_erasure(&w, p).await;
+                    }
                     break;
                 }
                 Some((code, text)) => {
@@ -413,6 +416,37 @@ async fn eraser(w: Arc<World>, mut rng: StdRng) {
                 None => w.note("erase: no answer (server down)".into(), Some(p), None),
             }
             tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+}
+
+/// Right after an erasure by contact id answered: none of the person's
+/// notifications acknowledged so far is served as handled. (One still
+/// waiting for a worker may be served until the worker erases it; one that
+/// a handler ran for after the erasure closed its door is the race the
+/// door exists for.) Replays and restarts would erase such a leak later,
+/// so this is checked at once.
+async fn after_erasure(w: &Arc<World>, p: usize) {
+    let ids: Vec<String> = {
+        let r = w.record.lock().unwrap();
+        r.acked
+            .iter()
+            .filter(|(_, (person, _))| *person == Some(p))
+            .map(|(id, _)| id.clone())
+            .collect()
+    };
+    for id in ids {
+        let Some((200, v)) = w.admin_json(&format!("/admin/events/{id}")).await else {
+            continue;
+        };
+        let status = v["status"].as_str().unwrap_or("");
+        if status != "pending" && status != "retrying" {
+            w.violation(report(
+                w,
+                &format!("{id} is served as {status} right after its person {p}'s erasure answered: {v}"),
+                Some(p),
+                Some(&id),
+            ));
         }
     }
 }
