@@ -209,6 +209,19 @@ pub struct Erased {
 /// `shred_now` rewrites the log segments before returning. Call it with
 /// the door closed ([`sweep`]). Blocking.
 pub fn erase(store: &Store, found: &Found, keep: Option<&str>, shred_now: bool) -> Result<Erased, StoreError> {
+    erase_noting(store, found, keep, shred_now, true)
+}
+
+/// [`erase`]; with `always_note` false the last ledger line is written
+/// only if anything was erased (the ledger applied again at open names
+/// it all already).
+fn erase_noting(
+    store: &Store,
+    found: &Found,
+    keep: Option<&str>,
+    shred_now: bool,
+    always_note: bool,
+) -> Result<Erased, StoreError> {
     let mut out = Erased::default();
     // The events first: a handler run of one of them that is under way (a
     // database holds its event's row until it commits) finishes before its
@@ -232,11 +245,13 @@ pub fn erase(store: &Store, found: &Found, keep: Option<&str>, shred_now: bool) 
     conversations.extend(conversations_of(store, &contacts)?);
     let conversations: Vec<String> = conversations.into_iter().collect();
     out.cached_conversations = forget_cached(store, CacheKind::Conversation, &conversations)?;
-    store.ledger_append(&LedgerEntry {
-        at_ms: now_ms(),
-        subjects: found.subjects.iter().cloned().collect(),
-        conversations,
-    })?;
+    if always_note || out.events + out.cached_contacts + out.cached_conversations > 0 {
+        store.ledger_append(&LedgerEntry {
+            at_ms: now_ms(),
+            subjects: found.subjects.iter().cloned().collect(),
+            conversations,
+        })?;
+    }
     // Every line in the ledger was appended after its erasure was written
     // to this index, or belongs to an erasure still under way, which a
     // crash leaves to be run again (its job, or its queued notification):
@@ -364,16 +379,20 @@ pub fn apply_ledger(store: &Store, codec: &CacheCodec) -> Result<usize, StoreErr
     let mut conversations: BTreeSet<String> = found.conversations.iter().cloned().collect();
     conversations.extend(entries.iter().flat_map(|e| e.conversations.iter().cloned()));
     found.conversations = conversations.into_iter().collect();
-    let erased = erase(store, &found, None, true)?;
-    crate::audit::append(
-        store,
-        "erase",
-        serde_json::json!({
-            "trigger": "ledger applied at open",
-            "ledger_entries": entries.len(),
-            "local": erased,
-        }),
-    )?;
+    let erased = erase_noting(store, &found, None, true, false)?;
+    // Audited when it erased anything (an erasure cut short, or a restore
+    // of a backup older than an erasure); a restore re-applies every line.
+    if erased.events + erased.cached_contacts + erased.cached_conversations > 0 {
+        crate::audit::append(
+            store,
+            "erase",
+            serde_json::json!({
+                "trigger": "ledger applied at open",
+                "ledger_entries": entries.len(),
+                "local": erased,
+            }),
+        )?;
+    }
     tracing::warn!(
         entries = entries.len(),
         events = erased.events,
