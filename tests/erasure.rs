@@ -110,7 +110,10 @@ async fn erasure_follows_every_link_to_the_person() {
         assert!(st == 200 || st == 202, "{st}");
     }
     app.wait_idle().await;
-    let invalid = app.admin_json("/admin/events?status=invalid").await["events"][0]["id"]
+    // Indexed a moment after its answer: polled for.
+    let invalid = app
+        .admin_until("/admin/events?status=invalid", |v| v["events"][0]["id"].is_string())
+        .await["events"][0]["id"]
         .as_str()
         .unwrap()
         .to_string();
