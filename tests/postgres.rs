@@ -12,55 +12,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::pg::{connect, TestDb};
 use common::*;
 use serde_json::{json, Value};
 
-const SHARED_SERVER: &str = "host=127.0.0.1 port=5432 user=postgres dbname=test";
-
 /// A short claim lease, so the tests see lapsed claims taken over.
 const PG_CONFIG: &str = "[store]\nbackend = \"postgres\"\nclaim_lease = \"3s\"\ncommit_timeout = \"2s\"\n";
-
-async fn connect(conninfo: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls)
-        .await
-        .unwrap_or_else(|e| {
-            panic!("PostgreSQL at {conninfo} is not reachable (it was when the tests were built): {e}")
-        });
-    tokio::spawn(conn);
-    client
-}
-
-/// A database of this test's own on the shared server, dropped at the end.
-struct TestDb {
-    name: String,
-}
-
-impl TestDb {
-    async fn new() -> TestDb {
-        let name = format!("iw_test_{}", hex::encode(rand::random::<[u8; 6]>()));
-        connect(SHARED_SERVER)
-            .await
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .unwrap();
-        TestDb { name }
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
-    }
-
-    async fn client(&self) -> tokio_postgres::Client {
-        connect(&format!("host=127.0.0.1 port=5432 user=postgres dbname={}", self.name)).await
-    }
-
-    async fn drop_now(self) {
-        let _ = connect(SHARED_SERVER)
-            .await
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
-            .await;
-    }
-}
 
 fn pg_env(url: &str) -> MapEnv {
     let mut env = test_env();
