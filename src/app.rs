@@ -235,11 +235,21 @@ async fn check_audit_loop(store: crate::store::Store, metrics: Arc<Metrics>, shu
     }
 }
 
-/// Finishes the erasure jobs a crash (or a failing step) left unfinished:
-/// at start, then every minute.
+/// Finishes the erasure jobs a crash (or a failing step) left unfinished,
+/// and on a shared store erases what is queued of people erased (a dead
+/// replica may hold it claimed): at start, then every minute.
 async fn erasure_jobs_loop(ops: crate::ops::Local, shutdown: CancellationToken) {
     loop {
         crate::erasure_jobs::resume_unfinished(&ops.store, &ops.codec, ops.intercom.as_deref()).await;
+        if ops.store.is_shared() {
+            let store = ops.store.clone();
+            match tokio::task::spawn_blocking(move || crate::erasure::erase_queued_covered(&store)).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => tracing::warn!(events = n, "Erased queued notifications of people already erased."),
+                Ok(Err(e)) => tracing::error!(error = %e, "Could not look for queued notifications of people erased."),
+                Err(e) => tracing::error!(error = %e, "The look for queued notifications of people erased failed."),
+            }
+        }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(60)) => {}
             _ = shutdown.cancelled() => return,

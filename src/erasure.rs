@@ -292,37 +292,38 @@ fn forget_cached(store: &Store, kind: CacheKind, ids: &[String]) -> Result<u64, 
     Ok(removed)
 }
 
-/// The local erasure a `contact.deleted` notification triggers, audited.
-/// The segments are left to the background shred pass, so a bulk deletion
-/// in Intercom costs one rewrite per segment, not one per contact, and
-/// nothing is flushed here: a bulk deletion must not fill the disk queue
-/// ahead of intake's `fdatasync`s.
-///
-/// The notification itself stays queued until this has returned and the
-/// worker has erased it too: a crash anywhere in between makes it run
-/// again, whole (the door is already closed then, which the worker knows
-/// not to take for a finished erasure).
-pub fn on_webhook(store: &Store, codec: &CacheCodec, contact_id: &str, event_key: &str) -> Result<(), StoreError> {
-    let (found, local) = sweep(
-        store,
-        codec,
-        &[identifiers::contact_key(contact_id)],
-        Some(event_key),
-        false,
-    )?;
-    // Not flushed here: until the next checkpoint makes it durable, a crash
-    // leaves the deletion queued, and processing it again redoes all this.
-    crate::audit::append_lazy(
-        store,
-        "erase",
-        serde_json::json!({
-            "trigger": "contact.deleted webhook",
-            "contact_id_hashes": found.contact_ids().iter().map(|id| codec.keys().audit_hash(&format!("contact:{id}"))).collect::<Vec<_>>(),
-            "intercom": "skipped (deleted there)",
-            "local": local,
-        }),
-    )?;
-    Ok(())
+/// Erases every queued notification (pending or retrying) that an
+/// erasure covers (see [`covers`]), but a person's deletion, which its own
+/// job finishes. A worker does this as it takes one; this pass is for a
+/// shared store, where a replica killed after it claimed such a
+/// notification would otherwise hold it, readable, until the claim lapses
+/// (`[store] claim_lease`). Run at start and every minute by `serve`.
+/// Returns how many it erased. Blocking.
+pub fn erase_queued_covered(store: &Store) -> Result<u64, StoreError> {
+    let mut keys = Vec::new();
+    for status in [crate::store::Status::Pending, crate::store::Status::Retrying] {
+        let filter = crate::store::EventFilter {
+            status: Some(status),
+            ..Default::default()
+        };
+        let mut after: Option<String> = None;
+        loop {
+            let page = store.list(&filter, after.as_deref(), 1000)?;
+            for meta in &page.events {
+                if !crate::dispatch::is_deletion(&meta.topic) && covers(store, meta)? {
+                    keys.push(meta.key.clone());
+                }
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+    }
+    if keys.is_empty() {
+        return Ok(0);
+    }
+    Ok(store.erase_events(&keys, false)?.events)
 }
 
 /// Whether an event belongs to someone already erased, so it must be

@@ -18,9 +18,13 @@
 //! the email itself is never kept. A finished job keeps only its counts and
 //! hashes; the newest [`FINISHED_KEPT`] are kept for `erase --status`.
 //!
-//! A `contact.deleted` webhook's erasure is not a job here: its
-//! notification stays queued until its sweep is done, and a crash runs it
-//! again (see `worker`).
+//! A `contact.deleted` notification's erasure (delivered, or stored by
+//! reconcile) is a job too, run by the worker handling the notification
+//! ([`on_deletion`]): its id follows from the notification, so a worker
+//! that runs the notification again after a crash carries on with the same
+//! job. A job cut short is also resumed here, at the next start or by
+//! another replica within a minute, so that on PostgreSQL it does not wait
+//! for the dead replica's claim on the notification to lapse.
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Mutex;
@@ -36,6 +40,8 @@ use crate::timefmt::{format_ms, now_ms};
 
 /// Where job records are kept (`Backend::state_values`).
 const PREFIX: &str = "erasure_job:";
+/// The trigger of a `contact.deleted` notification's job.
+pub const DELETION_TRIGGER: &str = "contact.deleted webhook";
 /// How many finished jobs are kept for `erase --status`.
 pub const FINISHED_KEPT: usize = 200;
 
@@ -75,6 +81,9 @@ pub struct Job {
     /// Whether the sweep found anything of the person here.
     #[serde(default)]
     pub matched_local: bool,
+    /// A deletion's own notification, removed once the sweep is done.
+    #[serde(default)]
+    pub own_event: Option<String>,
 }
 
 impl Job {
@@ -141,6 +150,15 @@ fn claim(id: &str) -> bool {
 fn release(id: &str) {
     if let Some(set) = RUNNING.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
         set.remove(id);
+    }
+}
+
+fn load(store: &Store, id: &str) -> Result<Option<Job>, StoreError> {
+    match store.state_value(&format!("{PREFIX}{id}"))? {
+        None => Ok(None),
+        Some(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|_| StoreError::Corrupt(format!("the erasure job record {PREFIX}{id} is unreadable"))),
     }
 }
 
@@ -244,8 +262,13 @@ async fn steps(
             let _ = store.flush_index();
         });
     }
+    if let Some(own) = &job.own_event {
+        store.erase_events(std::slice::from_ref(own), false)?;
+    }
     if job.intercom && job.intercom_done.is_none() {
-        let c = client.expect("checked above");
+        let Some(c) = client else {
+            return Err(JobError::NoClient("no Intercom client".into()));
+        };
         let (mut deleted, mut absent) = (0, 0);
         for id in &job.contact_ids {
             if c.delete_contact(id).await? {
@@ -261,30 +284,118 @@ async fn steps(
             let _ = store.flush_index();
         });
     }
+    finish(store, job)?;
+    Ok(())
+}
+
+/// The audit entry that ends a job, and its record kept without what it
+/// no longer needs.
+fn finish(store: &Store, job: &mut Job) -> Result<(), StoreError> {
+    let deletion = job.trigger == DELETION_TRIGGER;
     let intercom = match job.intercom_done {
         Some((d, a)) => json!({"deleted": d, "already_absent": a}),
+        None if deletion => json!("skipped (deleted there)"),
         None => json!("skipped"),
     };
-    crate::audit::append(
-        store,
-        "erase",
-        json!({
-            "job": job.id,
-            "trigger": job.trigger,
-            "subject_hash": job.subject_hash,
-            "contact_id_hashes": job.contact_id_hashes,
-            "intercom": intercom,
-            "local": job.swept,
-        }),
-    )?;
+    let details = json!({
+        "job": job.id,
+        "trigger": job.trigger,
+        "subject_hash": job.subject_hash,
+        "contact_id_hashes": job.contact_id_hashes,
+        "intercom": intercom,
+        "local": job.swept,
+    });
+    // A deletion's entries are durable with the next checkpoint: a crash
+    // that loses them leaves its notification queued, to be run again.
+    if deletion {
+        crate::audit::append_lazy(store, "erase", details)?;
+    } else {
+        crate::audit::append(store, "erase", details)?;
+    }
     job.finished_ms = Some(now_ms());
     job.error = None;
     let mut kept = job.clone();
     kept.seeds.clear();
     kept.contact_ids.clear();
+    kept.own_event = None;
     save(store, &kept)?;
-    prune(store)?;
-    Ok(())
+    prune(store)
+}
+
+/// The erasure a `contact.deleted` notification (`event_key`, received at
+/// `received_ms`) asks for, as a job, run by the worker handling it
+/// (blocking): the door closed on the contact, everything of theirs swept
+/// but the notification itself, then `remove_own` takes the notification
+/// away (it names the person too, so it goes last), then the job ends.
+/// Run again for the same notification, it carries on with the same job.
+///
+/// The segments are left to the background shred pass, so a bulk deletion
+/// in Intercom costs one rewrite per segment, not one per contact, and
+/// nothing is flushed here: a bulk deletion must not fill the disk queue
+/// ahead of intake's `fdatasync`s. Until the notification is gone it stays
+/// queued, so a crash runs it again (the door is closed then, which the
+/// worker knows not to take for a finished erasure); the resume loop may
+/// finish the job first, its sweep taking the notification too.
+pub fn on_deletion(
+    store: &Store,
+    codec: &CacheCodec,
+    contact_id: &str,
+    event_key: &str,
+    received_ms: i64,
+    remove_own: impl FnOnce() -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let id = format!(
+        "er_{received_ms:013}_{}",
+        &codec.keys().audit_hash(&format!("deletion:{event_key}"))[..12]
+    );
+    let mut job = match load(store, &id)? {
+        Some(job) => job,
+        None => {
+            let key = crate::identifiers::contact_key(contact_id);
+            let job = Job {
+                id: id.clone(),
+                trigger: DELETION_TRIGGER.into(),
+                started_ms: now_ms(),
+                subject_hash: codec.keys().audit_hash(&key),
+                seeds: vec![key],
+                own_event: Some(event_key.to_string()),
+                ..Job::default()
+            };
+            save(store, &job)?;
+            crate::audit::append_lazy(
+                store,
+                "erase.start",
+                json!({"job": job.id, "trigger": job.trigger, "subject_hash": job.subject_hash, "intercom": false}),
+            )?;
+            job
+        }
+    };
+    if job.finished_ms.is_some() {
+        return remove_own();
+    }
+    // Marked as running here, so that the resume loop leaves it alone.
+    if !claim(&id) {
+        return Err(StoreError::Unavailable(format!(
+            "the erasure job {id} is being run already"
+        )));
+    }
+    let result = (|| {
+        if job.swept.is_none() {
+            let (found, erased) = erasure::sweep(store, codec, &job.seeds, Some(event_key), false)?;
+            job.contact_id_hashes = found
+                .contact_ids()
+                .iter()
+                .map(|id| codec.keys().audit_hash(&format!("contact:{id}")))
+                .collect();
+            job.matched_local = !found.is_empty();
+            job.swept = Some(erased);
+            save(store, &job)?;
+        }
+        remove_own()?;
+        finish(store, &mut job)
+    })();
+    release(&id);
+    result
 }
 
 /// Removes all but the newest [`FINISHED_KEPT`] finished jobs.

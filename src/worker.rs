@@ -416,11 +416,12 @@ fn process_work(ctx: &WorkerCtx, work: Work) -> Result<Processed, StoreError> {
                     // then it stays queued: a crash runs all of it again.
                     // Its dedup marker stays, and the audit entry says what
                     // happened.
-                    crate::erasure::on_webhook(&ctx.store, &ctx.codec, id, key)?;
-                    crate::failpoint::hit_settled("worker:deletion-before-erase", || {
-                        let _ = ctx.store.flush_index();
-                    });
-                    ctx.store.erase_events(&[key.to_string()], false)?;
+                    crate::erasure_jobs::on_deletion(&ctx.store, &ctx.codec, id, key, meta.received_ms, || {
+                        crate::failpoint::hit_settled("worker:deletion-before-erase", || {
+                            let _ = ctx.store.flush_index();
+                        });
+                        ctx.store.erase_events(&[key.to_string()], false).map(|_| ())
+                    })?;
                     record(ctx, meta, Status::Processed);
                     return Ok(Processed::Done(Status::Processed));
                 }

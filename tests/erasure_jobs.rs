@@ -4,7 +4,8 @@
 //! - the real binary SIGKILLed at each step of an operator's erasure, of a
 //!   `contact.deleted`'s erasure and of a late notification's erasure is
 //!   restarted, and then nothing of the person is readable, the job is
-//!   done and the audit chain whole.
+//!   done and the audit chain whole; on the embedded store and on
+//!   PostgreSQL (each test in a database of its own).
 
 mod common;
 
@@ -16,6 +17,7 @@ use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::delete;
 use axum::{Json, Router};
+use common::pg::TestDb;
 use common::*;
 use serde_json::{json, Value};
 
@@ -215,11 +217,72 @@ fn wait_exit(child: &mut Server) {
     }
 }
 
+/// Where a test's store lives: the embedded store in the test's data dir,
+/// or a PostgreSQL database of its own.
+enum Backend {
+    Embedded,
+    Postgres,
+}
+
+/// One run of the real binary on `backend`: its binary, its temp dir, its
+/// database (PostgreSQL).
+struct Place {
+    bin: Binary,
+    dir: tempfile::TempDir,
+    db: Option<TestDb>,
+}
+
+impl Place {
+    async fn new(backend: &Backend) -> Place {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bin = Binary::new(dir.path());
+        let db = match backend {
+            Backend::Embedded => None,
+            Backend::Postgres => {
+                let db = TestDb::new().await;
+                let config = dir.path().join("pg.toml");
+                std::fs::write(&config, "[store]\nbackend = \"postgres\"\n").unwrap();
+                bin.env.push(("INTERCOM_WEBHOOKS_DATABASE_URL".into(), db.url()));
+                bin.env
+                    .push(("INTERCOM_WEBHOOKS_CONFIG".into(), config.display().to_string()));
+                Some(db)
+            }
+        };
+        Place { bin, dir, db }
+    }
+
+    /// No plaintext of the person in the data dir, nor in a dump of the
+    /// database; then the database goes.
+    async fn assert_absent(self, needles: &[&str]) {
+        if let Some(db) = self.db {
+            let dump = self.dir.path().join("dump.sql");
+            db.dump_to(&dump);
+            assert_absent_from_files(&dump, needles);
+            std::fs::remove_file(&dump).unwrap();
+            db.drop_now().await;
+        }
+        let data = self.dir.path().join("data");
+        if data.exists() {
+            assert_absent_from_files(&data, needles);
+        }
+    }
+}
+
 /// An operator's erasure killed after each of its steps is finished by the
 /// restarted server, whole: both audit entries, Intercom called, nothing
-/// of the person left, in the data dir either.
+/// of the person left, in the data dir (or the database) either.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_erasure_killed_at_any_step_is_finished_after_a_restart() {
+    operator_erasure_killed_at_each_step(Backend::Embedded).await;
+}
+
+#[cfg_attr(not(has_postgres), ignore = "needs PostgreSQL on 127.0.0.1:5432 (CI starts it)")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erasure_killed_at_any_step_is_finished_after_a_restart_on_postgres() {
+    operator_erasure_killed_at_each_step(Backend::Postgres).await;
+}
+
+async fn operator_erasure_killed_at_each_step(backend: Backend) {
     let (base, stand) = spawn_stand(0).await;
     for point in [
         "erase:after-door",
@@ -227,8 +290,11 @@ async fn an_erasure_killed_at_any_step_is_finished_after_a_restart() {
         "erase:after-sweep",
         "erase:after-intercom",
     ] {
-        let dir = tempfile::tempdir().unwrap();
-        let mut bin = Binary::new(dir.path());
+        let place = Place::new(&backend).await;
+        let mut bin = Binary {
+            dir: place.bin.dir.clone(),
+            env: place.bin.env.clone(),
+        };
         bin.env.push(("INTERCOM_ACCESS_TOKEN".into(), "fake-token".into()));
         bin.env.push(("INTERCOM_API_BASE_URL".into(), base.clone()));
         let env = crash_env(point);
@@ -270,7 +336,7 @@ async fn an_erasure_killed_at_any_step_is_finished_after_a_restart() {
         assert_eq!(code, 0);
         assert!(out.contains("\"done\""), "{out}");
         child.terminate();
-        assert_absent_from_files(&dir.path().join("data"), &[EMAIL, "Killed Person"]);
+        place.assert_absent(&[EMAIL, "Killed Person"]).await;
     }
 }
 
@@ -279,9 +345,20 @@ async fn an_erasure_killed_at_any_step_is_finished_after_a_restart() {
 /// the restart nothing of the person is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_erasure_killed_mid_way_is_finished_after_a_restart() {
+    webhook_erasure_killed_at_each_step(Backend::Embedded).await;
+}
+
+#[cfg_attr(not(has_postgres), ignore = "needs PostgreSQL on 127.0.0.1:5432 (CI starts it)")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_erasure_killed_mid_way_is_finished_after_a_restart_on_postgres() {
+    webhook_erasure_killed_at_each_step(Backend::Postgres).await;
+}
+
+async fn webhook_erasure_killed_at_each_step(backend: Backend) {
     for point in ["erase:after-door", "erase:after-events", "worker:deletion-before-erase"] {
-        let dir = tempfile::tempdir().unwrap();
-        let bin = Binary::new(dir.path());
+        eprintln!("crash point {point}");
+        let place = Place::new(&backend).await;
+        let bin = &place.bin;
         let env = crash_env(point);
         let (mut child, public, admin_addr) = bin.serve(&[(env[0].0, env[0].1.as_str())]);
         seed(public, admin_addr).await;
@@ -296,12 +373,12 @@ async fn a_webhook_erasure_killed_mid_way_is_finished_after_a_restart() {
         let (child, _public, admin_addr) = bin.serve(&[]);
         check_erased(admin_addr, &["notif_k_c1", "notif_k_c2", "notif_k_del"]).await;
         child.terminate();
-        assert_absent_from_files(&dir.path().join("data"), &[EMAIL, "Killed Person"]);
+        place.assert_absent(&[EMAIL, "Killed Person"]).await;
     }
 
     // A late notification about someone erased, killed before it is erased.
-    let dir = tempfile::tempdir().unwrap();
-    let bin = Binary::new(dir.path());
+    let place = Place::new(&backend).await;
+    let bin = &place.bin;
     let (child, public, admin_addr) = bin.serve(&[]);
     seed(public, admin_addr).await;
     let r = reqwest::Client::new()
@@ -326,5 +403,5 @@ async fn a_webhook_erasure_killed_mid_way_is_finished_after_a_restart() {
     let (child, _public, admin_addr) = bin.serve(&[]);
     check_erased(admin_addr, &["notif_k_late"]).await;
     child.terminate();
-    assert_absent_from_files(&dir.path().join("data"), &[EMAIL, "Killed Person"]);
+    place.assert_absent(&[EMAIL, "Killed Person"]).await;
 }

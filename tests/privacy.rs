@@ -593,9 +593,15 @@ async fn a_contact_deleted_webhook_erases_local_copies() {
         "a redelivery of it is a duplicate (its marker stays)"
     );
     assert_eq!(app.admin_get(&format!("/admin/contacts/{C1}")).await.status(), 404);
+    // A job: one entry as it began, one as it ended.
     let audit = app.admin_json("/admin/audit").await;
-    assert_eq!(audit["entries"][0]["action"], "erase");
-    assert_eq!(audit["entries"][0]["details"]["local"]["events"], 1);
+    assert_eq!(audit["entries"][0]["action"], "erase.start", "{audit}");
+    assert_eq!(audit["entries"][1]["action"], "erase", "{audit}");
+    assert_eq!(audit["entries"][1]["details"]["trigger"], "contact.deleted webhook");
+    assert_eq!(audit["entries"][1]["details"]["local"]["events"], 1);
+    let jobs = app.admin_json("/admin/erasures").await;
+    assert_eq!(jobs["jobs"][0]["trigger"], "contact.deleted webhook", "{jobs}");
+    assert_eq!(jobs["jobs"][0]["state"], "done", "{jobs}");
     app.stop().await;
 }
 
