@@ -41,45 +41,39 @@ impl Postgres {
     /// One transaction: the events' rows and subject entries go, their
     /// markers stay, their partitions are queued for a shred pass. Always
     /// durable on return (`durable` is for backends that batch).
+    ///
+    /// The rows are locked first, markers then events, each in key order
+    /// (intake takes a marker before its event), so two erasures of
+    /// overlapping sets wait for each other instead of deadlocking; a
+    /// deadlock with another kind of transaction (or a serialization
+    /// failure) rolls this one back, and it is run again, a few times.
     pub fn erase_events(&self, keys: &[String], _durable: bool) -> Result<ErasedEvents, StoreError> {
         if keys.is_empty() {
             return Ok(ErasedEvents::default());
         }
+        let mut keys = keys.to_vec();
+        keys.sort_unstable();
+        keys.dedup();
         self.block(async {
             let mut client = self.client().await?;
-            let tx = client.transaction().await.map_err(pg_err)?;
-            let rows = tx
-                .query(
-                    "WITH gone AS (DELETE FROM iw_events e USING iw_dedup d \
-                       WHERE d.key = ANY($1) AND e.part = d.part AND e.key = d.key RETURNING e.part, e.key) \
-                     SELECT part, key FROM gone",
-                    &[&keys],
-                )
-                .await
-                .map_err(pg_err)?;
-            let gone: Vec<String> = rows.iter().map(|r| r.get(1)).collect();
-            let mut parts: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
-            parts.sort_unstable();
-            parts.dedup();
-            tx.execute("UPDATE iw_dedup SET has_event = false WHERE key = ANY($1)", &[&gone])
-                .await
-                .map_err(pg_err)?;
-            tx.execute("DELETE FROM iw_subjects WHERE key = ANY($1)", &[&gone])
-                .await
-                .map_err(pg_err)?;
-            let queued = tx
-                .execute(
-                    "INSERT INTO iw_shred (part, queued_ms) SELECT unnest($1::int8[]), $2 ON CONFLICT (part) DO NOTHING",
-                    &[&parts, &now()],
-                )
-                .await
-                .map_err(pg_err)?;
-            tx.commit().await.map_err(pg_err)?;
-            self.inner.cached.note_shred_queued(now());
-            Ok(ErasedEvents {
-                events: gone.len() as u64,
-                segments_queued: queued,
-            })
+            let mut attempt = 0u64;
+            loop {
+                match erase_once(&mut client, &keys).await {
+                    Ok(erased) => {
+                        self.inner.cached.note_shred_queued(now());
+                        return Ok(erased);
+                    }
+                    Err(e) if attempt < 5 && rolled_back_by_a_conflict(&e) => {
+                        attempt += 1;
+                        tracing::debug!(attempt, "An erasure met a conflicting transaction; run again.");
+                        tokio::time::sleep(std::time::Duration::from_millis(
+                            10 * attempt + rand::random::<u64>() % 20,
+                        ))
+                        .await;
+                    }
+                    Err(e) => return Err(pg_err(e)),
+                }
+            }
         })
     }
 
@@ -393,4 +387,60 @@ impl Postgres {
             Ok(())
         })
     }
+}
+
+/// Whether the database rolled a transaction back because of another one
+/// (a deadlock, a serialization failure): running it again may succeed.
+fn rolled_back_by_a_conflict(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    matches!(
+        e.code(),
+        Some(c) if *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE
+    )
+}
+
+/// [`Postgres::erase_events`]'s transaction, `keys` sorted.
+async fn erase_once(
+    client: &mut deadpool_postgres::Client,
+    keys: &[String],
+) -> Result<ErasedEvents, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    tx.execute(
+        "SELECT 1 FROM iw_dedup WHERE key = ANY($1) ORDER BY key FOR UPDATE",
+        &[&keys],
+    )
+    .await?;
+    tx.execute(
+        "SELECT 1 FROM iw_events e JOIN iw_dedup d ON e.part = d.part AND e.key = d.key \
+         WHERE d.key = ANY($1) ORDER BY e.key FOR UPDATE OF e",
+        &[&keys],
+    )
+    .await?;
+    let rows = tx
+        .query(
+            "WITH gone AS (DELETE FROM iw_events e USING iw_dedup d \
+               WHERE d.key = ANY($1) AND e.part = d.part AND e.key = d.key RETURNING e.part, e.key) \
+             SELECT part, key FROM gone",
+            &[&keys],
+        )
+        .await?;
+    let gone: Vec<String> = rows.iter().map(|r| r.get(1)).collect();
+    let mut parts: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    parts.sort_unstable();
+    parts.dedup();
+    tx.execute("UPDATE iw_dedup SET has_event = false WHERE key = ANY($1)", &[&gone])
+        .await?;
+    tx.execute("DELETE FROM iw_subjects WHERE key = ANY($1)", &[&gone])
+        .await?;
+    let queued = tx
+        .execute(
+            "INSERT INTO iw_shred (part, queued_ms) SELECT unnest($1::int8[]), $2 ON CONFLICT (part) DO NOTHING",
+            &[&parts, &now()],
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(ErasedEvents {
+        events: gone.len() as u64,
+        segments_queued: queued,
+    })
 }
