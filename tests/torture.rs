@@ -34,6 +34,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use common::pg::TestDb;
 use common::*;
 use intercom_webhooks::verify::sign;
 use rand::rngs::StdRng;
@@ -44,6 +45,7 @@ const PEOPLE: usize = 24;
 /// `[retention] events` of the run, in seconds.
 const RETENTION_S: i64 = 20;
 
+/// The run's configuration; the `[store]` section is the backend's.
 const CONFIG: &str = r#"
 [retention]
 events = "20s"
@@ -56,10 +58,17 @@ audit = "1h"
 interval = "3s"
 shred_quiet = "1s"
 shred_interval = "4s"
-[store]
-segment_max_age = "2s"
-segment_max_bytes = 1048576
 "#;
+const EMBEDDED_STORE: &str = "[store]\nsegment_max_age = \"2s\"\nsegment_max_bytes = 1048576\n";
+/// Claims lapse in seconds, partitions (what a purge drops) of 5 s.
+const POSTGRES_STORE: &str =
+    "[store]\nbackend = \"postgres\"\nclaim_lease = \"3s\"\ncommit_timeout = \"2s\"\npartition = \"5s\"\n";
+
+#[derive(Clone, Copy, PartialEq)]
+enum Backend {
+    Embedded,
+    Postgres,
+}
 
 /// The kill points the killer picks from, besides a plain SIGKILL.
 const CRASH_POINTS: &[&str] = &[
@@ -121,13 +130,21 @@ struct Record {
     counts: BTreeMap<&'static str, u64>,
 }
 
+/// One server of the run: the only one on the embedded store, one of two
+/// replicas sharing a database on PostgreSQL.
+struct Replica {
+    bin: Binary,
+    server: Mutex<Option<Server>>,
+    addrs: RwLock<Option<(SocketAddr, SocketAddr)>>,
+}
+
 struct World {
     seed: u64,
     people: Vec<Person>,
-    bin: Binary,
+    replicas: Vec<Replica>,
+    /// The PostgreSQL database the replicas share.
+    db: Option<TestDb>,
     dir: PathBuf,
-    server: Mutex<Option<Server>>,
-    addrs: RwLock<Option<(SocketAddr, SocketAddr)>>,
     record: Mutex<Record>,
     stop: AtomicBool,
     serial: AtomicU64,
@@ -153,8 +170,11 @@ impl World {
         self.record.lock().unwrap().violations.push(v);
     }
 
+    /// A live server's addresses, the replicas taken in turn.
     fn addrs(&self) -> Option<(SocketAddr, SocketAddr)> {
-        *self.addrs.read().unwrap()
+        let n = self.replicas.len();
+        let first = self.serial.fetch_add(1, Ordering::Relaxed) as usize;
+        (0..n).find_map(|i| *self.replicas[(first + i) % n].addrs.read().unwrap())
     }
 
     fn contact(&self, p: usize, updated_at: i64) -> Value {
@@ -172,9 +192,10 @@ impl World {
             "contacts":{"type":"contact.list","contacts":[{"type":"contact","id":person.contact_id}]}})
     }
 
-    /// Starts the server (with a crash point, maybe) and publishes its
+    /// Starts server `i` (with a crash point, maybe) and publishes its
     /// addresses.
-    fn start(&self, crash_at: Option<&str>) {
+    fn start(&self, i: usize, crash_at: Option<&str>) {
+        let replica = &self.replicas[i];
         // Windows held open where a race would lose something: an erasure
         // between finding and forgetting, the index behind intake.
         let mut env = vec![
@@ -190,30 +211,53 @@ impl World {
         // A crash point may be reached while the server recovers, before
         // it listens (an erasure finished at open): then once more
         // without it.
-        let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.bin.serve(&env)));
+        let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| replica.bin.serve(&env)));
         let (child, public, admin) = match served {
             Ok(s) => s,
             Err(_) => {
                 self.count("crashes while recovering");
-                self.bin.serve(&env[..2])
+                replica.bin.serve(&env[..2])
             }
         };
-        *self.server.lock().unwrap() = Some(child);
-        *self.addrs.write().unwrap() = Some((public, admin));
+        *replica.server.lock().unwrap() = Some(child);
+        *replica.addrs.write().unwrap() = Some((public, admin));
     }
 
-    fn kill(&self) {
-        *self.addrs.write().unwrap() = None;
-        if let Some(mut child) = self.server.lock().unwrap().take() {
+    fn kill(&self, i: usize) {
+        let replica = &self.replicas[i];
+        *replica.addrs.write().unwrap() = None;
+        if let Some(mut child) = replica.server.lock().unwrap().take() {
             let _ = child.0.kill();
             let _ = child.0.wait();
         }
     }
 
-    /// Whether the server died by itself (a crash point).
-    fn died(&self) -> bool {
-        let mut server = self.server.lock().unwrap();
+    /// Whether server `i` died by itself (a crash point).
+    fn died(&self, i: usize) -> bool {
+        let mut server = self.replicas[i].server.lock().unwrap();
         matches!(server.as_mut().map(|c| c.0.try_wait()), Some(Ok(Some(_))))
+    }
+
+    fn any_died(&self) -> bool {
+        (0..self.replicas.len()).any(|i| self.died(i))
+    }
+
+    /// Every server started afresh, none with a crash point.
+    async fn restart_all(self: &Arc<Self>) {
+        for i in 0..self.replicas.len() {
+            self.kill(i);
+            let w = self.clone();
+            tokio::task::spawn_blocking(move || w.start(i, None)).await.unwrap();
+        }
+    }
+
+    /// Every server stopped (SIGTERM).
+    fn terminate_all(&self) {
+        for r in &self.replicas {
+            *r.addrs.write().unwrap() = None;
+            let terminated = r.server.lock().unwrap().take().map(|s| s.terminate());
+            assert!(terminated.is_some());
+        }
     }
 
     async fn post_webhook(&self, body: &[u8], signature: &str) -> Option<u16> {
@@ -451,13 +495,84 @@ async fn after_erasure(w: &Arc<World>, p: usize) {
     }
 }
 
-/// Replays, purges and backups, at random.
+/// A stand-in for Intercom's REST API, as its OpenAPI description
+/// answers, for reconcile: the cast's contacts and conversations, each
+/// updated a moment ago whenever it is asked (so every reconciliation finds
+/// changes, about people erased here too: Intercom still has those the
+/// run erased with `local_only`).
+async fn spawn_intercom(people: Vec<(String, String, String)>) -> String {
+    use axum::extract::{Path as UrlPath, State};
+    use axum::routing::{get, post};
+    use axum::{Json, Router};
+    type Cast = Arc<Vec<(String, String, String)>>;
+    fn now_s() -> i64 {
+        now_ms() / 1000
+    }
+    fn contact(p: usize, (id, email, name): &(String, String, String)) -> Value {
+        json!({"type":"contact","id":id,"role":"user","email":email,"name":name,
+            "created_at":1767225600,"updated_at":now_s() - (p % 3) as i64})
+    }
+    fn conversation(p: usize, (id, _, _): &(String, String, String)) -> Value {
+        json!({"type":"conversation","id":format!("{}", 900_000 + p),"state":"open","open":true,
+            "created_at":1767225600,"updated_at":now_s() - (p % 3) as i64,
+            "contacts":{"type":"contact.list","contacts":[{"type":"contact","id":id}]}})
+    }
+    async fn search(State(cast): State<Cast>, uri: axum::http::Uri, Json(body): Json<Value>) -> Json<Value> {
+        let after = body["query"]["value"].as_i64().unwrap_or(0);
+        let contacts = uri.path().starts_with("/contacts");
+        let hits: Vec<Value> = cast
+            .iter()
+            .enumerate()
+            .map(|(p, c)| if contacts { contact(p, c) } else { conversation(p, c) })
+            .filter(|v| v["updated_at"].as_i64().unwrap() > after)
+            .collect();
+        let (list_type, key) = if contacts {
+            ("list", "data")
+        } else {
+            ("conversation.list", "conversations")
+        };
+        Json(json!({"type": list_type, key: hits, "total_count": hits.len(),
+            "pages": {"type": "pages", "page": 1, "per_page": 50, "total_pages": 1}}))
+    }
+    async fn contact_by_id(State(cast): State<Cast>, UrlPath(id): UrlPath<String>) -> Json<Value> {
+        let p = cast.iter().position(|c| c.0 == id).unwrap_or(0);
+        Json(contact(p, &cast[p]))
+    }
+    async fn conversation_by_id(State(cast): State<Cast>, UrlPath(id): UrlPath<String>) -> Json<Value> {
+        let p = id
+            .parse::<usize>()
+            .map_or(0, |n| n.saturating_sub(900_000))
+            .min(cast.len() - 1);
+        Json(conversation(p, &cast[p]))
+    }
+    let app = Router::new()
+        .route("/contacts/search", post(search))
+        .route("/conversations/search", post(search))
+        .route("/contacts/{id}", get(contact_by_id))
+        .route("/conversations/{id}", get(conversation_by_id))
+        .with_state(Arc::new(people));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+/// Replays, purges, backups and reconciliations, at random.
 async fn operator(w: Arc<World>, mut rng: StdRng) {
     let mut n = 0;
     while !w.stop.load(Ordering::SeqCst) {
         tokio::time::sleep(Duration::from_millis(rng.gen_range(300..1200))).await;
         n += 1;
-        match rng.gen_range(0..4) {
+        match rng.gen_range(0..5) {
+            4 => {
+                w.count("reconciliations");
+                let r = w
+                    .admin(reqwest::Method::POST, "/admin/reconcile", Some(json!({})))
+                    .await;
+                // 409: one is running already (on the other replica).
+                let r = r.filter(|(code, _)| *code != 409);
+                check_admin(&w, "reconcile", r);
+            }
             0 => {
                 w.count("replays (all)");
                 let r = w
@@ -480,6 +595,24 @@ async fn operator(w: Arc<World>, mut rng: StdRng) {
                 w.count("purges");
                 let r = w.admin(reqwest::Method::POST, "/admin/purge", Some(json!({}))).await;
                 check_admin(&w, "purge", r);
+            }
+            _ if w.db.is_some() => {
+                // PostgreSQL is backed up with its own tools (docs/postgres.md).
+                let started = now_ms();
+                let path = w.dir.join(format!("backup-{n}.sql"));
+                let (db, to) = (
+                    TestDb {
+                        name: w.db.as_ref().unwrap().name.clone(),
+                    },
+                    path.clone(),
+                );
+                match tokio::task::spawn_blocking(move || db.try_dump_to(&to)).await.unwrap() {
+                    Ok(()) => {
+                        w.count("backups");
+                        w.record.lock().unwrap().backups.push((path, started));
+                    }
+                    Err(e) => w.violation(e),
+                }
             }
             _ => {
                 let started = now_ms();
@@ -519,27 +652,35 @@ async fn killer(w: Arc<World>, mut rng: StdRng) {
     while !w.stop.load(Ordering::SeqCst) {
         let wait = Duration::from_millis(rng.gen_range(6000..12000));
         let until = Instant::now() + wait;
-        while Instant::now() < until && !w.stop.load(Ordering::SeqCst) && !w.died() {
+        while Instant::now() < until && !w.stop.load(Ordering::SeqCst) && !w.any_died() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         if w.stop.load(Ordering::SeqCst) {
             return;
         }
-        let crashed = w.died();
-        w.kill();
+        // The one that died at its crash point, or one at random.
+        let i = (0..w.replicas.len())
+            .find(|&i| w.died(i))
+            .unwrap_or_else(|| rng.gen_range(0..w.replicas.len()));
+        let crashed = w.died(i);
+        w.kill(i);
         w.count(if crashed { "crashes at a crash point" } else { "kills" });
-        w.note(if crashed { "crashed".into() } else { "killed".into() }, None, None);
+        w.note(
+            format!("{} server {i}", if crashed { "crashed" } else { "killed" }),
+            None,
+            None,
+        );
         let point = rng
             .gen_bool(0.5)
             .then(|| CRASH_POINTS[rng.gen_range(0..CRASH_POINTS.len())]);
         let w2 = w.clone();
         let restarting = Instant::now();
-        tokio::task::spawn_blocking(move || w2.start(point)).await.unwrap();
+        tokio::task::spawn_blocking(move || w2.start(i, point)).await.unwrap();
         eprintln!(
-            "torture: restarted in {:?} (crash point {point:?})",
+            "torture: restarted server {i} in {:?} (crash point {point:?})",
             restarting.elapsed()
         );
-        w.note(format!("restarted (crash point {point:?})"), None, None);
+        w.note(format!("restarted server {i} (crash point {point:?})"), None, None);
     }
 }
 
@@ -585,6 +726,17 @@ fn plaintext_in(w: &World, dir: &Path) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn everything_at_once_breaks_no_promise() {
+    torture(Backend::Embedded).await;
+}
+
+/// Two replicas sharing a database, one of them killed at a time.
+#[cfg_attr(not(has_postgres), ignore = "needs PostgreSQL on 127.0.0.1:5432 (CI starts it)")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn everything_at_once_breaks_no_promise_on_postgres() {
+    torture(Backend::Postgres).await;
+}
+
+async fn torture(backend: Backend) {
     let seed: u64 = std::env::var("TORTURE_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -594,34 +746,64 @@ async fn everything_at_once_breaks_no_promise() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(60);
-    eprintln!("torture: seed {seed}, {secs} s (TORTURE_SEED={seed} replays it)");
+    let name = if backend == Backend::Postgres {
+        "postgres"
+    } else {
+        "embedded"
+    };
+    eprintln!("torture ({name}): seed {seed}, {secs} s (TORTURE_SEED={seed} replays it)");
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
     if std::env::var("TORTURE_KEEP").is_ok() {
         eprintln!("torture: keeping {}", dir.display());
         std::mem::forget(tmp);
     }
+    let db = match backend {
+        Backend::Embedded => None,
+        Backend::Postgres => Some(TestDb::new().await),
+    };
     let config = dir.as_path().join("torture.toml");
-    std::fs::write(&config, CONFIG).unwrap();
-    let mut bin = Binary::new(dir.as_path());
-    bin.env
-        .push(("INTERCOM_WEBHOOKS_CONFIG".into(), config.display().to_string()));
+    let store = if db.is_some() { POSTGRES_STORE } else { EMBEDDED_STORE };
+    std::fs::write(&config, format!("{CONFIG}{store}")).unwrap();
+    let people = cast(seed);
+    let intercom = spawn_intercom(
+        people
+            .iter()
+            .map(|p| (p.contact_id.clone(), p.email.clone(), p.name.clone()))
+            .collect(),
+    )
+    .await;
+    let replicas = (0..if db.is_some() { 2 } else { 1 })
+        .map(|i| {
+            let home = dir.join(format!("server-{i}"));
+            std::fs::create_dir_all(&home).unwrap();
+            let mut bin = Binary::new(&home);
+            bin.env
+                .push(("INTERCOM_WEBHOOKS_CONFIG".into(), config.display().to_string()));
+            if let Some(db) = &db {
+                bin.env.push(("INTERCOM_WEBHOOKS_DATABASE_URL".into(), db.url()));
+            }
+            bin.env.push(("INTERCOM_ACCESS_TOKEN".into(), "fake-token".into()));
+            bin.env.push(("INTERCOM_API_BASE_URL".into(), intercom.clone()));
+            Replica {
+                bin,
+                server: Mutex::new(None),
+                addrs: RwLock::new(None),
+            }
+        })
+        .collect();
     let w = Arc::new(World {
         seed,
-        people: cast(seed),
-        bin,
+        people,
+        replicas,
+        db,
         dir: dir.as_path().to_path_buf(),
-        server: Mutex::new(None),
-        addrs: RwLock::new(None),
         record: Mutex::new(Record::default()),
         stop: AtomicBool::new(false),
         serial: AtomicU64::new(0),
         http: reqwest::Client::new(),
     });
-    {
-        let w = w.clone();
-        tokio::task::spawn_blocking(move || w.start(None)).await.unwrap();
-    }
+    w.restart_all().await;
     let mut rng = StdRng::seed_from_u64(seed);
     let mut tasks = Vec::new();
     for _ in 0..4 {
@@ -638,35 +820,33 @@ async fn everything_at_once_breaks_no_promise() {
     killer.await.unwrap();
     // A crash point armed by the last restart may still be hit: restart
     // without one while the erasers finish their last request.
-    if w.died() {
-        w.kill();
-    }
-    w.kill();
-    {
-        let w = w.clone();
-        tokio::task::spawn_blocking(move || w.start(None)).await.unwrap();
-    }
+    w.restart_all().await;
     for t in tasks.into_iter().chain(erasers) {
         t.await.unwrap();
     }
     // Stopped, and started once more.
-    let terminated = w.server.lock().unwrap().take().map(|s| s.terminate());
-    assert!(terminated.is_some());
-    *w.addrs.write().unwrap() = None;
-    {
-        let w = w.clone();
-        tokio::task::spawn_blocking(move || w.start(None)).await.unwrap();
-    }
+    w.terminate_all();
+    w.restart_all().await;
     check(&w).await;
-    let terminated = w.server.lock().unwrap().take().map(|s| s.terminate());
-    assert!(terminated.is_some());
+    w.terminate_all();
 
-    let found = plaintext_in(&w, &dir.as_path().join("data"));
-    for f in found {
-        w.violation(format!("plaintext in the data dir: {f}"));
+    for (i, r) in w.replicas.iter().enumerate() {
+        let data = r.bin.dir.join("data");
+        if data.exists() {
+            for f in plaintext_in(&w, &data) {
+                w.violation(format!("plaintext in server {i}'s data dir: {f}"));
+            }
+        }
+        for f in plaintext_in(&w, &r.bin.dir.join("serve.log")) {
+            w.violation(format!("plaintext in server {i}'s log: {f}"));
+        }
     }
-    for f in plaintext_in(&w, &dir.as_path().join("serve.log")) {
-        w.violation(format!("plaintext in the log: {f}"));
+    if let Some(db) = &w.db {
+        let dump = dir.join("final-dump.sql");
+        db.dump_to(&dump);
+        for f in plaintext_in(&w, &dump) {
+            w.violation(format!("plaintext in the database: {f}"));
+        }
     }
     let backups = w.record.lock().unwrap().backups.clone();
     for (path, _) in &backups {
@@ -678,7 +858,7 @@ async fn everything_at_once_breaks_no_promise() {
 
     let r = w.record.lock().unwrap();
     eprintln!(
-        "torture: seed {seed}: {:?}; acknowledged ids {}; people erased {}; violations {}",
+        "torture ({name}): seed {seed}: {:?}; acknowledged ids {}; people erased {}; violations {}",
         r.counts,
         r.acked.len(),
         r.erased.len(),
@@ -697,6 +877,10 @@ async fn everything_at_once_breaks_no_promise() {
         r.violations.len(),
         r.violations.join("\n")
     );
+    drop(r);
+    if let Some(db) = Arc::try_unwrap(w).ok().and_then(|w| w.db) {
+        db.drop_now().await;
+    }
 }
 
 /// The checks on the restarted server.
@@ -874,11 +1058,39 @@ async fn check_backup(w: &Arc<World>, backups: &[(PathBuf, i64)]) {
         return;
     };
     let restored = tempfile::tempdir_in(&w.dir).unwrap();
-    let bin = Binary::new(restored.path());
-    let (code, _, err) = bin.run(&["restore", "--from", path.to_str().unwrap(), "--without-ledger"]);
-    if code != 0 {
-        w.violation(format!("the backup {} does not restore: {err}", path.display()));
-        return;
+    let mut bin = Binary::new(restored.path());
+    let mut restored_db = None;
+    if w.db.is_some() {
+        // A dump, restored into a database of its own.
+        let db = TestDb::new().await;
+        let out = std::process::Command::new("psql")
+            .args(["-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres", "-d"])
+            .arg(&db.name)
+            .arg("-f")
+            .arg(path)
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            w.violation(format!(
+                "the dump {} does not restore: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+            db.drop_now().await;
+            return;
+        }
+        bin.env.push((
+            "INTERCOM_WEBHOOKS_CONFIG".into(),
+            w.dir.join("torture.toml").display().to_string(),
+        ));
+        bin.env.push(("INTERCOM_WEBHOOKS_DATABASE_URL".into(), db.url()));
+        restored_db = Some(db);
+    } else {
+        let (code, _, err) = bin.run(&["restore", "--from", path.to_str().unwrap(), "--without-ledger"]);
+        if code != 0 {
+            w.violation(format!("the backup {} does not restore: {err}", path.display()));
+            return;
+        }
     }
     let (child, _, admin) = bin.serve(&[]);
     let http = reqwest::Client::new();
@@ -940,4 +1152,7 @@ async fn check_backup(w: &Arc<World>, backups: &[(PathBuf, i64)]) {
         path.display()
     );
     child.terminate();
+    if let Some(db) = restored_db {
+        db.drop_now().await;
+    }
 }

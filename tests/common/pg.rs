@@ -41,16 +41,30 @@ impl TestDb {
 
     /// `pg_dump` of the database, as text, written to `to`.
     pub fn dump_to(&self, to: &Path) {
-        let dump = std::process::Command::new("pg_dump")
-            .args(["-h", "127.0.0.1", "-p", "5432", "-U", "postgres", &self.name])
-            .output()
-            .unwrap();
-        assert!(
-            dump.status.success(),
-            "pg_dump failed: {}",
-            String::from_utf8_lossy(&dump.stderr)
-        );
-        std::fs::write(to, &dump.stdout).unwrap();
+        if let Err(e) = self.try_dump_to(to) {
+            panic!("{e}");
+        }
+    }
+
+    /// [`TestDb::dump_to`], tried a few times: a dump fails when a purge
+    /// drops a partition between pg_dump's reading the catalog and its
+    /// locking the tables ("relation ... does not exist"), as it would for
+    /// an operator.
+    pub fn try_dump_to(&self, to: &Path) -> Result<(), String> {
+        let mut last = String::new();
+        for _ in 0..5 {
+            let dump = std::process::Command::new("pg_dump")
+                .args(["-h", "127.0.0.1", "-p", "5432", "-U", "postgres", &self.name])
+                .output()
+                .unwrap();
+            if dump.status.success() {
+                std::fs::write(to, &dump.stdout).unwrap();
+                return Ok(());
+            }
+            last = String::from_utf8_lossy(&dump.stderr).into_owned();
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        Err(format!("pg_dump failed five times: {last}"))
     }
 
     pub async fn drop_now(self) {
