@@ -856,28 +856,30 @@ async fn torture(backend: Backend) {
     }
     check_backup(&w, &backups).await;
 
-    let r = w.record.lock().unwrap();
-    eprintln!(
-        "torture ({name}): seed {seed}: {:?}; acknowledged ids {}; people erased {}; violations {}",
-        r.counts,
-        r.acked.len(),
-        r.erased.len(),
-        r.violations.len()
-    );
-    assert!(
-        r.counts.get("kills").copied().unwrap_or(0) + r.counts.get("crashes at a crash point").copied().unwrap_or(0)
-            > 0,
-        "the server was never killed"
-    );
-    assert!(r.acked.len() > 100, "too little was acknowledged to check anything");
-    assert!(!r.erased.is_empty(), "nobody was erased");
-    assert!(
-        r.violations.is_empty(),
-        "{} violations (seed {seed}):\n{}",
-        r.violations.len(),
-        r.violations.join("\n")
-    );
-    drop(r);
+    {
+        let r = w.record.lock().unwrap();
+        eprintln!(
+            "torture ({name}): seed {seed}: {:?}; acknowledged ids {}; people erased {}; violations {}",
+            r.counts,
+            r.acked.len(),
+            r.erased.len(),
+            r.violations.len()
+        );
+        assert!(
+            r.counts.get("kills").copied().unwrap_or(0)
+                + r.counts.get("crashes at a crash point").copied().unwrap_or(0)
+                > 0,
+            "the server was never killed"
+        );
+        assert!(r.acked.len() > 100, "too little was acknowledged to check anything");
+        assert!(!r.erased.is_empty(), "nobody was erased");
+        assert!(
+            r.violations.is_empty(),
+            "{} violations (seed {seed}):\n{}",
+            r.violations.len(),
+            r.violations.join("\n")
+        );
+    }
     if let Some(db) = Arc::try_unwrap(w).ok().and_then(|w| w.db) {
         db.drop_now().await;
     }
