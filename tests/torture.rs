@@ -202,7 +202,7 @@ impl World {
             ("RUST_LOG", "trace"),
             (
                 "INTERCOM_WEBHOOKS_TEST_PAUSE_AT",
-                "erase:after-events=300,indexer:batch=15",
+                "erase:after-events=1000,indexer:batch=15",
             ),
         ];
         if let Some(p) = crash_at {
@@ -437,6 +437,25 @@ async fn eraser(w: Arc<World>, mut rng: StdRng) {
         } else {
             "erasures by contact id"
         });
+        // A notification about the person sent while the erasure runs
+        // (it is held a while between finding and forgetting).
+        let late = (!by_email).then(|| {
+            let w = w.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                let n = w.serial.fetch_add(1, Ordering::SeqCst);
+                let id = format!("notif_t_late_{n}");
+                let updated = 1767225600 + n as i64;
+                let body = notification(&id, "contact.user.updated", w.contact(p, updated), updated);
+                let code = w.post_webhook(&body, &sign(SECRET, &body)).await;
+                w.note(format!("intake during the erasure {code:?}"), Some(p), Some(id.clone()));
+                (code == Some(200)).then(|| {
+                    w.count("notifications during an erasure");
+                    w.record.lock().unwrap().acked.insert(id.clone(), (Some(p), now_ms()));
+                    id
+                })
+            })
+        });
         loop {
             match w.admin(reqwest::Method::POST, "/admin/erase", Some(body.clone())).await {
                 Some((200, _)) => {
@@ -447,6 +466,11 @@ async fn eraser(w: Arc<World>, mut rng: StdRng) {
                     }
                     if !by_email {
                         after_erasure(&w, p).await;
+                    }
+                    if let Some(late) = late {
+                        if let Some(id) = late.await.unwrap() {
+                            late_one_erased(&w, p, &id).await;
+                        }
                     }
                     break;
                 }
@@ -493,6 +517,30 @@ async fn after_erasure(w: &Arc<World>, p: usize) {
             ));
         }
     }
+}
+
+/// The notification acknowledged while its person's erasure ran is never
+/// served as handled once the erasure has answered: it is erased (by the
+/// sweep, or by its worker, which finds the door closed). Checked until it
+/// is gone, for 20 s (a backlog may hold it `pending` that long).
+async fn late_one_erased(w: &Arc<World>, p: usize, id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        match w.admin_json(&format!("/admin/events/{id}")).await {
+            Some((404, _)) => return,
+            Some((200, v)) if !matches!(v["status"].as_str(), Some("pending" | "retrying")) => {
+                w.violation(report(
+                    w,
+                    &format!("{id}, acknowledged while {p}'s erasure ran, is served as handled after it answered: {v}"),
+                    Some(p),
+                    Some(id),
+                ));
+                return;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    w.count("notifications during an erasure still queued after 20 s");
 }
 
 /// A stand-in for Intercom's REST API, as its OpenAPI description
