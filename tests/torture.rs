@@ -688,6 +688,12 @@ async fn operator(w: Arc<World>, mut rng: StdRng) {
 
 fn check_admin(w: &World, what: &str, r: Option<(u16, Vec<u8>)>) {
     if let Some((code, text)) = r {
+        // 503: the store could not take writes for a moment (a database
+        // slow to commit), said so; the operator tries again.
+        if code == 503 {
+            w.count("admin requests refused (503)");
+            return;
+        }
         // 404: a replay by id of events erased or purged meanwhile.
         if code >= 500 || !(code == 200 || code == 404) {
             w.violation(format!("{what} answered {code}: {}", String::from_utf8_lossy(&text)));

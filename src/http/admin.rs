@@ -22,7 +22,7 @@ use crate::ops::{
     PurgeResult, Replay, ReplayRequest, ReplayResult, ShowEvent, Stats, StatsReport, SubjectReport, SubjectRequest,
 };
 use crate::secret::constant_time_eq;
-use crate::store::CacheKind;
+use crate::store::{CacheKind, StoreError};
 
 pub fn router(state: AppState) -> Router {
     let protected = Router::new()
@@ -126,6 +126,17 @@ impl IntoResponse for AdminError {
             OpsError::BadRequest(m) => error(StatusCode::BAD_REQUEST, m),
             OpsError::NotFound(m) => error(StatusCode::NOT_FOUND, m),
             OpsError::Upstream(m) => error(StatusCode::BAD_GATEWAY, m),
+            // The store cannot take writes for now (a database that did not
+            // commit in time, one stopped, a full disk): try again later.
+            OpsError::Store(StoreError::Unavailable(_) | StoreError::Closed) => {
+                tracing::warn!(error = %self.0, "Admin request refused: the store is unavailable.");
+                let mut r = error(StatusCode::SERVICE_UNAVAILABLE, &self.0.to_string());
+                r.headers_mut().insert(
+                    axum::http::header::RETRY_AFTER,
+                    axum::http::HeaderValue::from_static("5"),
+                );
+                r
+            }
             OpsError::Store(_) | OpsError::Unavailable(_) => {
                 tracing::error!(error = %self.0, "Admin request failed.");
                 error(StatusCode::INTERNAL_SERVER_ERROR, &self.0.to_string())
