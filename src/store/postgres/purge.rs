@@ -36,6 +36,15 @@ impl Postgres {
                 tx.execute("SELECT pg_advisory_xact_lock($1)", &[&super::intake::PARTITION_LOCK])
                     .await
                     .map_err(pg_err)?;
+                // The markers locked in key order first, as an erasure
+                // locks them: the two wait for each other instead of
+                // deadlocking (a long torture run saw one).
+                tx.execute(
+                    "SELECT 1 FROM iw_dedup WHERE part = $1 AND has_event ORDER BY key FOR UPDATE",
+                    &[&part],
+                )
+                .await
+                .map_err(pg_err)?;
                 let n = tx
                     .execute(
                         "UPDATE iw_dedup SET has_event = false WHERE part = $1 AND has_event",
