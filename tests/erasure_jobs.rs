@@ -368,7 +368,17 @@ async fn webhook_erasure_killed_at_each_step(backend: Backend) {
             json!({"type":"contact","id":C,"deleted":true}),
             1767229000,
         );
-        assert_eq!(post(public, &deletion).await, 200);
+        // The worker may reach the crash point before the answer is sent
+        // (it runs only what is stored): a 200 or a dropped connection.
+        let answer = reqwest::Client::new()
+            .post(format!("http://{public}/webhooks/intercom"))
+            .header("x-hub-signature", intercom_webhooks::verify::sign(SECRET, &deletion))
+            .body(deletion.clone())
+            .send()
+            .await;
+        if let Ok(r) = answer {
+            assert_eq!(r.status(), 200, "{point}");
+        }
         wait_exit(&mut child);
         let (child, _public, admin_addr) = bin.serve(&[]);
         check_erased(admin_addr, &["notif_k_c1", "notif_k_c2", "notif_k_del"]).await;
@@ -398,7 +408,16 @@ async fn webhook_erasure_killed_at_each_step(backend: Backend) {
         contact(C, EMAIL, "Killed Person", 1767239999),
         1767239999,
     );
-    assert_eq!(post(public, &late).await, 200);
+    // As above: a 200, or the crash point reached before the answer.
+    if let Ok(r) = reqwest::Client::new()
+        .post(format!("http://{public}/webhooks/intercom"))
+        .header("x-hub-signature", intercom_webhooks::verify::sign(SECRET, &late))
+        .body(late.clone())
+        .send()
+        .await
+    {
+        assert_eq!(r.status(), 200);
+    }
     wait_exit(&mut child);
     let (child, _public, admin_addr) = bin.serve(&[]);
     check_erased(admin_addr, &["notif_k_late"]).await;
