@@ -984,8 +984,10 @@ async fn check(w: &Arc<World>) {
     let now = now_ms();
     let answers = {
         let ids: Vec<String> = acked.keys().cloned().collect();
+        eprintln!("torture: reading {} acknowledged ids", ids.len());
         let mut handles = Vec::new();
-        for chunk in ids.chunks(ids.len().div_ceil(8).max(1)) {
+        // 32 readers: a long run acknowledges 100,000 ids or more.
+        for chunk in ids.chunks(ids.len().div_ceil(32).max(1)) {
             let (w, chunk) = (w.clone(), chunk.to_vec());
             handles.push(tokio::spawn(async move {
                 let mut out = Vec::new();
