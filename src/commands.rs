@@ -92,14 +92,15 @@ pub async fn run(cli: Cli, settings: Settings) -> CmdResult {
             }
             print_doc(&report, json_out, |d| {
                 format!(
-                    "{}contacts changed {}, conversations changed {}, contacts deleted {}, conversations deleted {}; stored {}, already seen {}",
+                    "{}contacts changed {}, conversations changed {}, contacts deleted {}, conversations deleted {}; stored {}, already seen {}, skipped {}",
                     if d["dry_run"] == true { "(dry run) " } else { "" },
                     d["contacts_changed"],
                     d["conversations_changed"],
                     d["contacts_deleted"],
                     d["conversations_deleted"],
                     d["stored"],
-                    d["duplicates"]
+                    d["duplicates"],
+                    d["skipped"]
                 )
             });
             Ok(())

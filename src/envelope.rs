@@ -7,6 +7,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::identifiers::usable;
 use crate::timefmt::parse_timestamp;
 
 /// The indexed fields of a notification.
@@ -154,14 +155,28 @@ impl Invalid {
     pub fn reason(self) -> &'static str {
         match self {
             Invalid::NotJson => "body is not JSON, or not a JSON object",
-            Invalid::NoTopic => "no topic",
+            Invalid::NoTopic => "no topic, or one that is not a plain name",
             Invalid::NoItem => "no data.item object",
         }
     }
 }
 
 /// A JSON scalar as an identifier string (ids come as strings or numbers).
+/// A string that cannot be an identifier (`identifiers::usable`: control
+/// characters, longer than 512 bytes) is no id: the item it names has no
+/// id, and the store never holds it as a key.
 pub fn id_string(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) if usable(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// The notification's own id, whatever it holds: a redelivery carries the
+/// same, and one that is not a plain key is hashed into its key
+/// ([`event_key`]).
+fn notification_id(v: &Value) -> Option<String> {
     match v {
         Value::String(s) if !s.is_empty() => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
@@ -172,7 +187,7 @@ pub fn id_string(v: &Value) -> Option<String> {
 pub fn parse(body: &[u8]) -> Result<Envelope, Invalid> {
     let raw: RawEnvelope = serde_json::from_slice(body).map_err(|_| Invalid::NotJson)?;
     let topic = match raw.topic {
-        Some(Value::String(t)) if !t.trim().is_empty() => t.trim().to_string(),
+        Some(Value::String(t)) if usable(t.trim()) => t.trim().to_string(),
         _ => return Err(Invalid::NoTopic),
     };
     // `data.item` must be there; what it holds is the handlers' business.
@@ -190,7 +205,7 @@ pub fn parse(body: &[u8]) -> Result<Envelope, Invalid> {
         None => (None, None),
     };
     Ok(Envelope {
-        id: raw.id.as_ref().and_then(id_string),
+        id: raw.id.as_ref().and_then(notification_id),
         topic,
         app_id: raw.app_id.as_ref().and_then(id_string),
         created_at: raw.created_at.as_ref().and_then(parse_timestamp),
@@ -280,6 +295,28 @@ mod tests {
         assert_eq!(env.item_id.as_deref(), Some("c1"));
         assert_eq!(env.created_at, Some(1767225600));
         assert_eq!(event_key(&env), "notif_1");
+    }
+
+    #[test]
+    fn ids_and_topics_that_cannot_be_keys() {
+        let body = |topic: &str, id: Value| {
+            serde_json::to_vec(&serde_json::json!({"id": "notif\u{0}x", "topic": topic, "data": {"item": {"type": "contact", "id": id}}}))
+                .unwrap()
+        };
+        let env = parse(&body("contact.user.updated", Value::from("\u{0}"))).unwrap();
+        assert_eq!(env.item_id, None, "an id with NUL is no id");
+        assert_eq!(
+            env.id.as_deref(),
+            Some("notif\u{0}x"),
+            "the notification's own id is kept"
+        );
+        assert!(event_key(&env).starts_with("h_"), "and hashed into its key");
+        let env = parse(&body("contact.user.updated", Value::from("c".repeat(513)))).unwrap();
+        assert_eq!(env.item_id, None);
+        assert_eq!(
+            parse(&body("contact.user.updated\u{0}", Value::from("c1"))),
+            Err(Invalid::NoTopic)
+        );
     }
 
     #[test]

@@ -130,12 +130,30 @@ impl<'de> serde::Deserialize<'de> for Key {
     }
 }
 
-/// A trimmed, non-empty identifier.
+/// The longest identifier read, in bytes. Intercom's contact ids are 24
+/// characters and an email at most 254; anything near this is text an
+/// outsider wrote, not an identifier.
+pub const MAX_IDENTIFIER: usize = 512;
+
+/// Whether `text` can be an identifier: not empty, at most
+/// [`MAX_IDENTIFIER`] bytes, and no control characters (NUL among them,
+/// which PostgreSQL's `text` cannot hold). Subject keys, cache ids and
+/// topics are all held to this, so that what an outsider can write into a
+/// notification (a message's subject, a custom attribute) never makes a
+/// value that the store cannot take, and so fails another notification's
+/// write.
+pub fn usable(text: &str) -> bool {
+    !text.is_empty() && text.len() <= MAX_IDENTIFIER && !text.chars().any(char::is_control)
+}
+
+/// A trimmed identifier that is [`usable`].
 fn identifier(text: Option<String>) -> Option<String> {
     let text = text?;
     let trimmed = text.trim();
+    if !usable(trimmed) {
+        return None;
+    }
     match trimmed.len() {
-        0 => None,
         n if n == text.len() => Some(text),
         _ => Some(trimmed.to_string()),
     }
@@ -293,6 +311,7 @@ fn scan_emails(text: &str) -> Vec<String> {
             let mut parts = t.split('@');
             matches!((parts.next(), parts.next(), parts.next()), (Some(l), Some(d), None)
                 if !l.is_empty() && d.contains('.') && !d.starts_with('.') && !d.ends_with('.'))
+                && usable(t)
         })
         .map(str::to_string)
         .collect()
@@ -377,7 +396,7 @@ mod tests {
     fn tree_walk(body: &[u8]) -> Identifiers {
         fn scalar(v: Option<&Value>) -> Option<String> {
             match v? {
-                Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
+                Value::String(s) if usable(s.trim()) => Some(s.trim().to_string()),
                 Value::Number(n) => Some(n.to_string()),
                 _ => None,
             }
@@ -438,6 +457,23 @@ mod tests {
         ids.merges.sort();
         ids.other_emails.sort();
         ids
+    }
+
+    #[test]
+    fn text_that_cannot_be_an_identifier_is_none() {
+        let long = "c".repeat(MAX_IDENTIFIER + 1);
+        let body = serde_json::to_vec(&serde_json::json!({
+            "a": {"type": "user", "id": "\u{0}", "email": "nul\u{0}@example.org"},
+            "b": {"type": "lead", "id": "a\u{1}b", "external_id": "x\ty"},
+            "c": {"type": "contact", "id": long},
+            "d": "{\"type\":\"user\",\"id\":\"\\u0000\"}",
+            "e": {"type": "user", "id": "ok_1", "email": " ok@example.org "},
+        }))
+        .unwrap();
+        let ids = identifiers(&body);
+        assert_eq!(ids.plain_values(), ["ok_1", "ok@example.org"]);
+        assert_eq!(sorted(ids), sorted(tree_walk(&body)));
+        assert!(scan_emails(&format!("{}@example.org x@y.org", "a".repeat(600))) == ["x@y.org"]);
     }
 
     #[test]

@@ -58,6 +58,11 @@ pub struct Report {
     /// duplicate and counted here instead).
     pub stored: u64,
     pub duplicates: u64,
+    /// Items that cannot be stored: an id that is no identifier (control
+    /// characters, over 512 bytes), or a value the store refuses. Each is
+    /// counted and passed over; the run goes on.
+    #[serde(default)]
+    pub skipped: u64,
     /// Keys of what was stored, for a caller that processes them itself.
     #[serde(skip)]
     pub stored_keys: Vec<String>,
@@ -110,11 +115,12 @@ pub async fn run(
             let (items, next) = client.changed_since(kind, start - 1, cursor.as_deref()).await?;
             let mut newest = None::<i64>;
             for item in &items {
-                let Some(id) = item.get("id").and_then(id_string) else {
-                    continue;
-                };
                 let updated = item.get("updated_at").and_then(Value::as_i64).unwrap_or(0);
                 newest = newest.max(Some(updated));
+                let Some(id) = item.get("id").and_then(id_string) else {
+                    report.skipped += 1;
+                    continue;
+                };
                 let topic = match kind {
                     Changed::Contacts if item.get("role").and_then(Value::as_str) == Some("lead") => {
                         "contact.lead.updated"
@@ -214,9 +220,14 @@ async fn store_change(
     });
     let body = Bytes::from(serde_json::to_vec(&body).expect("plain JSON serialises"));
     let (outcome, _) = ingest(store, VerifiedWebhook::from_intercom_api(body), now_ms()).await;
-    match outcome? {
-        Outcome::Duplicate => report.duplicates += 1,
-        _ => {
+    match outcome {
+        Err(StoreError::Refused(why)) => {
+            tracing::warn!(key, error = %why, "Reconcile: an item the store cannot hold was skipped.");
+            report.skipped += 1;
+        }
+        Err(e) => return Err(e.into()),
+        Ok(Outcome::Duplicate) => report.duplicates += 1,
+        Ok(_) => {
             report.stored += 1;
             report.stored_keys.push(key.to_string());
         }

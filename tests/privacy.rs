@@ -1273,3 +1273,70 @@ fn cli_reconcile_on_a_stopped_store_processes_what_it_stores() {
     let cached: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(cached["updated_at"], 1767229999, "processed here: {cached}");
 }
+
+/// An item Intercom returns that cannot be stored (an id with NUL in it,
+/// which PostgreSQL's `text` cannot hold, or a person hidden in a custom
+/// attribute with one) is skipped and counted; the rest of the page is
+/// stored, the watermark moves past it, and the next run is not stuck on
+/// it (issue #29).
+async fn reconcile_skips_what_it_cannot_store(postgres: bool) {
+    let (base, w) = spawn_workspace().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = format!("[intercom]\napi_base_url = \"{base}\"\n");
+    let mut env = privacy_env();
+    let db = if postgres {
+        let db = common::pg::TestDb::new().await;
+        cfg.push_str("[store]\nbackend = \"postgres\"\n");
+        env.0.insert("INTERCOM_WEBHOOKS_DATABASE_URL", db.url());
+        Some(db)
+    } else {
+        None
+    };
+    let app = spawn_app_with(dir.path(), &cfg, env).await;
+    let mut hidden = person("65f0c0ffee0000000000a11a", "Hidden", 2100);
+    hidden["custom_attributes"] = json!({"note": {"type": "user", "id": "\u{0}"}});
+    *w.contacts.lock().unwrap() = vec![
+        person("bad\u{0}id", "Nul", 2000),
+        hidden,
+        person("65f0c0ffee0000000000a22a", "Good", 2200),
+    ];
+    let r = app
+        .admin_post("/admin/reconcile", json!({"since": "1970-01-01T00:16:40Z"}))
+        .await;
+    let code = r.status();
+    let report: Value = r.json().await.unwrap();
+    assert_eq!(code, 200, "{report}");
+    assert_eq!(report["skipped"], 1, "{report}");
+    assert_eq!(report["stored"], 2, "{report}");
+    app.wait_idle().await;
+    for c in ["65f0c0ffee0000000000a11a", "65f0c0ffee0000000000a22a"] {
+        assert_eq!(
+            app.admin_get(&format!("/admin/contacts/{c}")).await.status(),
+            200,
+            "{c}"
+        );
+    }
+    let again: Value = app
+        .admin_post("/admin/reconcile", json!({}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again["contacts_since"], 2200, "the watermark moved past it: {again}");
+    assert_eq!(again["stored"], 0, "{again}");
+    app.stop().await;
+    if let Some(db) = db {
+        db.drop_now().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_skips_what_it_cannot_store_embedded() {
+    reconcile_skips_what_it_cannot_store(false).await;
+}
+
+#[cfg_attr(not(has_postgres), ignore = "needs PostgreSQL on 127.0.0.1:5432 (CI starts it)")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_skips_what_it_cannot_store_on_postgres() {
+    reconcile_skips_what_it_cannot_store(true).await;
+}

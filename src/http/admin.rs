@@ -137,6 +137,8 @@ impl IntoResponse for AdminError {
                 );
                 r
             }
+            // A value the database cannot take (NUL, say): the request's.
+            OpsError::Store(StoreError::Refused(_)) => error(StatusCode::BAD_REQUEST, &self.0.to_string()),
             OpsError::Store(_) | OpsError::Unavailable(_) => {
                 tracing::error!(error = %self.0, "Admin request failed.");
                 error(StatusCode::INTERNAL_SERVER_ERROR, &self.0.to_string())

@@ -60,6 +60,11 @@ pub enum StoreError {
     Unavailable(String),
     #[error("the store is closed")]
     Closed,
+    /// A value in the request that the store cannot hold (the database
+    /// refused it as a data exception): the request's fault, not the
+    /// store's, and nothing about the store's health.
+    #[error("the store cannot hold a value of this request ({0})")]
+    Refused(String),
     #[error("stored data is damaged: {0}")]
     Corrupt(String),
     /// A handler refused an event (the message holds no personal data).

@@ -76,10 +76,26 @@ pub async fn run(store: Postgres, mut rx: mpsc::Receiver<AppendReq>) {
     let _ = slots.acquire_many(IN_FLIGHT as u32).await;
 }
 
-async fn finish(store: &Postgres, batch: Vec<AppendReq>) {
+async fn finish(store: &Postgres, mut batch: Vec<AppendReq>) {
     let started = Instant::now();
     let result = commit(store, &batch).await;
     match result {
+        Err(StoreError::Refused(_)) if batch.len() > 1 => {
+            // A value one request carries that the database cannot take:
+            // nothing of the batch was committed. Its halves are tried on
+            // their own, down to the one request at fault, so that no
+            // other notification is refused for what it holds.
+            let second = batch.split_off(batch.len() / 2);
+            Box::pin(finish(store, batch)).await;
+            Box::pin(finish(store, second)).await;
+        }
+        Err(StoreError::Refused(why)) => {
+            let key = &batch[0].meta.key;
+            tracing::warn!(error = %why, key = %key, "The database refused a value of a notification; answered 503.");
+            for req in batch {
+                let _ = req.reply.send(Err(StoreError::Refused(why.clone())));
+            }
+        }
         Ok((answers, fresh)) => {
             store.inner.failing.store(false, Ordering::SeqCst);
             store.inner.commits.fetch_add(1, Ordering::Relaxed);

@@ -55,6 +55,15 @@ pub(crate) fn pg_err(e: impl std::error::Error) -> StoreError {
     let mut msg = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
+        if let Some(db) = s.downcast_ref::<tokio_postgres::error::DbError>() {
+            // Class 22, a data exception: a value the database cannot take
+            // (NUL in `text`, say). It is the request's fault, not the
+            // store's; its message may quote the value, so only the code
+            // is kept.
+            if db.code().code().starts_with("22") {
+                return StoreError::Refused(format!("SQLSTATE {}", db.code().code()));
+            }
+        }
         msg.push_str(": ");
         msg.push_str(&s.to_string());
         source = s.source();

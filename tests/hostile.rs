@@ -1,0 +1,200 @@
+//! Hostile input (issue #29): what an outsider can write into a
+//! notification, or a careless client can send to the admin listener,
+//! fails only itself, with a clear answer, on both backends.
+
+mod common;
+
+use std::time::Duration;
+
+use common::pg::TestDb;
+use common::*;
+use serde_json::json;
+
+/// Handlers that cannot handle a notification give up after two quick
+/// attempts.
+const WORKER: &str = "[worker]\nmax_attempts = 2\nbackoff_base = \"10ms\"\nbackoff_max = \"50ms\"\n";
+const PG_STORE: &str = "[store]\nbackend = \"postgres\"\nclaim_lease = \"3s\"\ncommit_timeout = \"2s\"\n";
+
+/// An app on the embedded store, or on a database of its own.
+struct Place {
+    app: TestApp,
+    db: Option<TestDb>,
+    _dir: tempfile::TempDir,
+}
+
+impl Place {
+    async fn new(postgres: bool) -> Place {
+        let dir = tempfile::tempdir().unwrap();
+        let (app, db) = if postgres {
+            let db = TestDb::new().await;
+            let mut env = test_env();
+            env.0.insert("INTERCOM_WEBHOOKS_DATABASE_URL", db.url());
+            (
+                spawn_app_with(dir.path(), &format!("{WORKER}{PG_STORE}"), env).await,
+                Some(db),
+            )
+        } else {
+            (spawn_app_with(dir.path(), WORKER, test_env()).await, None)
+        };
+        Place { app, db, _dir: dir }
+    }
+
+    async fn end(self) {
+        self.app.stop().await;
+        if let Some(db) = self.db {
+            db.drop_now().await;
+        }
+    }
+}
+
+fn ordinary(i: usize) -> Vec<u8> {
+    notification(
+        &format!("notif_ordinary_{i}"),
+        "contact.user.updated",
+        json!({"type": "contact", "id": format!("c_ordinary_{i}"), "role": "user",
+               "updated_at": "2026-01-01T00:00:00.000Z"}),
+        1767225600,
+    )
+}
+
+/// Values PostgreSQL's `text` cannot hold (NUL) or that no identifier has
+/// (control characters, 10 KB), each where an outsider can put it: a
+/// message's subject embedding a JSON document, a custom attribute, the
+/// topic, the item's id.
+fn poisoned() -> Vec<(&'static str, Vec<u8>, &'static str)> {
+    let long = "c".repeat(10_000);
+    vec![
+        (
+            "a subject holding a contact whose id is NUL",
+            notification(
+                "notif_poison_subject",
+                "conversation.user.created",
+                json!({"type": "conversation", "id": "9001",
+                       "source": {"type": "conversation", "subject": "{\"type\":\"user\",\"id\":\"\\u0000\"}"}}),
+                1767225600,
+            ),
+            "processed",
+        ),
+        (
+            "a custom attribute holding a person with control characters",
+            notification(
+                "notif_poison_attribute",
+                "contact.user.updated",
+                json!({"type": "contact", "id": "c_poison_attr", "role": "user",
+                       "custom_attributes": {"note": {"type": "lead", "id": "a\u{1}b", "external_id": "x\u{0}y"}},
+                       "updated_at": "2026-01-01T00:00:00.000Z"}),
+                1767225600,
+            ),
+            "processed",
+        ),
+        (
+            "an item whose id is NUL",
+            notification(
+                "notif_poison_item",
+                "contact.user.updated",
+                json!({"type": "contact", "id": "\u{0}", "role": "user", "updated_at": "2026-01-01T00:00:00.000Z"}),
+                1767225600,
+            ),
+            "failed",
+        ),
+        (
+            "an item whose id is 10 KB",
+            notification(
+                "notif_poison_long",
+                "contact.user.updated",
+                json!({"type": "contact", "id": long, "role": "user", "updated_at": "2026-01-01T00:00:00.000Z"}),
+                1767225600,
+            ),
+            "failed",
+        ),
+        (
+            "a topic with NUL in it",
+            notification(
+                "notif_poison_topic",
+                "contact.user.updated\u{0}",
+                json!({"type": "contact", "id": "c_poison_topic", "role": "user"}),
+                1767225600,
+            ),
+            "invalid",
+        ),
+    ]
+}
+
+async fn one_bad_notification_fails_only_itself(postgres: bool) {
+    let place = Place::new(postgres).await;
+    let app = &place.app;
+    let poisoned = poisoned();
+    for (what, body, _) in &poisoned {
+        // The bad one among 30 ordinary ones, all at once, so that they
+        // share batches.
+        let mut requests = Vec::new();
+        for i in 0..30 {
+            let body = ordinary(i);
+            requests.push(tokio::spawn({
+                let (client, url) = (app.client.clone(), app.url());
+                async move { post(&client, &url, &body).await }
+            }));
+        }
+        let bad = tokio::spawn({
+            let (client, url, body) = (app.client.clone(), app.url(), body.clone());
+            async move { post(&client, &url, &body).await }
+        });
+        for (i, r) in requests.into_iter().enumerate() {
+            assert_eq!(
+                r.await.unwrap(),
+                200,
+                "{what}: ordinary notification {i} was not stored"
+            );
+        }
+        // The bad one is signed: it is stored (as a notification or as
+        // `invalid`), never refused for what an outsider wrote in it.
+        let code = bad.await.unwrap();
+        assert!(code == 200 || code == 202, "{what}: answered {code}");
+        assert_eq!(app.readyz().await, 200, "{what}: not ready after it");
+    }
+    // Each ends with an outcome of its own; the ordinary ones are handled.
+    app.wait_idle().await;
+    for i in 0..30 {
+        let ev = app.wait_final(&format!("notif_ordinary_{i}")).await;
+        assert_eq!(ev["status"], "processed", "{ev}");
+    }
+    for (what, body, status) in &poisoned {
+        let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+        if *status == "invalid" {
+            continue;
+        }
+        let ev = app.wait_final(v["id"].as_str().unwrap()).await;
+        assert_eq!(ev["status"], *status, "{what}: {ev}");
+    }
+    let stats = app.admin_json("/admin/stats").await;
+    assert_eq!(
+        stats["events_by_status"]["invalid"], 1,
+        "the topic with NUL is kept as invalid: {stats}"
+    );
+    assert_eq!(stats["events_by_status"]["retrying"], 0, "{stats}");
+    place.end().await;
+}
+
+async fn post(client: &reqwest::Client, url: &str, body: &[u8]) -> u16 {
+    client
+        .post(url)
+        .header("x-hub-signature", intercom_webhooks::verify::sign(SECRET, body))
+        .header("Content-Type", "application/json")
+        .body(body.to_vec())
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_bad_notification_fails_only_itself_embedded() {
+    one_bad_notification_fails_only_itself(false).await;
+}
+
+#[cfg_attr(not(has_postgres), ignore = "needs PostgreSQL on 127.0.0.1:5432 (CI starts it)")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_bad_notification_fails_only_itself_on_postgres() {
+    one_bad_notification_fails_only_itself(true).await;
+}
