@@ -44,7 +44,18 @@ impl Subject {
         external_id: Option<String>,
     ) -> Result<Subject, PrivacyError> {
         let given = |v: Option<String>| v.map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
-        match (given(email), given(contact_id), given(external_id)) {
+        let (email, contact_id, external_id) = (given(email), given(contact_id), given(external_id));
+        // Nothing is ever found under such an identifier: the reader does
+        // not take one (`identifiers::usable`).
+        if [&email, &contact_id, &external_id]
+            .iter()
+            .any(|v| v.as_deref().is_some_and(|v| !crate::identifiers::usable(v)))
+        {
+            return Err(PrivacyError::BadRequest(
+                "an identifier is 1 to 512 bytes without control characters".into(),
+            ));
+        }
+        match (email, contact_id, external_id) {
             (Some(e), None, None) => Ok(Subject::Email(e)),
             (None, Some(c), None) => Ok(Subject::ContactId(c)),
             (None, None, Some(x)) => Ok(Subject::ExternalId(x)),

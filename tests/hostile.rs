@@ -198,3 +198,155 @@ async fn one_bad_notification_fails_only_itself_embedded() {
 async fn one_bad_notification_fails_only_itself_on_postgres() {
     one_bad_notification_fails_only_itself(true).await;
 }
+
+/// Hostile values for every admin and console route: each is answered
+/// `400` or `404` with a plain message that does not echo it, never `500`,
+/// on both backends.
+async fn no_request_gets_a_500(postgres: bool) {
+    let place = Place::new(postgres).await;
+    let app = &place.app;
+    // Something to list, so that cursors and filters have rows to pass.
+    for i in 0..3 {
+        assert_eq!(app.post_signed(&ordinary(i)).await.status(), 200);
+    }
+    app.wait_idle().await;
+    let long = "c".repeat(10_000);
+    let gets: Vec<(String, u16)> = vec![
+        ("/admin/events?after=zz".into(), 400),
+        ("/admin/events?after=%00".into(), 400),
+        ("/admin/events?after=00ff".into(), 400),
+        (format!("/admin/events?after={long}"), 400),
+        ("/admin/events?topic=%00".into(), 400),
+        (format!("/admin/events?topic={long}"), 400),
+        ("/admin/events?status=bogus".into(), 400),
+        ("/admin/events?since=notadate".into(), 400),
+        ("/admin/events?until=2026-13-45T99:00:00Z".into(), 400),
+        ("/admin/events?limit=-1".into(), 400),
+        ("/admin/events/%00".into(), 404),
+        (format!("/admin/events/{long}"), 404),
+        ("/admin/events/%FF%FE".into(), 400),
+        ("/admin/contacts/%00".into(), 404),
+        (format!("/admin/conversations/{long}"), 404),
+        ("/admin/contacts/%FF".into(), 400),
+        ("/admin/audit/verify?expect_head=%00".into(), 400),
+        ("/admin/audit/verify?expect_head=zz".into(), 400),
+    ];
+    for (path, want) in &gets {
+        let r = app.admin_get(path).await;
+        let code = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        assert_eq!(code, *want, "GET {}: {text}", shown(path));
+        plain(&text, path);
+    }
+    let posts: Vec<(&str, serde_json::Value, u16)> = vec![
+        ("/admin/replay", json!({"ids": ["\u{0}"], "dry_run": true}), 404),
+        ("/admin/replay", json!({"ids": [long], "dry_run": true}), 404),
+        ("/admin/replay", json!({"topic": "\u{0}", "dry_run": true}), 400),
+        ("/admin/replay", json!({"since": "bad", "dry_run": true}), 400),
+        ("/admin/replay", json!({"status": "bogus", "dry_run": true}), 400),
+        (
+            "/admin/erase",
+            json!({"contact_id": "\u{0}", "local_only": true, "dry_run": true}),
+            400,
+        ),
+        ("/admin/erase", json!({"email": long, "local_only": true}), 400),
+        (
+            "/admin/erase",
+            json!({"external_id": "a\u{1}b", "local_only": true}),
+            400,
+        ),
+        ("/admin/export", json!({"contact_id": "\u{0}", "local_only": true}), 400),
+        ("/admin/reconcile", json!({"since": "bad"}), 400),
+        (
+            "/admin/audit/message-export",
+            json!({"job": "\u{0}", "status": "completed", "bytes": 1}),
+            400,
+        ),
+    ];
+    for (path, body, want) in &posts {
+        let r = app.admin_post(path, body.clone()).await;
+        let code = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        assert_eq!(code, *want, "POST {path} {}: {text}", shown(&body.to_string()));
+        plain(&text, path);
+    }
+    // The console, signed in.
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let base = format!("http://{}", app.admin);
+    let login = client
+        .post(format!("{base}/console/login"))
+        .form(&[("token", ADMIN_TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    let cookie = login.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let pages: Vec<(String, u16)> = vec![
+        ("/console/events?after=zz".into(), 400),
+        ("/console/events?after=%00".into(), 400),
+        ("/console/events?topic=%00".into(), 400),
+        ("/console/events?status=bogus".into(), 400),
+        ("/console/events?since=notadate".into(), 400),
+        ("/console/events/%00".into(), 404),
+        (format!("/console/events/{long}"), 404),
+        ("/console/cache?kind=contact&id=%00".into(), 404),
+        (format!("/console/cache?kind=conversation&id={long}"), 404),
+        ("/console/cache?kind=%00&id=1".into(), 400),
+        ("/console/replay?id=%00".into(), 404),
+        ("/console/audit?verify=1&expect_head=%00".into(), 400),
+    ];
+    for (path, want) in &pages {
+        let r = client
+            .get(format!("{base}{path}"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
+        let code = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        assert_eq!(code, *want, "GET {}: {}", shown(path), shown(&text));
+        plain(&text, path);
+    }
+    assert_eq!(app.readyz().await, 200);
+    place.end().await;
+}
+
+/// At most 200 characters of `s`, for a failure's message.
+fn shown(s: &str) -> String {
+    s.chars().take(200).collect()
+}
+
+/// The answer is a message, and does not hand the hostile value back.
+fn plain(text: &str, path: &str) {
+    assert!(!text.trim().is_empty(), "{}: an empty answer", shown(path));
+    assert!(
+        !text.contains('\u{0}') && !text.contains("\\u0000"),
+        "{}: echoes NUL: {}",
+        shown(path),
+        shown(text)
+    );
+    assert!(
+        !text.contains(&"c".repeat(1000)),
+        "{}: echoes the 10 KB value",
+        shown(path)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_request_gets_a_500_embedded() {
+    no_request_gets_a_500(false).await;
+}
+
+#[cfg_attr(not(has_postgres), ignore = "needs PostgreSQL on 127.0.0.1:5432 (CI starts it)")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_request_gets_a_500_on_postgres() {
+    no_request_gets_a_500(true).await;
+}

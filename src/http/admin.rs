@@ -120,30 +120,45 @@ impl From<OpsError> for AdminError {
     }
 }
 
+/// The status an operator action's failure is answered with, on the admin
+/// API and the console alike; logged here. `503` is to be tried again
+/// later (`Retry-After`); `500` is a fault of ours and nothing else.
+pub(super) fn status_of(e: &OpsError) -> StatusCode {
+    match e {
+        OpsError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        OpsError::NotFound(_) => StatusCode::NOT_FOUND,
+        OpsError::Upstream(_) => StatusCode::BAD_GATEWAY,
+        // The store cannot take writes for now (a database that did not
+        // commit in time, one stopped, a full disk): try again later.
+        OpsError::Store(StoreError::Unavailable(_) | StoreError::Closed) => {
+            tracing::warn!(error = %e, "Operator request refused: the store is unavailable.");
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        // A value the database cannot take (NUL, say): the request's.
+        OpsError::Store(StoreError::Refused(_)) => StatusCode::BAD_REQUEST,
+        OpsError::Store(_) | OpsError::Unavailable(_) => {
+            tracing::error!(error = %e, "Operator request failed.");
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+    }
+}
+
+/// `Retry-After` on a `503`.
+pub(super) fn retry_later(status: StatusCode, r: &mut Response) {
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        r.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static("5"),
+        );
+    }
+}
+
 impl IntoResponse for AdminError {
     fn into_response(self) -> Response {
-        match &self.0 {
-            OpsError::BadRequest(m) => error(StatusCode::BAD_REQUEST, m),
-            OpsError::NotFound(m) => error(StatusCode::NOT_FOUND, m),
-            OpsError::Upstream(m) => error(StatusCode::BAD_GATEWAY, m),
-            // The store cannot take writes for now (a database that did not
-            // commit in time, one stopped, a full disk): try again later.
-            OpsError::Store(StoreError::Unavailable(_) | StoreError::Closed) => {
-                tracing::warn!(error = %self.0, "Admin request refused: the store is unavailable.");
-                let mut r = error(StatusCode::SERVICE_UNAVAILABLE, &self.0.to_string());
-                r.headers_mut().insert(
-                    axum::http::header::RETRY_AFTER,
-                    axum::http::HeaderValue::from_static("5"),
-                );
-                r
-            }
-            // A value the database cannot take (NUL, say): the request's.
-            OpsError::Store(StoreError::Refused(_)) => error(StatusCode::BAD_REQUEST, &self.0.to_string()),
-            OpsError::Store(_) | OpsError::Unavailable(_) => {
-                tracing::error!(error = %self.0, "Admin request failed.");
-                error(StatusCode::INTERNAL_SERVER_ERROR, &self.0.to_string())
-            }
-        }
+        let status = status_of(&self.0);
+        let mut r = error(status, &self.0.to_string());
+        retry_later(status, &mut r);
+        r
     }
 }
 

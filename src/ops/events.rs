@@ -68,7 +68,7 @@ impl Action for ListEvents {
                 .blocking(move |l| {
                     let filter = self.0.to_filter()?;
                     let limit = self.0.limit.unwrap_or(50).clamp(1, 10_000);
-                    let page = l.store.list(&filter, self.0.after.as_deref(), limit)?;
+                    let page = l.store.list(&filter, self.0.cursor()?, limit)?;
                     Ok(EventList {
                         events: page.events.iter().map(EventSummary::of).collect(),
                         next_cursor: page.next,
@@ -131,6 +131,7 @@ impl Action for ShowEvent {
 }
 
 fn show_event(store: &Store, id: &str, raw: bool) -> Result<EventDetail, OpsError> {
+    no_such_id(id, "event")?;
     let m = store
         .get(id)?
         .ok_or_else(|| OpsError::NotFound(format!("no event with id {id}")))?;
@@ -272,6 +273,7 @@ pub fn select_replay(store: &Store, req: &ReplayRequest) -> Result<(Vec<String>,
     let mut keys = Vec::new();
     if !req.ids.is_empty() {
         for id in &req.ids {
+            no_such_id(id, "event")?;
             let m = store
                 .get(id)?
                 .ok_or_else(|| OpsError::NotFound(format!("no event with id {id}")))?;
@@ -314,4 +316,16 @@ pub fn select_replay(store: &Store, req: &ReplayRequest) -> Result<(Vec<String>,
         }
     }
     Ok((keys, replayed))
+}
+
+/// An id that no event or record can have (control characters, over 512
+/// bytes: see `identifiers::usable`) is not looked up, and not echoed.
+pub(crate) fn no_such_id(id: &str, what: &str) -> Result<(), OpsError> {
+    if crate::identifiers::usable(id) {
+        Ok(())
+    } else {
+        Err(OpsError::NotFound(format!(
+            "no {what} has that id (ids are 1 to 512 bytes without control characters)"
+        )))
+    }
 }

@@ -188,6 +188,13 @@ impl FilterQuery {
                 .transpose()
                 .map_err(OpsError::BadRequest)
         };
+        if let Some(t) = &self.topic {
+            if !crate::identifiers::usable(t) {
+                return Err(OpsError::BadRequest(
+                    "a topic pattern is 1 to 512 bytes without control characters".into(),
+                ));
+            }
+        }
         Ok(EventFilter {
             status,
             topic: self.topic.as_deref().map(Glob::new),
@@ -196,6 +203,25 @@ impl FilterQuery {
             scan_limit: self.scan,
             scan_time: self.scan_ms.map(std::time::Duration::from_millis),
         })
+    }
+
+    /// The listing's cursor, if it is one a listing gave (`next_cursor`):
+    /// a made-up one is the request's fault, not damage in the store.
+    pub fn cursor(&self) -> Result<Option<&str>, OpsError> {
+        let Some(c) = self.after.as_deref() else {
+            return Ok(None);
+        };
+        let ok = c.len() <= 2 * (8 + crate::identifiers::MAX_IDENTIFIER)
+            && hex::decode(c).is_ok_and(|raw| {
+                crate::store::event::split_time_key(&raw).is_some_and(|(_, key)| crate::identifiers::usable(key))
+            });
+        if ok {
+            Ok(Some(c))
+        } else {
+            Err(OpsError::BadRequest(
+                "after takes a listing's next_cursor, as it was given".into(),
+            ))
+        }
     }
 
     /// As query-string pairs (the admin API's form).

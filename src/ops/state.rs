@@ -242,6 +242,7 @@ impl Action for CacheShow {
             local
                 .blocking(move |l| {
                     let (kind, id) = (self.kind, &self.id);
+                    super::events::no_such_id(id, &format!("cached {}", kind.as_str()))?;
                     let bytes = l
                         .store
                         .cache_get(kind, id)?

@@ -201,6 +201,11 @@ impl super::Action for RecordMessageExport {
         Box::pin(async move {
             local
                 .blocking(move |l| {
+                    if !crate::identifiers::usable(&self.job) || !crate::identifiers::usable(&self.status) {
+                        return Err(OpsError::BadRequest(
+                            "job and status are 1 to 512 bytes without control characters".into(),
+                        ));
+                    }
                     let details = serde_json::to_value(&self).unwrap_or_default();
                     let audit_seq = crate::audit::append(&l.store, "export_messages", details)?;
                     Ok(Recorded { audit_seq })

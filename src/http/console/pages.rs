@@ -91,16 +91,10 @@ fn error_page(csrf: Option<String>, status: StatusCode, message: &str) -> Respon
 
 /// An `ops` failure as a page (the same statuses as the admin API).
 fn ops_error(signed: &Signed, e: OpsError) -> Response {
-    let status = match &e {
-        OpsError::BadRequest(_) => StatusCode::BAD_REQUEST,
-        OpsError::NotFound(_) => StatusCode::NOT_FOUND,
-        OpsError::Upstream(_) => StatusCode::BAD_GATEWAY,
-        OpsError::Store(_) | OpsError::Unavailable(_) => {
-            tracing::error!(error = %e, "A console request failed.");
-            StatusCode::INTERNAL_SERVER_ERROR
-        }
-    };
-    error_page(signed.nav(), status, &e.to_string())
+    let status = crate::http::admin::status_of(&e);
+    let mut r = error_page(signed.nav(), status, &e.to_string());
+    crate::http::admin::retry_later(status, &mut r);
+    r
 }
 
 /// `key=value&…`, values percent-encoded; empty values left out.
@@ -111,6 +105,12 @@ fn query(pairs: &[(&str, &str)]) -> String {
         .map(|(k, v)| format!("{k}={}", path_segment(v)))
         .collect::<Vec<_>>()
         .join("&")
+}
+
+/// A value as shown back in a form: without control characters, and
+/// bounded (a value that long is refused, and not echoed whole).
+fn form_value(v: &str) -> String {
+    v.chars().filter(|c| !c.is_control()).take(512).collect()
 }
 
 fn nonempty(s: &Option<String>) -> Option<String> {
@@ -289,7 +289,7 @@ pub async fn events(State(app): State<AppState>, signed: Signed, Query(q): Query
         scan: Some(SCAN_PER_PAGE),
         scan_ms: Some(SCAN_MS_PER_PAGE),
     };
-    let s = |v: &Option<String>| v.clone().unwrap_or_default();
+    let s = |v: &Option<String>| form_value(v.as_deref().unwrap_or_default());
     let mut page = views::Events {
         csrf: signed.nav(),
         statuses: STATUSES
@@ -544,10 +544,11 @@ pub struct CacheQuery {
 
 pub async fn cache(State(app): State<AppState>, signed: Signed, Query(q): Query<CacheQuery>) -> Response {
     let kind_name = nonempty(&q.kind).unwrap_or_else(|| "contact".into());
+    let id = nonempty(&q.id).unwrap_or_default();
     let mut page = views::Cache {
         csrf: signed.nav(),
-        kind: kind_name.clone(),
-        id: nonempty(&q.id).unwrap_or_default(),
+        kind: form_value(&kind_name),
+        id: form_value(&id),
         error: None,
         record: None,
     };
@@ -559,16 +560,10 @@ pub async fn cache(State(app): State<AppState>, signed: Signed, Query(q): Query<
             return render(StatusCode::BAD_REQUEST, page);
         }
     };
-    if page.id.is_empty() {
+    if id.is_empty() {
         return render(StatusCode::OK, page);
     }
-    match (CacheShow {
-        kind,
-        id: page.id.clone(),
-    })
-    .run(app.ops.clone())
-    .await
-    {
+    match (CacheShow { kind, id }).run(app.ops.clone()).await {
         Ok(r) => {
             page.record = Some(serde_json::to_string_pretty(&r.0).unwrap_or_default());
             render(StatusCode::OK, page)
