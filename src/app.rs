@@ -91,15 +91,16 @@ pub async fn run(settings: Settings, listeners: Listeners, shutdown: Cancellatio
         shutdown.clone(),
         http.header_timeout,
         http.shutdown_grace,
-        Some((cap, metrics.clone())),
+        Some((cap, metrics.intake_busy.clone())),
     ));
+    let admin_cap = crate::server::ConnectionCap::new(settings.admin.max_connections, http.busy_wait);
     let admin = tokio::spawn(crate::server::serve(
         listeners.admin,
         admin_router(state.clone()),
         shutdown.clone(),
         http.header_timeout,
         http.shutdown_grace,
-        None,
+        Some((admin_cap, metrics.admin_busy.clone())),
     ));
 
     shutdown.cancelled().await;

@@ -154,6 +154,10 @@ pub struct AdminSettings {
     /// Failed admin authentications allowed per source address per minute;
     /// past it that source gets `429`. A correct token is never limited.
     pub failed_auth_per_minute: u32,
+    /// Connections the admin listener serves at once; beyond it a new one
+    /// waits up to `[server] busy_wait` for room, then gets `503`. (Bodies
+    /// there are small and bounded in time: see `http::admin::bounded_body`.)
+    pub max_connections: usize,
     /// A console session ends after this long without a request...
     #[serde(with = "humantime_serde_compat")]
     pub session_idle: Duration,
@@ -285,6 +289,7 @@ struct FileStore {
 #[serde(deny_unknown_fields)]
 struct FileAdmin {
     failed_auth_per_minute: Option<u32>,
+    max_connections: Option<usize>,
     session_idle: Option<String>,
     session_max: Option<String>,
     /// Accepted from older config files and ignored: a correct token is no
@@ -561,9 +566,13 @@ impl Settings {
 
         let admin = AdminSettings {
             failed_auth_per_minute: file.admin.failed_auth_per_minute.unwrap_or(10).max(1),
+            max_connections: file.admin.max_connections.unwrap_or(256),
             session_idle: dur(file.admin.session_idle.as_ref(), "admin.session_idle", "30m")?,
             session_max: dur(file.admin.session_max.as_ref(), "admin.session_max", "12h")?,
         };
+        if admin.max_connections == 0 {
+            return err(format!("{cfg_name}: admin.max_connections must be at least 1"));
+        }
         if admin.session_idle.is_zero() || admin.session_max.is_zero() {
             return err(format!(
                 "{cfg_name}: admin.session_idle and admin.session_max must be above zero"

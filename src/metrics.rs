@@ -43,6 +43,9 @@ pub struct Metrics {
     /// Requests and connections turned away with `503` because the public
     /// listener's caps were reached.
     pub intake_busy: Counter,
+    /// Connections the admin listener turned away with `503` (its
+    /// connection cap, `[admin] max_connections`).
+    pub admin_busy: Counter,
     pub intake: Family<OutcomeLabel, Counter>,
     pub intake_latency: Histogram,
     pub processing_latency: Histogram,
@@ -201,6 +204,7 @@ impl Metrics {
             signature_failures: Family::default(),
             duplicates: Counter::default(),
             intake_busy: Counter::default(),
+            admin_busy: Counter::default(),
             intake: Family::default(),
             intake_latency: Histogram::new(latency_buckets()),
             processing_latency: Histogram::new(latency_buckets()),
@@ -254,6 +258,11 @@ impl Metrics {
                 "intake_busy",
                 "Requests and connections answered 503 because the caps on connections or unverified body bytes were reached",
                 m.intake_busy.clone(),
+            );
+            r.register(
+                "admin_busy",
+                "Admin listener connections answered 503 because admin.max_connections was reached",
+                m.admin_busy.clone(),
             );
             r.register("intake", "Verified webhook deliveries by outcome", m.intake.clone());
             r.register(

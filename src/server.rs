@@ -26,7 +26,7 @@ pub async fn serve(
     shutdown: CancellationToken,
     header_timeout: Duration,
     grace: Duration,
-    cap: Option<(ConnectionCap, Arc<crate::metrics::Metrics>)>,
+    cap: Option<(ConnectionCap, prometheus_client::metrics::counter::Counter)>,
 ) {
     let graceful = GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -66,10 +66,10 @@ pub async fn serve(
             // Held for the connection's life.
             let _slot = match &cap {
                 None => None,
-                Some((cap, metrics)) => match cap.admit().await {
+                Some((cap, busy_count)) => match cap.admit().await {
                     Some(slot) => Some(slot),
                     None => {
-                        metrics.intake_busy.inc();
+                        busy_count.inc();
                         let busy = hyper::service::service_fn(|_req| async {
                             Ok::<_, Infallible>(
                                 hyper::Response::builder()

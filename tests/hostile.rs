@@ -350,3 +350,139 @@ async fn no_request_gets_a_500_embedded() {
 async fn no_request_gets_a_500_on_postgres() {
     no_request_gets_a_500(true).await;
 }
+
+/// The server's resident memory, from `/proc`.
+fn rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb / 1024
+}
+
+/// Opens `n` connections to `addr` and writes `head` (and nothing more)
+/// on each; returns them, still open.
+async fn stalled(addr: std::net::SocketAddr, n: usize, head: &[u8]) -> Vec<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        if !head.is_empty() {
+            s.write_all(head).await.unwrap();
+        }
+        out.push(s);
+    }
+    out
+}
+
+/// The status line's code of what the server wrote on `s`, or 0 if it
+/// closed without an answer, within `within`.
+async fn answer(s: &mut tokio::net::TcpStream, within: Duration) -> u16 {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 512];
+    match tokio::time::timeout(within, s.read(&mut buf)).await {
+        Ok(Ok(n)) if n >= 12 => std::str::from_utf8(&buf[9..12])
+            .ok()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// 600 unauthenticated sign-ins that declare 2 MB bodies and stall keep the
+/// server's memory small (each is refused before its body is read), while
+/// webhooks are stored and the right token signs in; a body near the
+/// console's limit that stalls is cut off after `body_timeout`; and
+/// connections beyond `[admin] max_connections` get `503`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_admin_listener_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bounded.toml");
+    std::fs::write(
+        &config,
+        "[server]\nbody_timeout = \"2s\"\nbusy_wait = \"200ms\"\n[admin]\nmax_connections = 700\n",
+    )
+    .unwrap();
+    let mut bin = Binary::new(dir.path());
+    bin.env
+        .push(("INTERCOM_WEBHOOKS_CONFIG".into(), config.display().to_string()));
+    let (server, public, admin) = bin.serve(&[]);
+    let pid = server.0.id();
+    let before = rss_mib(pid);
+
+    let mut head = b"POST /console/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 2000000\r\n\r\ntoken=".to_vec();
+    head.extend(std::iter::repeat_n(b'a', 60_000));
+    let big = stalled(admin, 600, &head).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let during = rss_mib(pid);
+    eprintln!("admin listener: RSS {before} MiB before, {during} MiB with 600 stalled 2 MB sign-ins");
+    assert!(during < 512, "RSS {during} MiB with 600 stalled sign-ins");
+
+    // Webhooks are stored meanwhile, and the operator signs in.
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    for i in 0..20 {
+        let code = post(&client, &format!("http://{public}/webhooks/intercom"), &ordinary(i)).await;
+        assert_eq!(code, 200, "webhook {i} during the flood");
+    }
+    let login = client
+        .post(format!("http://{admin}/console/login"))
+        .form(&[("token", ADMIN_TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 303, "the right token signs in");
+    assert!(login.headers().contains_key("set-cookie"));
+    let answers: Vec<_> = big
+        .into_iter()
+        .map(|mut s| tokio::spawn(async move { answer(&mut s, Duration::from_secs(5)).await }))
+        .collect();
+    let mut refused = 0;
+    for a in answers {
+        refused += usize::from(a.await.unwrap() == 413);
+    }
+    assert_eq!(
+        refused, 600,
+        "each declared body over the console's limit is refused before it is read"
+    );
+
+    // A body within the limit that stalls is cut off.
+    let head = b"POST /console/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 16000\r\n\r\ntoken=abc";
+    let mut slow = stalled(admin, 50, head).await;
+    let started = std::time::Instant::now();
+    for s in &mut slow {
+        assert_eq!(
+            answer(s, Duration::from_secs(10)).await,
+            408,
+            "a stalled body times out"
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "cut off after body_timeout (2 s)"
+    );
+    drop(slow);
+
+    // Beyond the connection cap: `503` after `busy_wait`.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut idle = stalled(admin, 700, b"").await;
+    let mut extra = stalled(admin, 20, b"").await;
+    let mut busy = 0;
+    for s in &mut extra {
+        use tokio::io::AsyncWriteExt;
+        let _ = s.write_all(b"GET /console/login HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        busy += usize::from(answer(s, Duration::from_secs(5)).await == 503);
+    }
+    // (A connection of the earlier steps may still be closing: one slot.)
+    assert!(
+        busy >= 18,
+        "{busy} of 20 connections beyond admin.max_connections were answered 503"
+    );
+    drop(idle.drain(..));
+    assert_eq!(server.terminate(), Some(0));
+}

@@ -22,20 +22,20 @@ pub async fn probe() -> (StatusCode, &'static str) {
     (StatusCode::OK, "ok\n")
 }
 
-enum BodyError {
+pub(super) enum BodyError {
     TooLarge,
     Timeout,
     Broken,
 }
 
-fn declared_length(headers: &HeaderMap) -> Option<u64> {
+pub(super) fn declared_length(headers: &HeaderMap) -> Option<u64> {
     headers
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
 }
 
-async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<Bytes, BodyError> {
+pub(super) async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<Bytes, BodyError> {
     match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
         Err(_) => Err(BodyError::Timeout),
         Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(BodyError::TooLarge),
