@@ -309,6 +309,17 @@ impl Keys {
         keyed_hash(&self.email_hash, &data)
     }
 
+    /// The dedup key of a signed body that is not a notification: keyed
+    /// (under the pseudonym key, apart from identifiers), so that the key,
+    /// which stays after an erasure, does not let a guess at a short body
+    /// be confirmed.
+    pub fn body_key(&self, body: &[u8]) -> String {
+        let mut data = Vec::with_capacity(13 + body.len());
+        data.extend_from_slice(b"invalid_body\0");
+        data.extend_from_slice(body);
+        format!("inv_{}", &keyed_hash(&self.email_hash, &data)[..32])
+    }
+
     /// Keyed hash of an identifier for the audit log.
     pub fn audit_hash(&self, value: &str) -> String {
         keyed_hash(&self.audit_hash, value.as_bytes())

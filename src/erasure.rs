@@ -417,7 +417,8 @@ pub fn upgrade(store: &Store, codec: &CacheCodec) -> Result<(), StoreError> {
     let mut reindexed = 0u64;
     store.for_each(&crate::store::EventFilter::default(), |meta| {
         if let Some(body) = store.read_body(&meta)? {
-            let subjects = identifiers::identifiers(&body).subject_keys(codec.keys());
+            let invalid = meta.status == crate::store::Status::Invalid;
+            let subjects = identifiers::of_stored(&body, invalid).subject_keys(codec.keys());
             if store.set_subjects(&meta.key, subjects)? {
                 reindexed += 1;
             }

@@ -67,6 +67,18 @@ pub fn identifiers(body: &[u8]) -> Identifiers {
     out
 }
 
+/// The identifiers a stored body is indexed under: [`identifiers`], and
+/// for a body kept as `invalid` (not a notification) every email in it
+/// wherever it sits ([`Identifiers::with_loose_emails`]).
+pub fn of_stored(body: &[u8], invalid: bool) -> Identifiers {
+    let found = identifiers(body);
+    if invalid {
+        found.with_loose_emails(body)
+    } else {
+        found
+    }
+}
+
 /// Walks one whole JSON document (nothing but whitespace after it).
 fn walk_document(text: &[u8], out: &mut Identifiers) -> serde_json::Result<()> {
     let mut de = serde_json::Deserializer::from_slice(text);
@@ -368,6 +380,20 @@ impl Identifiers {
             out.push(g);
         }
         out
+    }
+
+    /// With every email-shaped token of `body` as well, wherever it sits:
+    /// for a signed body that is not a notification (kept as `invalid`),
+    /// whose shape the rule cannot know, so that such a body is found by
+    /// its person's email all the same (`["alice@example.org"]`). Emails
+    /// written with JSON escapes (`\u0040`) are not found this way.
+    pub fn with_loose_emails(mut self, body: &[u8]) -> Identifiers {
+        for e in scan_emails(&String::from_utf8_lossy(body)) {
+            if !self.other_emails.contains(&e) && !self.persons.iter().any(|p| p.emails.contains(&e)) {
+                self.other_emails.push(e);
+            }
+        }
+        self
     }
 
     /// The plaintext values, for tests and for checking that none of them

@@ -38,9 +38,11 @@ pub struct Identity {
 
 pub async fn ingest(store: &Store, webhook: VerifiedWebhook, now_ms: i64) -> (Result<Outcome, StoreError>, Identity) {
     let body = webhook.body().clone();
-    let subjects = crate::identifiers::identifiers(&body).subject_keys(store.keys());
+    let classified = classify(&body);
+    let invalid = matches!(classified, Classified::Invalid { .. });
+    let subjects = crate::identifiers::of_stored(&body, invalid).subject_keys(store.keys());
     let mut meta = EventMeta::received(now_ms, body.len() as u32, subjects);
-    let invalid = match classify(&body) {
+    let invalid = match classified {
         Classified::Ping => {
             return (
                 Ok(Outcome::Ping),
@@ -60,8 +62,8 @@ pub async fn ingest(store: &Store, webhook: VerifiedWebhook, now_ms: i64) -> (Re
             meta.created_at = envelope.created_at;
             false
         }
-        Classified::Invalid { key, why } => {
-            meta.key = key;
+        Classified::Invalid { why } => {
+            meta.key = store.keys().body_key(&body);
             meta.status = Status::Invalid;
             meta.last_error = Some(why.reason().to_string());
             true

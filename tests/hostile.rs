@@ -486,3 +486,68 @@ async fn the_admin_listener_is_bounded() {
     drop(idle.drain(..));
     assert_eq!(server.terminate(), Some(0));
 }
+
+/// A signed body of any shape is found by its person's email, and its key
+/// (kept after an erasure) is keyed: not the unkeyed hash of the body
+/// (issue #29, item 4).
+async fn signed_bodies_of_any_shape_are_found(postgres: bool) {
+    let place = Place::new(postgres).await;
+    let app = &place.app;
+    let bodies: [&[u8]; 3] = [
+        br#"["alice.shape@example.org"]"#,
+        br#"{"note": "write to alice.shape@example.org"}"#,
+        b"alice.shape@example.org, not JSON",
+    ];
+    for body in bodies {
+        assert_eq!(app.post_signed(body).await.status(), 202);
+    }
+    let dry = app
+        .admin_post(
+            "/admin/erase",
+            json!({"email": "alice.shape@example.org", "local_only": true, "dry_run": true}),
+        )
+        .await;
+    let dry: serde_json::Value = dry.json().await.unwrap();
+    let events = dry["would_erase"]["local"]["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(events.len(), 3, "{dry}");
+    let unkeyed = |body: &[u8]| {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update((body.len() as u64).to_le_bytes());
+        h.update(body);
+        format!("inv_{}", hex::encode(&h.finalize()[..16]))
+    };
+    for e in &events {
+        let id = e.as_str().unwrap_or_default();
+        assert!(id.starts_with("inv_"), "{e}");
+        assert!(
+            bodies.iter().all(|b| unkeyed(b) != id),
+            "{id} is the unkeyed hash of a body"
+        );
+    }
+    let done = app
+        .admin_post(
+            "/admin/erase",
+            json!({"email": "alice.shape@example.org", "local_only": true}),
+        )
+        .await;
+    assert_eq!(done.status(), 200);
+    app.wait_idle().await;
+    let stats = app.admin_json("/admin/stats").await;
+    assert_eq!(stats["events_by_status"]["invalid"], 0, "{stats}");
+    place.end().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn signed_bodies_of_any_shape_are_found_embedded() {
+    signed_bodies_of_any_shape_are_found(false).await;
+}
+
+#[cfg_attr(not(has_postgres), ignore = "needs PostgreSQL on 127.0.0.1:5432 (CI starts it)")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn signed_bodies_of_any_shape_are_found_on_postgres() {
+    signed_bodies_of_any_shape_are_found(true).await;
+}
