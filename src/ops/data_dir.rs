@@ -78,16 +78,18 @@ pub fn backup_to_unnamed_file(store: &Store, settings: &Settings) -> Result<File
 /// thread of the runtime's blocking pool.
 fn write_backup(store: &Store, settings: &Settings, out: &mut dyn std::io::Write) -> Result<(u64, u64), OpsError> {
     let Some(pg) = &settings.store.postgres else {
-        return Ok(store.backup(out)?);
+        return Ok(store.backup(out, None)?);
     };
     let key = data_key(settings)?;
     let rt = tokio::runtime::Handle::current();
     let root = rt
         .block_on(crate::store::database_root_keys(&pg.url, &key))
         .map_err(|e| OpsError::Unavailable(e.to_string()))?;
-    let stage = settings
-        .data_dir
-        .join(format!(".backup-stage-{}", hex::encode(&crypto::random_key()[..8])));
+    let stage = settings.data_dir.join(format!(
+        "{STAGE_PREFIX}{}-{}",
+        std::process::id(),
+        hex::encode(&crypto::random_key()[..8])
+    ));
     let ((entries, files), copied) = crate::store::copy::backup_through_embedded(
         store,
         &root,
@@ -103,6 +105,39 @@ fn write_backup(store: &Store, settings: &Settings, out: &mut dyn std::io::Write
         "Backup of the database written."
     );
     Ok((entries, files))
+}
+
+/// A backup of a database is staged in the data dir under this name, with
+/// the pid of the process writing it.
+const STAGE_PREFIX: &str = ".backup-stage-";
+
+/// Removes what backups of a database left in the data dir when their
+/// process died (a stage whose pid is not running): nothing an erasure
+/// could reach outlives the next start. (Its data opens for nobody anyway:
+/// see `store::StagedKeys`.) A stage of a backup still running is left.
+pub fn remove_dead_stages(data_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(data_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(STAGE_PREFIX)) else {
+            continue;
+        };
+        let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
+        let alive = pid.is_some_and(|p| p != std::process::id() && Path::new(&format!("/proc/{p}")).exists());
+        if alive {
+            continue;
+        }
+        match std::fs::remove_dir_all(entry.path()) {
+            Ok(()) => {
+                tracing::warn!(stage = %entry.path().display(), "Removed what an interrupted backup left in the data dir.")
+            }
+            Err(e) => {
+                tracing::error!(stage = %entry.path().display(), error = %e, "Could not remove what an interrupted backup left in the data dir.")
+            }
+        }
+    }
 }
 
 /// The data key: configured, or the data dir's generated `data.key`.

@@ -8,6 +8,7 @@ use crate::store::Store;
 /// Loads (or creates) the data key and opens the store: the start of every
 /// command that works on the data dir.
 pub fn open_store(settings: &Settings) -> anyhow::Result<Store> {
+    super::data_dir::remove_dead_stages(&settings.data_dir);
     let key = if settings.store.postgres.is_some() {
         // Every replica must use the same key: none is generated.
         let Some(configured) = settings.data_key.as_ref() else {

@@ -130,7 +130,7 @@ pub trait Backend: Send + Sync + 'static {
     /// Makes every index write so far durable (contract 1 holds without it).
     fn flush_index(&self) -> Result<(), StoreError>;
     /// Contract 9: a point-in-time copy; returns (events, files) written.
-    fn backup(&self, out: &mut dyn Write) -> Result<(u64, u64), StoreError>;
+    fn backup(&self, out: &mut dyn Write, staged: Option<&super::StagedKeys>) -> Result<(u64, u64), StoreError>;
     /// Whether other processes (replicas) share this store and its work:
     /// then an operator command queues events for them instead of running
     /// handlers itself.

@@ -137,13 +137,24 @@ pub fn backup_through_embedded(
     }
     crate::fsutil::private_dir_all(stage)?;
     let made = (|| {
-        crate::crypto::write_root(stage, crate::crypto::ROOT_FILE, data_key, root)
-            .map_err(|e| StoreError::Keyring(e.to_string()))?;
+        // The stage's segment keys are wrapped by a key of this process
+        // only, and no root key is written there: what a crash leaves in
+        // the stage (removed at the next start) opens for nobody.
+        let mut keys = crate::crypto::Keys::from_root(root);
+        let staged = super::StagedKeys {
+            root_file: crate::crypto::wrap_root(data_key, root),
+            wrap_from: crate::crypto::random_key(),
+            wrap_to: keys.wrap,
+        };
+        keys.wrap = staged.wrap_from;
         let mut embedded = settings.clone();
         embedded.postgres = None;
-        let (to, _) = Store::open(stage, crate::crypto::Keys::from_root(root), &embedded)?;
+        let (to, _) = Store::open(stage, keys, &embedded)?;
         let copied = copy_into(from, &to, states, &rt, &|_| {});
-        let written = copied.and_then(|report| Ok((to.backup(out)?, report)));
+        crate::failpoint::hit_settled("backup:staged", || {
+            let _ = to.flush_index();
+        });
+        let written = copied.and_then(|report| Ok((to.backup(out, Some(&staged))?, report)));
         to.close()?;
         written
     })();

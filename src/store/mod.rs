@@ -98,6 +98,18 @@ pub const MAX_RECORD: u32 = embedded::log::MAX_RECORD;
 /// Key rotation's step below the seam, with the store closed: the
 /// backend's payload keys, wrapped by `old`, are wrapped by `new` instead,
 /// in one atomic step. Returns how many keys moved.
+/// The keys of a backup written from a staged copy (a database's, see
+/// [`copy::backup_through_embedded`]): the stage's segment keys are wrapped
+/// by a key only the process holds, so a stage left by a crash can be
+/// decrypted by nobody, and the stage holds no root key file. The backup
+/// gets its segment keys re-wrapped `wrap_from` → `wrap_to` and
+/// `root_file` (the root keys wrapped by the data key) as its root key.
+pub struct StagedKeys {
+    pub root_file: Vec<u8>,
+    pub wrap_from: [u8; 32],
+    pub wrap_to: [u8; 32],
+}
+
 pub fn rewrap_keys(dir: &Path, old: &[u8; 32], new: &[u8; 32]) -> Result<u64, StoreError> {
     Ok(embedded::keyring::rewrap_file(dir, old, new)?)
 }

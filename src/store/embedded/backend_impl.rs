@@ -74,8 +74,12 @@ impl Backend for Embedded {
         fn audit_remove_newest_for_tests(&self) -> Result<(), StoreError>;
     }
 
-    fn backup(&self, mut out: &mut dyn std::io::Write) -> Result<(u64, u64), StoreError> {
-        Embedded::backup(self, &mut out)
+    fn backup(
+        &self,
+        mut out: &mut dyn std::io::Write,
+        staged: Option<&crate::store::StagedKeys>,
+    ) -> Result<(u64, u64), StoreError> {
+        Embedded::backup(self, &mut out, staged)
     }
 
     fn append_if_absent(&self, meta: EventMeta, body: Bytes) -> BoxFuture<'_, Result<Appended, StoreError>> {

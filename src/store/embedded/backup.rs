@@ -32,7 +32,11 @@ fn section(out: &mut impl Write, kind: u8, name: &str, data: &[u8]) -> std::io::
 impl Embedded {
     /// Writes a consistent backup of the store to `out`. Returns the number
     /// of index entries and files written. Blocking.
-    pub fn backup(&self, out: &mut impl Write) -> Result<(u64, u64), StoreError> {
+    pub fn backup(
+        &self,
+        out: &mut impl Write,
+        staged: Option<&crate::store::StagedKeys>,
+    ) -> Result<(u64, u64), StoreError> {
         // What was erased before the backup began has its bytes destroyed
         // first, so the copy holds no record of it under a key it carries.
         self.shred()?;
@@ -72,10 +76,16 @@ impl Embedded {
             section(out, FILE, &format!("log/{seq:016x}.seg"), &bytes)?;
             files += 1;
         }
-        let keyring = std::fs::read(self.inner.dir.join("keyring.bin"))?;
-        section(out, FILE, "keyring.bin", &keyring)?;
+        let mut keyring = std::fs::read(self.inner.dir.join("keyring.bin"))?;
         // The root key, wrapped by the data key (which is not in the backup).
-        let root = std::fs::read(self.inner.dir.join(crate::crypto::ROOT_FILE))?;
+        let root = match staged {
+            None => std::fs::read(self.inner.dir.join(crate::crypto::ROOT_FILE))?,
+            Some(k) => {
+                super::keyring::rewrap_bytes(&mut keyring, &k.wrap_from, &k.wrap_to)?;
+                k.root_file.clone()
+            }
+        };
+        section(out, FILE, "keyring.bin", &keyring)?;
         section(out, FILE, crate::crypto::ROOT_FILE, &root)?;
         // The erasures made so far: a restore applies them again, and those
         // made after this backup come from the ledger it is given.

@@ -98,6 +98,14 @@ pub fn rewrap_file(dir: &Path, old: &[u8; 32], new: &[u8; 32]) -> Result<u64, Ke
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
         Err(e) => return Err(e.into()),
     };
+    let n = rewrap_bytes(&mut bytes, old, new)?;
+    crate::fsutil::replace_private(&path, &bytes)?;
+    Ok(n)
+}
+
+/// Re-wraps, in memory, every key of a keyring file's bytes from `old` to
+/// `new` (see [`rewrap_file`]).
+pub fn rewrap_bytes(bytes: &mut [u8], old: &[u8; 32], new: &[u8; 32]) -> Result<u64, KeyringError> {
     let mut n = 0;
     for (seq, slot) in bytes.chunks_exact_mut(SLOT as usize).enumerate() {
         let seq = seq as u64;
@@ -116,7 +124,6 @@ pub fn rewrap_file(dir: &Path, old: &[u8; 32], new: &[u8; 32]) -> Result<u64, Ke
             Err(_) => return Err(KeyringError::WrongDataKey),
         }
     }
-    crate::fsutil::replace_private(&path, &bytes)?;
     Ok(n)
 }
 

@@ -67,7 +67,11 @@ impl Backend for Postgres {
     /// Backups of this backend are the database's own (`pg_dump`, base
     /// backups with WAL archiving): a copy taken here would be neither
     /// consistent with the replicas' writes nor restorable as one.
-    fn backup(&self, _out: &mut dyn Write) -> Result<(u64, u64), StoreError> {
+    fn backup(
+        &self,
+        _out: &mut dyn Write,
+        _staged: Option<&crate::store::StagedKeys>,
+    ) -> Result<(u64, u64), StoreError> {
         Err(StoreError::Unavailable(
             "the PostgreSQL backend is backed up with PostgreSQL's own tools (pg_dump, or base backups with WAL archiving): see docs/postgres.md".into(),
         ))
