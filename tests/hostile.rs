@@ -501,6 +501,9 @@ async fn signed_bodies_of_any_shape_are_found(postgres: bool) {
     for body in bodies {
         assert_eq!(app.post_signed(body).await.status(), 202);
     }
+    // Answered once durable; indexed (and so searchable) a moment later.
+    app.admin_until("/admin/stats", |v| v["events_by_status"]["invalid"] == 3)
+        .await;
     let dry = app
         .admin_post(
             "/admin/erase",
