@@ -22,21 +22,39 @@ struct Place {
     _dir: tempfile::TempDir,
 }
 
+fn place_env(db: Option<&TestDb>) -> MapEnv {
+    let mut env = test_env();
+    if let Some(db) = db {
+        env.0.insert("INTERCOM_WEBHOOKS_DATABASE_URL", db.url());
+    }
+    env
+}
+
 impl Place {
     async fn new(postgres: bool) -> Place {
         let dir = tempfile::tempdir().unwrap();
-        let (app, db) = if postgres {
-            let db = TestDb::new().await;
-            let mut env = test_env();
-            env.0.insert("INTERCOM_WEBHOOKS_DATABASE_URL", db.url());
-            (
-                spawn_app_with(dir.path(), &format!("{WORKER}{PG_STORE}"), env).await,
-                Some(db),
-            )
-        } else {
-            (spawn_app_with(dir.path(), WORKER, test_env()).await, None)
-        };
+        let db = if postgres { Some(TestDb::new().await) } else { None };
+        let app = spawn_app_with(dir.path(), &Place::toml(db.is_some()), place_env(db.as_ref())).await;
         Place { app, db, _dir: dir }
+    }
+
+    fn toml(postgres: bool) -> String {
+        if postgres {
+            format!("{WORKER}{PG_STORE}")
+        } else {
+            WORKER.to_string()
+        }
+    }
+
+    /// Stops the app, then opens its store as the CLI does.
+    async fn reopen(self) -> (intercom_webhooks::store::Store, Option<TestDb>, tempfile::TempDir) {
+        let Place { app, db, _dir } = self;
+        let s = settings(&app.dir, &Place::toml(db.is_some()), &place_env(db.as_ref()));
+        app.stop().await;
+        let store = tokio::task::spawn_blocking(move || intercom_webhooks::ops::open_store(&s).unwrap())
+            .await
+            .unwrap();
+        (store, db, _dir)
     }
 
     async fn end(self) {
@@ -649,4 +667,66 @@ async fn a_crashed_backup_leaves_nothing_readable() {
         "the payload opens in the restored copy: {out}"
     );
     db.drop_now().await;
+}
+
+/// Old audit entries expire only through an entry that says so: removing
+/// the oldest entries and moving the anchor forward without the key fails
+/// `audit verify`, while a purge's own expiry verifies (issue #29, item 5).
+async fn the_audit_log_cannot_be_shortened_without_the_key(postgres: bool) {
+    let place = Place::new(postgres).await;
+    for i in 0..4 {
+        let r = place
+            .app
+            .admin_post(
+                "/admin/erase",
+                json!({"contact_id": format!("65f0c0ffee00000000000e0{i}"), "local_only": true}),
+            )
+            .await;
+        assert_eq!(r.status(), 200);
+    }
+    let (store, db, _dir) = place.reopen().await;
+    let verify = |store: &intercom_webhooks::store::Store| intercom_webhooks::audit::verify(store, None).unwrap();
+    let (entries, ok) = tokio::task::block_in_place(|| {
+        let v = verify(&store);
+        (v["entries"].as_u64(), v["ok"].as_bool())
+    });
+    assert_eq!((entries, ok), (Some(8), Some(true)));
+
+    // Retention removes the three oldest, through the key.
+    tokio::task::block_in_place(|| {
+        let now = intercom_webhooks::timefmt::now_ms() + 1_000;
+        assert_eq!(intercom_webhooks::audit::expire(&store, now, 3).unwrap(), 3);
+        let v = verify(&store);
+        assert_eq!(v["ok"], true, "a purge's expiry verifies: {v}");
+        assert_eq!(v["start_checked"], true, "{v}");
+        assert_eq!(v["entries"], 6, "five left and the entry that expired three: {v}");
+
+        // An attacker who can write the store drops the next three and
+        // moves the anchor to the last of them, as an expiry would.
+        assert_eq!(store.audit_remove_expired(|_| true, 3).unwrap(), 3);
+        let v = verify(&store);
+        assert_eq!(v["ok"], false, "a start moved without the key is caught: {v}");
+        assert!(v["reason"].as_str().unwrap().contains("removed without the key"), "{v}");
+        assert_eq!(v["first_bad_seq"], 4, "{v}");
+
+        // Appending after the cut does not make it good.
+        intercom_webhooks::audit::append(&store, "replay", json!({"events": 0})).unwrap();
+        assert_eq!(verify(&store)["ok"], false);
+        store.close().unwrap();
+    });
+    drop(store);
+    if let Some(db) = db {
+        db.drop_now().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_audit_log_cannot_be_shortened_without_the_key_embedded() {
+    the_audit_log_cannot_be_shortened_without_the_key(false).await;
+}
+
+#[cfg_attr(not(has_postgres), ignore = "needs PostgreSQL on 127.0.0.1:5432 (CI starts it)")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_audit_log_cannot_be_shortened_without_the_key_on_postgres() {
+    the_audit_log_cannot_be_shortened_without_the_key(true).await;
 }

@@ -798,7 +798,10 @@ async fn the_audit_chain_needs_the_key_and_a_cut_tail_is_caught() {
     let store = intercom_webhooks::ops::open_store(&s).unwrap();
     let v = intercom_webhooks::audit::verify(&store, None).unwrap();
     assert_eq!(v["ok"], true, "{v}");
-    assert_eq!(v["entries"], 2);
+    // The two, and the entry that gives the chain its floor.
+    assert_eq!(v["entries"], 3);
+    let entries = intercom_webhooks::audit::list(&store).unwrap()["entries"].clone();
+    assert_eq!(entries[2]["action"], "audit_anchored", "{entries}");
     store.close().unwrap();
 }
 
