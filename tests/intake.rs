@@ -69,7 +69,17 @@ async fn published_vectors_and_reserialised_json() {
         .values()
         .map(|v| v.as_u64().unwrap())
         .sum();
-    assert_eq!(total, 0, "the ping is not stored, the deletion erased: {stats}");
+    assert_eq!(
+        (total, stats["events_by_status"]["erased"].as_u64()),
+        (1, Some(1)),
+        "the ping is not stored, the deletion erased: {stats}"
+    );
+    let (_, kept) = app.event("notif_0b6a3c1e-7d2f-4e59-9a61-3f2d8c4b5e70").await;
+    assert_eq!(
+        kept["deliveries"], 2,
+        "the redelivery is counted on what is kept: {kept}"
+    );
+    assert!(app.erased("notif_0b6a3c1e-7d2f-4e59-9a61-3f2d8c4b5e70").await);
     app.stop().await;
 }
 

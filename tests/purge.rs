@@ -75,8 +75,9 @@ async fn expired_data_goes_newer_stays_dry_run_removes_nothing() {
         .await
         .unwrap();
     assert_eq!(dry["dry_run"], true);
-    // Three contacts; the contact.deleted notification was erased once processed.
-    assert_eq!(dry["removed"]["events"], 3, "{dry}");
+    // Three contacts, and the record kept of the contact.deleted
+    // notification (erased once processed).
+    assert_eq!(dry["removed"]["events"], 4, "{dry}");
     assert_eq!(dry["removed"]["contacts"], 2, "{dry}");
     assert_eq!(dry["removed"]["tombstones"], 1, "{dry}");
     assert_eq!(
@@ -90,7 +91,7 @@ async fn expired_data_goes_newer_stays_dry_run_removes_nothing() {
     );
 
     let done: Value = app.admin_post("/admin/purge", json!({})).await.json().await.unwrap();
-    assert_eq!(done["removed"]["events"], 3, "{done}");
+    assert_eq!(done["removed"]["events"], 4, "{done}");
     assert_eq!(done["removed"]["contacts"], 2, "{done}");
     assert_eq!(done["removed"]["tombstones"], 1, "{done}");
     assert_eq!(
@@ -100,6 +101,11 @@ async fn expired_data_goes_newer_stays_dry_run_removes_nothing() {
     for n in 0..3 {
         assert_eq!(app.admin_get(&format!("/admin/events/notif_p{n}")).await.status(), 404);
     }
+    assert_eq!(
+        app.admin_get("/admin/events/notif_pdel").await.status(),
+        404,
+        "an erased record expires with the events of its time"
+    );
     assert_eq!(
         app.admin_get("/admin/events/notif_p99").await.status(),
         200,
@@ -140,7 +146,7 @@ async fn expired_data_goes_newer_stays_dry_run_removes_nothing() {
         .filter(|e| e["action"] == "purge")
         .collect();
     assert_eq!(entries.len(), 1, "{audit}");
-    assert_eq!(entries[0]["details"]["removed"]["events"], 3);
+    assert_eq!(entries[0]["details"]["removed"]["events"], 4);
     assert!(
         !audit.to_string().contains("65f0c0ffee"),
         "no ids of people in the audit entry"

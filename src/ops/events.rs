@@ -101,6 +101,10 @@ pub struct EventDetail {
     pub retry_at: Option<String>,
     pub body_bytes: u32,
     pub payload_stored: bool,
+    /// Set when its person was erased: status `erased`, nothing personal
+    /// kept, no payload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub erased_at: Option<String>,
     pub history: Vec<HistoryEntry>,
     /// Masked by an allow-list (see `redact::payload`) unless asked raw;
     /// `null` once purged or erased.
@@ -154,6 +158,7 @@ fn show_event(store: &Store, id: &str, raw: bool) -> Result<EventDetail, OpsErro
         retry_at: m.retry_at_ms.map(format_ms),
         body_bytes: m.body_len,
         payload_stored: m.loc.is_some(),
+        erased_at: m.erased_ms().map(format_ms),
         history: m
             .history
             .iter()
@@ -262,7 +267,8 @@ fn replay(local: &Local, req: &ReplayRequest, runtime: tokio::runtime::Handle) -
 /// Selects events to replay and, unless it is a dry run, re-queues each one
 /// (status `pending`, a `replayed` entry in its history). Returns the
 /// selected keys; the caller runs them (workers, or inline on a stopped
-/// store). Invalid events have no handler and are never selected.
+/// store). Invalid and erased events have no handler (or no payload) and
+/// are never selected.
 pub fn select_replay(store: &Store, req: &ReplayRequest) -> Result<(Vec<String>, u64), OpsError> {
     let filtered = req.status.is_some() || req.topic.is_some() || req.since.is_some() || req.until.is_some();
     if req.ids.is_empty() && !filtered && !req.all {
@@ -277,7 +283,7 @@ pub fn select_replay(store: &Store, req: &ReplayRequest) -> Result<(Vec<String>,
             let m = store
                 .get(id)?
                 .ok_or_else(|| OpsError::NotFound(format!("no event with id {id}")))?;
-            if m.status != Status::Invalid {
+            if !matches!(m.status, Status::Invalid | Status::Erased) {
                 keys.push(m.key);
             }
         }
@@ -301,6 +307,10 @@ pub fn select_replay(store: &Store, req: &ReplayRequest) -> Result<(Vec<String>,
         let now = now_ms();
         for key in &keys {
             store.update(key, |m| {
+                // Erased since it was selected: it stays erased.
+                if m.status == Status::Erased {
+                    return;
+                }
                 m.status = Status::Pending;
                 m.attempts = 0;
                 m.retry_at_ms = None;

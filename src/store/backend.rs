@@ -38,9 +38,12 @@
 //!    deleted. Markers, cache records, tombstones and audit entries expire
 //!    by their own retention.
 //! 7. **Erasure is immediate, then physical.** After
-//!    [`Backend::erase_events`] returns, no erased event is listed, shown,
-//!    read ([`Backend::read_body`] gives `None`), replayed or queued, and its
-//!    dedup marker stays. Every copy of its bytes is destroyed by the next
+//!    [`Backend::erase_events`] returns, of each erased event only its
+//!    erased record ([`EventMeta::erased`](super::EventMeta::erased):
+//!    status `erased`, nothing personal) is listed and shown; it is not
+//!    read ([`Backend::read_body`] gives `None`), found under a subject,
+//!    replayed or queued, no outcome changes it, and it keeps a
+//!    re-delivery a duplicate. Every copy of its bytes is destroyed by the next
 //!    [`Backend::shred`] (here: segments rewritten without it under new keys,
 //!    old keys destroyed; a database: rows deleted *and* the space they
 //!    held rewritten, e.g. `VACUUM FULL` of what held them, WAL and

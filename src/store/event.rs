@@ -23,16 +23,21 @@ pub enum Status {
     Retrying,
     Failed,
     Invalid,
+    /// Its person was erased: the record keeps the notification's id,
+    /// topic and times, nothing personal and no payload
+    /// ([`EventMeta::erased`]).
+    Erased,
 }
 
 impl Status {
-    pub const ALL: [Status; 6] = [
+    pub const ALL: [Status; 7] = [
         Status::Pending,
         Status::Processed,
         Status::Skipped,
         Status::Retrying,
         Status::Failed,
         Status::Invalid,
+        Status::Erased,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -43,6 +48,7 @@ impl Status {
             Status::Retrying => "retrying",
             Status::Failed => "failed",
             Status::Invalid => "invalid",
+            Status::Erased => "erased",
         }
     }
 
@@ -56,6 +62,11 @@ impl Status {
     }
 
     pub(crate) fn code(self) -> u8 {
+        self.code_i16() as u8
+    }
+
+    /// [`code`](Self::code) as a database's `smallint`.
+    pub(crate) const fn code_i16(self) -> i16 {
         match self {
             Status::Pending => 0,
             Status::Processed => 1,
@@ -63,6 +74,7 @@ impl Status {
             Status::Retrying => 3,
             Status::Failed => 4,
             Status::Invalid => 5,
+            Status::Erased => 6,
         }
     }
 
@@ -131,7 +143,50 @@ pub struct EventMeta {
     pub loc: Option<Location>,
 }
 
+/// The outcome word in an erased record's history.
+pub const ERASED: &str = "erased";
+
 impl EventMeta {
+    /// What is kept of an event once its person is erased: the
+    /// notification's id, topic, workspace, item type and times, how often
+    /// it was delivered, and one `erased` entry in its history, at `now_ms`.
+    /// Gone: the payload and its length, the item's id, the subject keys,
+    /// the earlier attempts and their errors.
+    pub fn erased(&self, now_ms: i64) -> EventMeta {
+        EventMeta {
+            key: self.key.clone(),
+            notification_id: self.notification_id.clone(),
+            topic: self.topic.clone(),
+            app_id: self.app_id.clone(),
+            item_type: self.item_type.clone(),
+            item_id: None,
+            created_at: self.created_at,
+            received_ms: self.received_ms,
+            last_delivery_ms: self.last_delivery_ms,
+            delivery_count: self.delivery_count,
+            status: Status::Erased,
+            attempts: 0,
+            retry_at_ms: None,
+            last_error: None,
+            history: vec![Attempt {
+                at_ms: now_ms,
+                outcome: ERASED.into(),
+                error: None,
+                duration_us: None,
+            }],
+            body_len: 0,
+            subjects: Vec::new(),
+            loc: None,
+        }
+    }
+
+    /// When it was erased (an erased record's only history entry).
+    pub fn erased_ms(&self) -> Option<i64> {
+        (self.status == Status::Erased)
+            .then(|| self.history.iter().rev().find(|a| a.outcome == ERASED).map(|a| a.at_ms))
+            .flatten()
+    }
+
     /// A notification just received: pending, delivered once, not yet
     /// given its key and envelope fields.
     pub fn received(now_ms: i64, body_len: u32, subjects: Vec<String>) -> EventMeta {

@@ -14,7 +14,12 @@ pub struct Completion {
 }
 
 impl Completion {
+    /// Records the outcome on `m`; an erased record stays as it is (a
+    /// handler that ran as its person was erased changes nothing).
     pub(crate) fn apply(&self, m: &mut EventMeta) {
+        if m.status == Status::Erased {
+            return;
+        }
         m.status = self.status;
         m.retry_at_ms = self.retry_at_ms;
         m.last_error = self.attempt.error.clone();

@@ -194,21 +194,34 @@ impl TestApp {
         }
     }
 
-    /// Waits until an event has been processed and is no longer served
-    /// (erased), at most 15 s after the queue is idle. (An event is indexed
-    /// a moment after its `200`: a 404 before the queue is idle proves
-    /// nothing.)
+    /// Waits until an event has been processed and erased: only its erased
+    /// record is served ([`is_erased_record`]), at most 15 s after the
+    /// queue is idle. (An event is indexed a moment after its `200`.)
     pub async fn wait_gone(&self, id: &str) {
         self.wait_idle().await;
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            let code = self.admin_get(&format!("/admin/events/{id}")).await.status();
-            if code == 404 {
+            let (code, v) = self.event(id).await;
+            if is_erased_record(code, &v) {
                 return;
             }
-            assert!(Instant::now() < deadline, "event {id} is still served: {code}");
+            assert!(Instant::now() < deadline, "event {id} is still served: {code} {v}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// `GET /admin/events/{id}`: the status code and the JSON (`null` if
+    /// none).
+    pub async fn event(&self, id: &str) -> (u16, Value) {
+        let r = self.admin_get(&format!("/admin/events/{id}")).await;
+        let code = r.status().as_u16();
+        (code, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Whether only the erased record of event `id` is served.
+    pub async fn erased(&self, id: &str) -> bool {
+        let (code, v) = self.event(id).await;
+        is_erased_record(code, &v)
     }
 
     /// Polls an admin GET until `ok` holds for its JSON (events are indexed
@@ -621,7 +634,8 @@ pub async fn erase_every_identifier_of_every_capture(app: &TestApp) -> Vec<Strin
         assert_eq!(r.status(), 200, "{body}");
         r.json::<Value>().await.unwrap()
     };
-    let status_of = |id: String| async move { app.admin_get(&format!("/admin/events/{id}")).await.status().as_u16() };
+    // `true`: only the event's erased record is served.
+    let erased = |id: String| async move { app.erased(&id).await };
     // Deletions are left out: they would erase on their own before the loop.
     let captures: Vec<_> = captures()
         .into_iter()
@@ -667,9 +681,8 @@ pub async fn erase_every_identifier_of_every_capture(app: &TestApp) -> Vec<Strin
             tried += 1;
             for (id, set) in &carried {
                 if set.iter().any(|(k, v)| k == &kind && v.eq_ignore_ascii_case(&value)) {
-                    assert_eq!(
-                        status_of(id.clone()).await,
-                        404,
+                    assert!(
+                        erased(id.clone()).await,
                         "{id} carries the {kind} just erased and is still served"
                     );
                 }
@@ -686,12 +699,13 @@ pub async fn erase_every_identifier_of_every_capture(app: &TestApp) -> Vec<Strin
     // Everything that carried anybody is gone; what carried nobody stays.
     let mut kept = Vec::new();
     for (id, set) in &carried {
-        let st = status_of(id.clone()).await;
+        let gone = erased(id.clone()).await;
         if set.is_empty() {
-            assert_eq!(st, 200, "{id} names nobody and was kept");
+            assert!(!gone, "{id} names nobody and was kept");
+            assert_eq!(app.event(id).await.0, 200, "{id} names nobody and was kept");
             kept.push(id.clone());
         } else {
-            assert_eq!(st, 404, "{id}");
+            assert!(gone, "{id}");
         }
     }
     assert!(
@@ -724,4 +738,21 @@ pub async fn erase_every_identifier_of_every_capture(app: &TestApp) -> Vec<Strin
         .collect();
     assert!(needles.len() > 50, "{}", needles.len());
     needles
+}
+
+/// What `GET /admin/events/{id}` serves of an erased event: its record,
+/// status `erased`, with nothing of the person (no item id, no payload, no
+/// history but the erasure, no error).
+pub fn is_erased_record(code: u16, v: &Value) -> bool {
+    code == 200
+        && v["status"] == "erased"
+        && v["erased_at"].is_string()
+        && v["payload"].is_null()
+        && v["payload_stored"] == false
+        && v["item_id"].is_null()
+        && v["last_error"].is_null()
+        && v["body_bytes"] == 0
+        && v["history"]
+            .as_array()
+            .is_some_and(|h| h.len() == 1 && h[0]["outcome"] == "erased")
 }

@@ -377,7 +377,11 @@ pub async fn event(State(app): State<AppState>, signed: Signed, Path(id): Path<S
         ("Body bytes", d.body_bytes.to_string()),
         (
             "Payload stored",
-            if d.payload_stored { "yes" } else { "no (purged)" }.into(),
+            match (&d.erased_at, d.payload_stored) {
+                (Some(at), _) => format!("no (erased with its person at {at})"),
+                (None, true) => "yes".into(),
+                (None, false) => "no (purged)".into(),
+            },
         ),
     ];
     let page = views::Event {

@@ -65,9 +65,10 @@ impl Embedded {
         Ok(out)
     }
 
-    /// Forgets events at once: from here on they are not listed, shown,
-    /// exported, replayed or processed, and a dedup marker stays so a
-    /// re-delivery is still a duplicate. The log segments that hold their
+    /// Forgets events at once: from here on they are not exported, replayed
+    /// or processed, and what is listed and shown of each is its erased
+    /// record ([`EventMeta::erased`]), which also keeps a re-delivery a
+    /// duplicate. An event already erased is not counted again. The log segments that hold their
     /// records are queued for [`shred`](Self::shred): many erasures share
     /// one rewrite of each segment. With `durable` the change is made durable
     /// before this returns; without, the next checkpoint (within a second)
@@ -79,20 +80,31 @@ impl Embedded {
         let mut report = ErasedEvents::default();
         let mut segments = BTreeSet::new();
         let locs = self.inner.loc_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let now = now_ms();
         for key in keys {
-            let Some(m) = self.get(key)? else { continue };
+            // The record becomes what is kept of it (compare-and-swap: a
+            // worker's outcome written meanwhile is replaced, not merged).
+            let m = loop {
+                let Some(seen) = self.snapshot(key)? else { break None };
+                if seen.meta.status == super::Status::Erased {
+                    break None;
+                }
+                let kept = seen.meta.erased(now);
+                if t.events
+                    .compare_and_swap(key.as_bytes(), Some(seen.raw.as_slice()), Some(kept.encode()))?
+                    .is_ok()
+                {
+                    break Some(seen.meta);
+                }
+            };
+            let Some(m) = m else { continue };
             if let Some(loc) = m.loc {
                 segments.insert(self.inner.shared.readers.resolve(loc.seg));
             }
-            let tk = time_key(m.received_ms, key);
-            t.markers.insert(key.as_bytes(), &m.received_ms.to_be_bytes())?;
-            t.markers_by_time.insert(tk.clone(), &[])?;
-            t.events.remove(key.as_bytes())?;
-            if m.status == super::Status::Failed {
-                t.failed.remove(key.as_bytes())?;
-            }
-            t.by_time.remove(tk.clone())?;
-            t.pending.remove(tk)?;
+            // Listed by time as before; no longer queued, failed or found
+            // under its person's subject keys.
+            t.failed.remove(key.as_bytes())?;
+            t.pending.remove(time_key(m.received_ms, key))?;
             for c in &m.subjects {
                 t.subjects.remove(subject_key(c, key))?;
             }
@@ -104,7 +116,6 @@ impl Embedded {
             }
         }
         if !segments.is_empty() {
-            let now = now_ms();
             self.inner.shred_last_ms.store(now, Ordering::SeqCst);
             let _ = self
                 .inner

@@ -175,7 +175,7 @@ impl Embedded {
     /// Records a worker's outcome for the event `seen` was read as: one
     /// compare-and-swap against those bytes, or, if the event changed since
     /// (a duplicate delivery counted meanwhile), a fresh read-modify-write.
-    /// `None` if the event is gone (erased).
+    /// `None` if the event is gone or was erased meanwhile.
     pub fn complete(&self, seen: &Snapshot, completion: &Completion) -> Result<Option<EventMeta>, StoreError> {
         let trees = &self.inner.trees;
         let mut m = seen.meta.clone();
@@ -192,7 +192,9 @@ impl Embedded {
             unmark_failed(&trees.failed, &m, was_failed)?;
             return Ok(Some(m));
         }
-        let updated = self.update(&seen.meta.key, |m| completion.apply(m))?;
+        let updated = self
+            .update(&seen.meta.key, |m| completion.apply(m))?
+            .filter(|m| m.status != Status::Erased);
         if let Some(m) = &updated {
             // `update` assumes a queued event has its entry; a fresh one had
             // none: make it exactly match the new status.

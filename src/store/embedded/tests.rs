@@ -189,7 +189,13 @@ async fn shredded_segments_are_replaced_and_reads_follow() {
     assert_eq!(read(&store, 2), body(2));
     assert_eq!(read(&store, 3), body(3));
     for gone in ["k0", "k1", "k4", "k5"] {
-        assert!(store.get(gone).unwrap().is_none());
+        let kept = store.get(gone).unwrap().unwrap();
+        assert_eq!(
+            (kept.status, kept.loc),
+            (Status::Erased, None),
+            "only its erased record"
+        );
+        assert!(store.read_body(&kept).unwrap().is_none());
     }
 }
 
@@ -286,4 +292,44 @@ async fn a_shred_keeps_what_is_acknowledged_but_not_indexed_yet() {
         "the acknowledged record survived the rewrite"
     );
     store.close().unwrap();
+}
+
+/// An outcome recorded after its event was erased (a handler under way as
+/// the erasure ran) leaves the erased record as it is, and so does a
+/// duplicate delivery but for its count; the record is not queued, failed
+/// or found under its subject.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_outcome_undoes_an_erasure() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(dir.path());
+    let mut m = meta("k_erased");
+    m.subjects = vec!["c_someone".into()];
+    m.item_id = Some("c_someone".into());
+    store.append_if_absent(m, Bytes::from_static(b"{}")).await.unwrap();
+    let fresh = take_fresh(&store, 1);
+    tokio::task::block_in_place(|| {
+        assert_eq!(store.erase_events(&["k_erased".into()], true).unwrap().events, 1);
+        assert_eq!(
+            store.erase_events(&["k_erased".into()], true).unwrap().events,
+            0,
+            "counted once"
+        );
+        for status in [Status::Processed, Status::Failed, Status::Retrying] {
+            assert!(store.complete(&fresh[0].seen, &outcome(status)).unwrap().is_none());
+        }
+        store.fresh_finished(fresh[0].batch);
+        store.note_duplicate("k_erased", now()).unwrap();
+        let kept = store.get("k_erased").unwrap().unwrap();
+        assert_eq!(kept.status, Status::Erased);
+        assert_eq!(
+            (kept.item_id.as_deref(), kept.subjects.len(), kept.loc),
+            (None, 0, None)
+        );
+        assert_eq!(kept.delivery_count, 2);
+        assert!(kept.erased_ms().is_some());
+        assert_eq!(store.pending_depth(), 0);
+        assert_eq!(store.failed_count().unwrap(), 0);
+        assert!(store.events_for_subject("c_someone").unwrap().is_empty());
+        store.close().unwrap();
+    });
 }

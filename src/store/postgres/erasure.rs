@@ -1,6 +1,6 @@
-//! Erasure in the database: the events go at once (rows deleted, dedup
-//! markers kept, subject index entries dropped) and their partitions are
-//! queued (`iw_shred`); a shred pass re-encrypts what remains of each
+//! Erasure in the database: the events go at once (each row becomes its
+//! erased record, payload gone; subject index entries dropped) and their
+//! partitions are queued (`iw_shred`); a shred pass re-encrypts what remains of each
 //! queued partition under a new key and destroys the old one, so no copy
 //! of an erased payload (a dead tuple, a page not yet reused) can be
 //! decrypted. The erasure ledger and the `erased` subjects are tables
@@ -399,6 +399,9 @@ fn rolled_back_by_a_conflict(e: &tokio_postgres::Error) -> bool {
     )
 }
 
+/// The status column of an erased record.
+const ERASED: i16 = crate::store::Status::Erased.code_i16();
+
 /// [`Postgres::erase_events`]'s transaction, `keys` sorted.
 async fn erase_once(
     client: &mut deadpool_postgres::Client,
@@ -416,26 +419,50 @@ async fn erase_once(
         &[&keys],
     )
     .await?;
+    // Each event becomes what is kept of it: its erased record, no payload.
     let rows = tx
         .query(
-            "WITH gone AS (DELETE FROM iw_events e USING iw_dedup d \
-               WHERE d.key = ANY($1) AND e.part = d.part AND e.key = d.key RETURNING e.part, e.key) \
-             SELECT part, key FROM gone",
-            &[&keys],
+            "SELECT e.part, e.key, e.meta, e.received_ms, e.topic FROM iw_events e JOIN iw_dedup d \
+               ON e.part = d.part AND e.key = d.key WHERE d.key = ANY($1) AND e.status <> $2",
+            &[&keys, &ERASED],
         )
         .await?;
-    let gone: Vec<String> = rows.iter().map(|r| r.get(1)).collect();
-    let mut parts: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    let now = now();
+    let mut parts: Vec<i64> = Vec::with_capacity(rows.len());
+    let mut gone: Vec<String> = Vec::with_capacity(rows.len());
+    let mut metas: Vec<Vec<u8>> = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let key: String = r.get(1);
+        let kept = match EventMeta::decode(r.get::<_, &[u8]>(2)) {
+            Some(m) => m.erased(now),
+            // Unreadable: what the columns say is all there is to keep.
+            None => {
+                let mut m = EventMeta::received(r.get(3), 0, Vec::new());
+                m.key = key.clone();
+                m.topic = r.get(4);
+                m.erased(now)
+            }
+        };
+        parts.push(r.get(0));
+        gone.push(key);
+        metas.push(kept.encode());
+    }
+    tx.execute(
+        "UPDATE iw_events e SET status = $4, meta = u.meta, body = NULL, version = e.version + 1, \
+           claim_owner = NULL, claim_until = NULL \
+         FROM unnest($1::int8[], $2::text[], $3::bytea[]) AS u(part, key, meta) \
+         WHERE e.part = u.part AND e.key = u.key",
+        &[&parts, &gone, &metas, &ERASED],
+    )
+    .await?;
     parts.sort_unstable();
     parts.dedup();
-    tx.execute("UPDATE iw_dedup SET has_event = false WHERE key = ANY($1)", &[&gone])
-        .await?;
     tx.execute("DELETE FROM iw_subjects WHERE key = ANY($1)", &[&gone])
         .await?;
     let queued = tx
         .execute(
             "INSERT INTO iw_shred (part, queued_ms) SELECT unnest($1::int8[]), $2 ON CONFLICT (part) DO NOTHING",
-            &[&parts, &now()],
+            &[&parts, &now],
         )
         .await?;
     tx.commit().await?;
