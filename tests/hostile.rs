@@ -674,17 +674,13 @@ async fn a_crashed_backup_leaves_nothing_readable() {
 /// `audit verify`, while a purge's own expiry verifies (issue #29, item 5).
 async fn the_audit_log_cannot_be_shortened_without_the_key(postgres: bool) {
     let place = Place::new(postgres).await;
-    for i in 0..4 {
-        let r = place
-            .app
-            .admin_post(
-                "/admin/erase",
-                json!({"contact_id": format!("65f0c0ffee00000000000e0{i}"), "local_only": true}),
-            )
-            .await;
-        assert_eq!(r.status(), 200);
-    }
     let (store, db, _dir) = place.reopen().await;
+    // Eight entries, as operators' actions leave them.
+    tokio::task::block_in_place(|| {
+        for i in 0..8 {
+            intercom_webhooks::audit::append(&store, "replay", json!({"events": i})).unwrap();
+        }
+    });
     let verify = |store: &intercom_webhooks::store::Store| intercom_webhooks::audit::verify(store, None).unwrap();
     let (entries, ok) = tokio::task::block_in_place(|| {
         let v = verify(&store);
